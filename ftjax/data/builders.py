@@ -1,0 +1,39 @@
+"""Picks and prepares the TFDS builder named by a data config (`data.name`)."""
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from ftjax.data import classification_files
+from ftjax.data import paths
+from ftjax.data import rotten_tomatoes
+from ftjax.errors import UserError
+
+NAMES = ("rotten_tomatoes", "files")
+
+
+def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
+  """Returns the builder for `data_cfg`, without preparing it."""
+  data_dir = paths.data_dir_or_default(data_cfg.data_dir)
+  if data_cfg.name == "rotten_tomatoes":
+    return rotten_tomatoes.RottenTomatoes(data_dir=data_dir)
+  if data_cfg.name == "files":
+    config = classification_files.make_config(
+        dict(data_cfg.files or {}),
+        text_field=data_cfg.text_field,
+        text_pair_field=data_cfg.text_pair_field,
+        label_field=data_cfg.label_field,
+        label_names=tuple(data_cfg.label_names or ()),
+        train_split=data_cfg.train_split,
+    )
+    return classification_files.ClassificationFiles(data_dir=data_dir, config=config)
+  raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
+
+
+def prepare(data_cfg) -> tfds.core.DatasetBuilder:
+  """Builds the dataset as ArrayRecord unless already prepared; returns its builder."""
+  builder = get_builder(data_cfg)
+  if not builder.is_prepared():
+    logging.info("Preparing %s into %s", builder.name, builder.data_dir)
+  # A no-op when the data is already prepared.
+  builder.download_and_prepare(file_format="array_record")
+  return builder

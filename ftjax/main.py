@@ -1,0 +1,58 @@
+"""Train and evaluate: `python -m ftjax.main --config configs/x.py[:arg] --workdir DIR [--config.K=V ...]`.
+
+Rerunning the same command on the same workdir resumes from the latest checkpoint.
+"""
+
+import logging
+import sys
+
+from absl import app, flags
+
+from ftjax.errors import exit_on_user_error
+
+flags.DEFINE_string("config", None, "Config file, `path/to/config.py[:arg]`.", required=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.", required=True)
+FLAGS = flags.FLAGS
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Separates `--config.KEY=VALUE` overrides (validated by ftjax.config) from absl flags."""
+  rest, overrides = [], []
+  args = iter(argv)
+  for arg in args:
+    if arg.startswith("--config."):
+      body = arg[len("--config."):]
+      if "=" not in body:  # `--config.key value`
+        body = f"{body}={next(args, '')}"
+      overrides.append(body)
+    else:
+      rest.append(arg)
+  return rest, overrides
+
+
+def main(argv: list[str], overrides: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.getLogger("ftjax").setLevel(logging.INFO)
+  with exit_on_user_error():
+    from ftjax import config as config_lib, train  # pylint: disable=g-import-not-at-top
+    cfg = config_lib.load_config(FLAGS.config, overrides)
+    train.train_and_evaluate(cfg, FLAGS.workdir)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing, but a bad flag is a user error: one `error:` line and exit 2."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  argv, overrides = split_overrides(sys.argv)
+  app.run(lambda a: main(a, overrides), argv=argv, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,7 @@
+"""Fine-tuning methods. Each lives in its own file; importing it here registers it."""
+
+from ftjax.methods.registry import get, names, register  # noqa: F401
+
+# One line per method.
+from ftjax.methods import full  # noqa: F401,E402
+from ftjax.methods import linear_probe  # noqa: F401,E402

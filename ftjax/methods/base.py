@@ -1,0 +1,63 @@
+"""The fine-tuning method protocol.
+
+A method says three things about a model (DESIGN.md, principle 3):
+  (a) `apply`: how it rewrites the model (wrap or replace submodules, add parameters);
+  (b) `trainable`: which variables train, as an NNX filter; everything else is frozen;
+  (c) `merge`: how to fold itself back into plain weights for export, when it can.
+The trainer, optimizer, sharding and checkpointing only ever see the split into trainable and
+frozen state, so a new method needs no edits anywhere else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import jax
+from flax import nnx
+
+# Heads that a task adds on top of the base model; methods that train "the head" match these.
+HEAD_PATTERN = r"(^|\.)(classifier|score)(\.|$)"
+
+
+def path_string(path: tuple[Any, ...]) -> str:
+  """('encoder', 'layer', 3, 'query', 'kernel') -> 'encoder.layer.3.query.kernel'."""
+  return ".".join(str(p) for p in path)
+
+
+def keypath_string(keypath) -> str:
+  """A JAX key path over an NNX state -> 'encoder.layer.3.query.kernel' (no trailing '.value')."""
+  name = jax.tree_util.keystr(tuple(keypath), simple=True, separator=".")
+  return name[: -len(".value")] if name.endswith(".value") else name
+
+
+def path_matches(pattern: str):
+  """An NNX filter selecting variables whose dotted path matches `pattern` (re.search)."""
+  regex = re.compile(pattern)
+
+  def matches(path, unused_variable) -> bool:
+    return regex.search(path_string(path)) is not None
+
+  return matches
+
+
+class Method:
+  """Base class: subclasses set `name` and override what differs from full fine-tuning."""
+
+  name: str = ""
+
+  def __init__(self, options=None):
+    self.options = options
+
+  def apply(self, model: nnx.Module, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Rewrites `model` for this method and returns it. Default: unchanged."""
+    del rngs
+    return model
+
+  def trainable(self):
+    """An NNX filter for the variables that train."""
+    return nnx.Param
+
+  def merge(self, model: nnx.Module) -> nnx.Module | None:
+    """Returns a plain model with the method folded in, or None if this method cannot merge."""
+    return model

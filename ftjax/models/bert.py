@@ -1,0 +1,342 @@
+"""BERT-family encoder (BERT, MiniLM, ...) as Flax NNX modules.
+
+Submodule paths mirror the Hugging Face names so that weight conversion is a
+table (`ftjax/weights/bert_table.py`) and methods can target modules by regex:
+
+  embeddings.{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
+  encoder.layer.{i}.attention.self_attn.{query,key,value}
+  encoder.layer.{i}.attention.output.{dense,LayerNorm}
+  encoder.layer.{i}.intermediate.dense
+  encoder.layer.{i}.output.{dense,LayerNorm}
+  pooler.dense
+  bert.*, classifier                      (BertForSequenceClassification)
+
+HF's `attention.self` is renamed `attention.self_attn` because `self` cannot be
+an attribute name in Python methods without confusion; it is the only rename.
+Leaf names follow Flax (`kernel`/`bias`, `embedding`, `scale`/`bias`).
+
+Params carry logical axis names (`out_sharding` metadata, not applied eagerly)
+from {'vocab', 'embed', 'heads', 'mlp'}, so a sharding config can map them to
+mesh axes.
+
+Dropout holds no RNG state: it is active only when the caller passes `rngs`
+(an `nnx.Rngs` with a `dropout` stream) to `__call__`, which keeps a train step
+a pure function of its inputs.
+"""
+
+import dataclasses
+from typing import Any, ClassVar
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ftjax.errors import UserError
+
+# Activation name in HF `config.json` -> function. `gelu` is exact (erf).
+ACTIVATIONS = {
+    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
+    'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True),
+    'relu': jax.nn.relu,
+    'silu': jax.nn.silu,
+    'swish': jax.nn.silu,
+}
+
+# Added to attention scores of padded keys; large but finite so fully padded
+# rows stay NaN-free (like transformers' finfo(float32).min).
+_MASK_VALUE = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Architecture hyperparameters, read from / written to an HF config.json."""
+
+  model_type: ClassVar[str] = 'bert'
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  hidden_act: str = 'gelu'
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  classifier_dropout: float | None = None
+  initializer_range: float = 0.02
+  pad_token_id: int = 0
+  position_embedding_type: str = 'absolute'
+
+  def __post_init__(self):
+    if self.hidden_act not in ACTIVATIONS:
+      raise UserError(
+          f"unsupported hidden_act '{self.hidden_act}' in BERT config; "
+          f'supported: {", ".join(sorted(ACTIVATIONS))}')
+    if self.position_embedding_type != 'absolute':
+      raise UserError(
+          'unsupported position_embedding_type '
+          f"'{self.position_embedding_type}' in BERT config; supported: absolute")
+    if self.hidden_size % self.num_attention_heads:
+      raise UserError(
+          f'hidden_size {self.hidden_size} is not divisible by '
+          f'num_attention_heads {self.num_attention_heads} in BERT config')
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any]) -> 'BertConfig':
+    """Builds a config from an HF config.json dict; unknown keys are ignored."""
+    if hf.get('is_decoder') or hf.get('add_cross_attention'):
+      raise UserError('BERT config with is_decoder/add_cross_attention is not '
+                      'supported; only the encoder is')
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items() if k in names}
+    # transformers 5 writes None for some unset keys; keep our defaults then.
+    kwargs = {k: v for k, v in kwargs.items()
+              if v is not None or k == 'classifier_dropout'}
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    """Returns the HF config.json keys for this architecture."""
+    return {'model_type': self.model_type, **dataclasses.asdict(self)}
+
+
+def _linear(cfg, d_in, d_out, axes, dtype, param_dtype, rngs):
+  """An HF-initialised `nnx.Linear` (normal(std=initializer_range), zero bias)."""
+  return nnx.Linear(
+      d_in, d_out, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.initializers.normal(cfg.initializer_range),
+      kernel_metadata={'out_sharding': axes, 'eager_sharding': False},
+      bias_metadata={'out_sharding': axes[1:], 'eager_sharding': False},
+      rngs=rngs)
+
+
+def _embed(cfg, num, dtype, param_dtype, rngs):
+  return nnx.Embed(
+      num, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+      embedding_init=nnx.initializers.normal(cfg.initializer_range),
+      embedding_metadata={'out_sharding': ('vocab', 'embed'),
+                          'eager_sharding': False},
+      rngs=rngs)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` with fp32 statistics whose output is cast to `out_dtype`.
+
+  A subclass (not a wrapper) so the params stay at `LayerNorm.scale/bias`.
+  """
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    super().__init__(
+        cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
+        param_dtype=param_dtype,
+        scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        rngs=rngs)
+    self.out_dtype = dtype
+
+  def __call__(self, x):
+    return super().__call__(x.astype(jnp.float32)).astype(self.out_dtype)
+
+
+def _dropout(rate: float, x, rngs):
+  """Dropout that is active only when the caller passes `rngs`."""
+  if rngs is None or rate == 0.0:
+    return x
+  return nnx.Dropout(rate, deterministic=False)(x, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+  """Word + position + token-type embeddings, LayerNorm, dropout."""
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.word_embeddings = _embed(cfg, cfg.vocab_size, **kw)
+    self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, **kw)
+    self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, **kw)
+    self.LayerNorm = LayerNorm(cfg, **kw)  # pylint: disable=invalid-name
+
+  def __call__(self, input_ids, token_type_ids, rngs=None):
+    seq_len = input_ids.shape[1]
+    if seq_len > self.cfg.max_position_embeddings:
+      raise UserError(
+          f'sequence length {seq_len} exceeds max_position_embeddings '
+          f'{self.cfg.max_position_embeddings} of the BERT model')
+    x = (self.word_embeddings(input_ids)
+         + self.position_embeddings(jnp.arange(seq_len))[None]
+         + self.token_type_embeddings(token_type_ids))
+    x = self.LayerNorm(x)
+    return _dropout(self.cfg.hidden_dropout_prob, x, rngs)
+
+
+class BertSelfAttention(nnx.Module):
+  """Multi-head attention projections; HF name `attention.self`."""
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    h = cfg.hidden_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.query = _linear(cfg, h, h, ('embed', 'heads'), **kw)
+    self.key = _linear(cfg, h, h, ('embed', 'heads'), **kw)
+    self.value = _linear(cfg, h, h, ('embed', 'heads'), **kw)
+
+  def __call__(self, x, mask_bias, rngs=None):
+    b, s, _ = x.shape
+    n, d = self.cfg.num_attention_heads, self.cfg.head_dim
+    q = self.query(x).reshape(b, s, n, d)
+    k = self.key(x).reshape(b, s, n, d)
+    v = self.value(x).reshape(b, s, n, d)
+    # Scores and softmax in fp32 for bf16 stability; scale q before the matmul.
+    scores = jnp.einsum('bqnd,bknd->bnqk', q * (d ** -0.5), k,
+                        preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores + mask_bias, axis=-1)
+    probs = _dropout(self.cfg.attention_probs_dropout_prob, probs, rngs)
+    out = jnp.einsum('bnqk,bknd->bqnd', probs.astype(v.dtype), v)
+    return out.reshape(b, s, n * d)
+
+
+class BertSelfOutput(nnx.Module):
+  """Attention output projection + residual + LayerNorm."""
+
+  def __init__(self, cfg: BertConfig, d_in: int, axes, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.dense = _linear(cfg, d_in, cfg.hidden_size, axes, **kw)
+    self.LayerNorm = LayerNorm(cfg, **kw)  # pylint: disable=invalid-name
+
+  def __call__(self, x, residual, rngs=None):
+    x = _dropout(self.cfg.hidden_dropout_prob, self.dense(x), rngs)
+    return self.LayerNorm(x + residual)
+
+
+class BertAttention(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.self_attn = BertSelfAttention(cfg, **kw)
+    self.output = BertSelfOutput(cfg, cfg.hidden_size, ('heads', 'embed'), **kw)
+
+  def __call__(self, x, mask_bias, rngs=None):
+    return self.output(self.self_attn(x, mask_bias, rngs), x, rngs)
+
+
+class BertIntermediate(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.act = ACTIVATIONS[cfg.hidden_act]
+    self.dense = _linear(cfg, cfg.hidden_size, cfg.intermediate_size,
+                         ('embed', 'mlp'), dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return self.act(self.dense(x))
+
+
+class BertLayer(nnx.Module):
+  """One transformer block (post-LayerNorm, like the original BERT)."""
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.attention = BertAttention(cfg, **kw)
+    self.intermediate = BertIntermediate(cfg, **kw)
+    self.output = BertSelfOutput(cfg, cfg.intermediate_size, ('mlp', 'embed'),
+                                 **kw)
+
+  def __call__(self, x, mask_bias, rngs=None):
+    x = self.attention(x, mask_bias, rngs)
+    return self.output(self.intermediate(x), x, rngs)
+
+
+class BertEncoder(nnx.Module):
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.layer = nnx.List([
+        BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        for _ in range(cfg.num_hidden_layers)])
+
+  def __call__(self, x, mask_bias, rngs=None):
+    for layer in self.layer:
+      x = layer(x, mask_bias, rngs)
+    return x
+
+
+class BertPooler(nnx.Module):
+  """tanh(dense(hidden state of the first token)), as in HF."""
+
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size,
+                         ('embed', 'embed'), dtype=dtype,
+                         param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x):
+    return jnp.tanh(self.dense(x[:, 0]))
+
+
+class BertModel(nnx.Module):
+  """The BERT encoder; HF `BertModel`."""
+
+  def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = dtype
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.embeddings = BertEmbeddings(config, **kw)
+    self.encoder = BertEncoder(config, **kw)
+    self.pooler = BertPooler(config, **kw) if add_pooling_layer else None
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    """Encodes a batch.
+
+    Args:
+      input_ids: int [B, S] token ids.
+      attention_mask: [B, S], 1 for real tokens and 0 for padding; None = all 1.
+      token_type_ids: int [B, S] segment ids; None = all 0.
+      rngs: an `nnx.Rngs` with a `dropout` stream to enable dropout (training);
+        None for deterministic evaluation.
+
+    Returns:
+      (last_hidden_state [B, S, H], pooled_output [B, H] or None).
+    """
+    if attention_mask is None:
+      attention_mask = jnp.ones_like(input_ids)
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    # [B, 1, 1, S] additive bias over keys, fp32 regardless of compute dtype.
+    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                          _MASK_VALUE).astype(jnp.float32)
+    x = self.embeddings(input_ids, token_type_ids, rngs)
+    x = self.encoder(x, mask_bias, rngs)
+    pooled = self.pooler(x) if self.pooler is not None else None
+    return x, pooled
+
+
+class BertForSequenceClassification(nnx.Module):
+  """BERT + pooler + dropout + linear `classifier`; HF
+  `BertForSequenceClassification`, so exported weights give the same logits."""
+
+  def __init__(self, config: BertConfig, num_labels: int, *,
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.num_labels = num_labels
+    self.bert = BertModel(config, add_pooling_layer=True, dtype=dtype,
+                          param_dtype=param_dtype, rngs=rngs)
+    self.classifier = _linear(config, config.hidden_size, num_labels,
+                              ('embed', None), dtype=dtype,
+                              param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    """Returns logits [B, num_labels] (in the compute dtype)."""
+    _, pooled = self.bert(input_ids, attention_mask, token_type_ids, rngs=rngs)
+    rate = self.config.classifier_dropout
+    if rate is None:
+      rate = self.config.hidden_dropout_prob
+    return self.classifier(_dropout(rate, pooled, rngs))

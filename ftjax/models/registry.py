@@ -1,0 +1,175 @@
+"""Model families by HF `model_type`: build from and save to HF checkpoints.
+
+A family is one `Family` entry in `_FAMILIES`: how to read its config, build
+its model class for a task, which weight table each class uses and the HF
+architecture name it exports as. Adding Llama or GPT-2 is one entry.
+
+Tasks: 'base' (the bare encoder/decoder) and 'classification' (sequence
+classification head, like `AutoModelForSequenceClassification`).
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+from typing import Any, Callable
+
+from flax import nnx
+import jax.numpy as jnp
+
+from ftjax.errors import UserError
+from ftjax.models import bert
+from ftjax.weights import bert_table
+from ftjax.weights import safetensors_io
+
+CONFIG_FILE = 'config.json'
+TASKS = ('base', 'classification')
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How to build, load and save one HF model family."""
+  config_cls: type  # has from_hf(dict) / to_hf() and a `model_type`
+  # task -> (model class, weight table, HF architecture name)
+  classes: dict[str, tuple[type, safetensors_io.WeightTable, str]]
+  # (config, task, num_labels, dtype, param_dtype, rngs) -> model
+  build: Callable[..., nnx.Module]
+
+
+def _build_bert(config, task, num_labels, dtype, param_dtype, rngs):
+  if task == 'classification':
+    return bert.BertForSequenceClassification(
+        config, num_labels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+_FAMILIES: dict[str, Family] = {
+    'bert': Family(
+        config_cls=bert.BertConfig,
+        classes={
+            'base': (bert.BertModel, bert_table.BASE, 'BertModel'),
+            'classification': (bert.BertForSequenceClassification,
+                               bert_table.SEQUENCE_CLASSIFICATION,
+                               'BertForSequenceClassification'),
+        },
+        build=_build_bert,
+    ),
+}
+
+SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
+
+
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
+  """Reads `config.json` from a checkpoint directory."""
+  file = pathlib.Path(path) / CONFIG_FILE
+  if not file.is_file():
+    raise UserError(f'no {CONFIG_FILE} in checkpoint directory {path} '
+                    f'(looked for {file})')
+  try:
+    config = json.loads(file.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f'invalid JSON in {file}: {e}') from e
+  if not isinstance(config, dict):
+    raise UserError(f'{file} is not a JSON object')
+  return config
+
+
+def _family(model_type, where: str) -> Family:
+  if model_type not in _FAMILIES:
+    raise UserError(f"unsupported model_type '{model_type}' in {where}; "
+                    f'supported: {", ".join(SUPPORTED_MODEL_TYPES)}')
+  return _FAMILIES[model_type]
+
+
+def _check_task(task: str) -> None:
+  if task not in TASKS:
+    raise UserError(f"unknown task '{task}'; supported: {', '.join(TASKS)}")
+
+
+def _config_num_labels(hf: dict[str, Any]) -> int | None:
+  if isinstance(hf.get('id2label'), dict):
+    return len(hf['id2label'])
+  return hf.get('num_labels')
+
+
+def build_model(path: str | os.PathLike, *, task: str = 'classification',
+                num_labels: int | None = None, dtype=jnp.float32,
+                param_dtype=jnp.float32,
+                rngs: nnx.Rngs) -> tuple[nnx.Module, list[str]]:
+  """Builds a model from an HF checkpoint directory and loads its weights.
+
+  Args:
+    path: directory with `config.json` and `model.safetensors` (or shards).
+    task: 'base' or 'classification'.
+    num_labels: classifier width; None takes it from config.json (else 2).
+    dtype: compute dtype (e.g. jnp.bfloat16).
+    param_dtype: storage dtype of params; checkpoint values are cast to it.
+    rngs: initialises params the checkpoint lacks (e.g. a new classifier).
+
+  Returns:
+    (model, NNX paths of params that were newly initialised).
+  """
+  _check_task(task)
+  path = pathlib.Path(path)
+  hf = read_hf_config(path)
+  family = _family(hf.get('model_type'), str(path / CONFIG_FILE))
+  config = family.config_cls.from_hf(hf)
+  if task == 'classification' and num_labels is None:
+    num_labels = _config_num_labels(hf) or 2
+  model = family.build(config, task, num_labels, dtype, param_dtype, rngs)
+  _, table, _ = family.classes[task]
+  tensors = safetensors_io.read_safetensors_dir(path)
+  fresh = safetensors_io.load_params(model, tensors, table, source=str(path))
+  return model, fresh
+
+
+def _family_of(model: nnx.Module) -> tuple[Family, str]:
+  """Finds (family, task) from the model's class."""
+  for family in _FAMILIES.values():
+    for task, (cls, _, _) in family.classes.items():
+      if type(model) is cls:  # pylint: disable=unidiomatic-typecheck
+        return family, task
+  raise UserError(f'cannot save model of type {type(model).__name__}: '
+                  'not a registered model class')
+
+
+def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
+            task: str | None = None,
+            id2label: dict[int, str] | None = None) -> pathlib.Path:
+  """Writes `config.json` and `model.safetensors` that transformers loads.
+
+  Args:
+    model: a registered model class (e.g. `BertForSequenceClassification`).
+    out_dir: output directory (created).
+    task: 'base' or 'classification'; must agree with the model class when
+      given (None infers it).
+    id2label: label names for a classifier; default LABEL_0, LABEL_1, ...
+
+  Returns:
+    The output directory.
+  """
+  family, model_task = _family_of(model)
+  if task is not None:
+    _check_task(task)
+    if task != model_task:
+      raise UserError(f"cannot save a {type(model).__name__} as task '{task}'")
+  _, table, architecture = family.classes[model_task]
+  hf = model.config.to_hf()
+  hf['architectures'] = [architecture]
+  tensors = safetensors_io.export_params(model, table)
+  hf['dtype'] = str(next(iter(tensors.values())).dtype)
+  if model_task == 'classification':
+    n = model.num_labels
+    id2label = id2label or {i: f'LABEL_{i}' for i in range(n)}
+    if len(id2label) != n:
+      raise UserError(f'id2label has {len(id2label)} labels, model has {n}')
+    hf['num_labels'] = n
+    hf['id2label'] = {str(i): name for i, name in id2label.items()}
+    hf['label2id'] = {name: int(i) for i, name in id2label.items()}
+  out = pathlib.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  safetensors_io.write_safetensors(tensors, out / safetensors_io.SINGLE_FILE)
+  tmp = out / f'.{CONFIG_FILE}.tmp-{os.getpid()}'
+  tmp.write_text(json.dumps(hf, indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, out / CONFIG_FILE)
+  return out

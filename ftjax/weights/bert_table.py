@@ -1,0 +1,72 @@
+"""Weight tables between HF BERT checkpoints and `ftjax.models.bert`.
+
+HF names follow `transformers.BertModel` / `BertForSequenceClassification`.
+Old TF-converted checkpoints name LayerNorm params `gamma`/`beta`; both are read.
+"""
+
+from ftjax.weights.safetensors_io import Rule
+from ftjax.weights.safetensors_io import WeightTable
+
+
+def _layernorm(hf: str, nnx: str) -> list[Rule]:
+  return [Rule(f'{hf}.weight', f'{nnx}.scale'),
+          Rule(f'{hf}.bias', f'{nnx}.bias'),
+          Rule(f'{hf}.gamma', f'{nnx}.scale'),
+          Rule(f'{hf}.beta', f'{nnx}.bias')]
+
+
+def _linear(hf: str, nnx: str) -> list[Rule]:
+  return [Rule(f'{hf}.weight', f'{nnx}.kernel', 'T'),
+          Rule(f'{hf}.bias', f'{nnx}.bias')]
+
+
+def _base_rules(hf: str = '', nnx: str = '') -> list[Rule]:
+  """Rules for `BertModel` with the given name prefixes on each side."""
+  layer_hf, layer_nnx = f'{hf}encoder.layer.{{i}}', f'{nnx}encoder.layer.{{i}}'
+  rules = [
+      Rule(f'{hf}embeddings.word_embeddings.weight',
+           f'{nnx}embeddings.word_embeddings.embedding'),
+      Rule(f'{hf}embeddings.position_embeddings.weight',
+           f'{nnx}embeddings.position_embeddings.embedding'),
+      Rule(f'{hf}embeddings.token_type_embeddings.weight',
+           f'{nnx}embeddings.token_type_embeddings.embedding'),
+      *_layernorm(f'{hf}embeddings.LayerNorm', f'{nnx}embeddings.LayerNorm'),
+  ]
+  for proj in ('query', 'key', 'value'):
+    rules += _linear(f'{layer_hf}.attention.self.{proj}',
+                     f'{layer_nnx}.attention.self_attn.{proj}')
+  rules += _linear(f'{layer_hf}.attention.output.dense',
+                   f'{layer_nnx}.attention.output.dense')
+  rules += _layernorm(f'{layer_hf}.attention.output.LayerNorm',
+                      f'{layer_nnx}.attention.output.LayerNorm')
+  rules += _linear(f'{layer_hf}.intermediate.dense',
+                   f'{layer_nnx}.intermediate.dense')
+  rules += _linear(f'{layer_hf}.output.dense', f'{layer_nnx}.output.dense')
+  rules += _layernorm(f'{layer_hf}.output.LayerNorm',
+                      f'{layer_nnx}.output.LayerNorm')
+  rules += _linear(f'{hf}pooler.dense', f'{nnx}pooler.dense')
+  return rules
+
+
+# Buffers in HF checkpoints, not parameters.
+_BUFFERS = (r'(bert\.)?embeddings\.position_ids',)
+
+# `BertModel`. Reads task checkpoints too (`bert.` prefix), dropping their
+# heads like transformers does. A checkpoint saved without a pooler leaves the
+# pooler freshly initialised (reported, as transformers warns).
+BASE = WeightTable(
+    rules=tuple(_base_rules()),
+    ignore=_BUFFERS + (r'classifier\.(weight|bias)', r'cls\..*'),
+    optional=(r'pooler\..*',),
+    prefix_aliases=(('bert.', ''),),
+)
+
+# `BertForSequenceClassification`. Reads base checkpoints (no `bert.` prefix);
+# then the classifier (and a missing pooler) is newly initialised.
+SEQUENCE_CLASSIFICATION = WeightTable(
+    rules=tuple(_base_rules('bert.', 'bert.')
+                + _linear('classifier', 'classifier')),
+    ignore=_BUFFERS + (r'cls\..*',),
+    optional=(r'bert\.pooler\..*', r'classifier\..*'),
+    prefix_aliases=(('', 'bert.'),),
+)

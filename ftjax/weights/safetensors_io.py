@@ -1,0 +1,278 @@
+"""Hugging Face safetensors files <-> Flax NNX params, driven by a name table.
+
+A `WeightTable` is a list of `Rule(hf, nnx, transform)` with `{i}`-style
+integer placeholders shared by both sides, e.g.
+
+  Rule('encoder.layer.{i}.attention.self.query.weight',
+       'encoder.layer.{i}.attention.self_attn.query.kernel', 'T')
+
+so one table serves both loading (HF name -> NNX path) and export (NNX path ->
+HF name). `transform` 'T' transposes: HF Linear weights are [out, in], NNX
+kernels [in, out]. The table also says which HF tensors are buffers to skip,
+which NNX params may be absent from a checkpoint (they keep their fresh
+initialisation and are reported) and which HF name prefixes to try when a name
+matches no rule (e.g. `bert.`).
+"""
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+from typing import NamedTuple
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from ftjax.errors import UserError
+
+SINGLE_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'
+
+
+class Rule(NamedTuple):
+  """One HF tensor <-> one NNX param. Templates share `{name}` integer slots."""
+  hf: str
+  nnx: str
+  transform: str = ''  # '' (as is) or 'T' (transpose a 2-D matrix)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightTable:
+  """How one model class maps to HF tensor names.
+
+  Attributes:
+    rules: the name mapping.
+    ignore: regexes of HF names that are not parameters (buffers such as
+      `embeddings.position_ids`) or belong to heads this model does not have.
+    optional: regexes of NNX paths a checkpoint may lack; they stay freshly
+      initialised and `load_params` returns them (e.g. a new `classifier`).
+    prefix_aliases: (old, new) rewrites of HF name prefixes tried, in order, on
+      names that match no rule (e.g. ('bert.', '') for a task checkpoint loaded
+      into the base model).
+  """
+  rules: tuple[Rule, ...]
+  ignore: tuple[str, ...] = ()
+  optional: tuple[str, ...] = ()
+  prefix_aliases: tuple[tuple[str, str], ...] = ()
+
+
+def _template_regex(template: str) -> re.Pattern:
+  parts = re.split(r'\{(\w+)\}', template)
+  pattern = ''.join(re.escape(p) if k % 2 == 0 else rf'(?P<{p}>\d+)'
+                    for k, p in enumerate(parts))
+  return re.compile(pattern)
+
+
+class _Compiled:
+  """A table with its templates compiled to regexes, both directions."""
+
+  def __init__(self, table: WeightTable):
+    self.table = table
+    self.by_hf = [(_template_regex(r.hf), r) for r in table.rules]
+    self.by_nnx = [(_template_regex(r.nnx), r) for r in table.rules]
+    self.ignore = [re.compile(p) for p in table.ignore]
+    self.optional = [re.compile(p) for p in table.optional]
+
+  def to_nnx(self, hf_name: str):
+    """Returns (nnx_path, rule) for an HF name, or None."""
+    for rx, rule in self.by_hf:
+      m = rx.fullmatch(hf_name)
+      if m:
+        return rule.nnx.format(**m.groupdict()), rule
+    return None
+
+  def to_hf(self, nnx_path: str):
+    """Returns (hf_name, rule) for an NNX path, or None."""
+    for rx, rule in self.by_nnx:
+      m = rx.fullmatch(nnx_path)
+      if m:
+        return rule.hf.format(**m.groupdict()), rule
+    return None
+
+  def is_ignored(self, hf_name: str) -> bool:
+    return any(rx.fullmatch(hf_name) for rx in self.ignore)
+
+  def is_optional(self, nnx_path: str) -> bool:
+    return any(rx.fullmatch(nnx_path) for rx in self.optional)
+
+
+def _apply(transform: str, array):
+  """Applies a rule's transform; each is its own inverse, so one function
+  serves loading and export."""
+  if transform == '':
+    return array
+  if transform == 'T':
+    return array.T
+  raise ValueError(f'unknown weight transform {transform!r}')
+
+
+def _hf_shape(transform: str, shape) -> tuple[int, ...]:
+  return tuple(reversed(shape)) if transform == 'T' else tuple(shape)
+
+
+def param_vars(model: nnx.Module) -> dict[str, nnx.Variable]:
+  """The model's `nnx.Param` variables keyed by dotted path."""
+  flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
+  return {'.'.join(str(k) for k in path): var for path, var in flat}
+
+
+def _shown(names: list[str]) -> str:
+  more = f' (and {len(names) - 1} more)' if len(names) > 1 else ''
+  return f"'{names[0]}'{more}"
+
+
+def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
+                table: WeightTable, *, source: str = 'checkpoint') -> list[str]:
+  """Copies HF-named tensors into the model's params in place.
+
+  Every tensor must map to a param of matching shape and every param must get
+  a tensor, except the table's `ignore`d tensors and `optional` params. Values
+  are cast to each param's dtype (its `param_dtype`).
+
+  Args:
+    model: the NNX model; its params are overwritten.
+    tensors: HF name -> array, as from `read_safetensors_dir`.
+    table: the model class's weight table.
+    source: the file or directory the tensors came from, for error messages.
+
+  Returns:
+    The NNX paths of params the checkpoint lacked (left freshly initialised).
+
+  Raises:
+    UserError: naming the first unexpected, missing or mis-shaped tensor.
+  """
+  compiled = _Compiled(table)
+  params = param_vars(model)
+  assigned: dict[str, tuple[str, str]] = {}  # nnx path -> (hf name, transform)
+  unexpected = []
+  for name in sorted(tensors):
+    candidates = [name] + [new + name[len(old):]
+                           for old, new in table.prefix_aliases
+                           if name.startswith(old)]
+    if any(compiled.is_ignored(c) for c in candidates):
+      continue
+    hit = None
+    for candidate in candidates:
+      hit = compiled.to_nnx(candidate)
+      if hit and hit[0] in params:
+        break
+      hit = None
+    if hit is None:
+      unexpected.append(name)
+      continue
+    path, rule = hit
+    if path in assigned:
+      raise UserError(
+          f"tensors '{assigned[path][0]}' and '{name}' in {source} both map to "
+          f"parameter '{path}'")
+    want = _hf_shape(rule.transform, params[path][...].shape)
+    if tuple(tensors[name].shape) != want:
+      raise UserError(
+          f"tensor '{name}' in {source} has shape {tuple(tensors[name].shape)}, "
+          f'model expects {want}')
+    assigned[path] = (name, rule.transform)
+  if unexpected:
+    raise UserError(
+        f'unexpected tensor {_shown(unexpected)} in {source}: '
+        'the model has no parameter for it')
+
+  missing, fresh = [], []
+  for path in sorted(params):
+    if path in assigned:
+      continue
+    if compiled.is_optional(path):
+      fresh.append(path)
+    else:
+      hit = compiled.to_hf(path)
+      missing.append(hit[0] if hit else path)
+  if missing:
+    raise UserError(f'missing tensor {_shown(missing)} in {source}')
+
+  for path, (name, transform) in assigned.items():
+    var = params[path]
+    old = var[...]
+    value = jnp.asarray(_apply(transform, tensors[name]),
+                        dtype=old.dtype)
+    sharding = getattr(old, 'sharding', None)
+    var[...] = jax.device_put(value, sharding) if sharding else value
+  return fresh
+
+
+def export_params(model: nnx.Module, table: WeightTable) -> dict[str, np.ndarray]:
+  """Returns the model's params as HF-named numpy arrays (in param dtype).
+
+  Raises:
+    UserError: if a param has no HF name, e.g. an unmerged adapter.
+  """
+  compiled = _Compiled(table)
+  out = {}
+  for path, var in param_vars(model).items():
+    hit = compiled.to_hf(path)
+    if hit is None:
+      raise UserError(
+          f"parameter '{path}' has no Hugging Face name; merge or drop it "
+          'before exporting')
+    name, rule = hit
+    array = np.asarray(jax.device_get(var[...]))
+    out[name] = np.ascontiguousarray(_apply(rule.transform, array))
+  return out
+
+
+def _load_file(file: pathlib.Path) -> dict[str, np.ndarray]:
+  if not file.is_file():
+    raise UserError(f'safetensors file {file} does not exist')
+  try:
+    return safetensors.numpy.load_file(str(file))
+  except Exception as e:  # SafetensorError, OSError: truncated or corrupt.
+    raise UserError(f'cannot read safetensors file {file}: {e}') from e
+
+
+def read_safetensors_dir(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads all tensors of an HF checkpoint.
+
+  Args:
+    path: a directory holding `model.safetensors` or a sharded
+      `model.safetensors.index.json` with its shards, or one `.safetensors` file.
+
+  Returns:
+    Tensor name -> numpy array (bf16 as `ml_dtypes.bfloat16`).
+  """
+  path = pathlib.Path(path)
+  if path.is_file():
+    return _load_file(path)
+  if not path.is_dir():
+    raise UserError(f'checkpoint directory {path} does not exist')
+  index = path / INDEX_FILE
+  if index.is_file():
+    try:
+      weight_map = json.loads(index.read_text())['weight_map']
+      shards = sorted(set(weight_map.values()))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+      raise UserError(f'invalid safetensors index {index}: {e}') from e
+    tensors = {}
+    for shard in shards:
+      tensors.update(_load_file(path / shard))
+    return tensors
+  if (path / SINGLE_FILE).is_file():
+    return _load_file(path / SINGLE_FILE)
+  raise UserError(f'no {SINGLE_FILE} or {INDEX_FILE} in {path}')
+
+
+def write_safetensors(tensors: dict[str, np.ndarray],
+                      path: str | os.PathLike) -> None:
+  """Writes one safetensors file atomically (a temp file, then a rename)."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp-{os.getpid()}')
+  try:
+    # transformers requires the `format` metadata key.
+    safetensors.numpy.save_file(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp),
+        metadata={'format': 'pt'})
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
