@@ -11,8 +11,8 @@ table (`ftjax/weights/bert_table.py`) and methods can target modules by regex:
   pooler.dense
   bert.*, classifier                      (BertForSequenceClassification)
 
-HF's `attention.self` is renamed `attention.self_attn` because `self` cannot be
-an attribute name in Python methods without confusion; it is the only rename.
+HF's `attention.self` is renamed `attention.self_attn` (an attribute called
+`self` would read as `self.self` in methods); it is the only rename.
 Leaf names follow Flax (`kernel`/`bias`, `embedding`, `scale`/`bias`).
 
 Params carry logical axis names (`out_sharding` metadata, not applied eagerly)
@@ -43,8 +43,8 @@ ACTIVATIONS = {
     'swish': jax.nn.silu,
 }
 
-# Added to attention scores of padded keys; large but finite so fully padded
-# rows stay NaN-free (like transformers' finfo(float32).min).
+# Added (in fp32) to attention scores of padded keys; finite so a row whose
+# keys are all padding gets a uniform softmax instead of NaNs.
 _MASK_VALUE = -1e9
 
 
@@ -187,18 +187,20 @@ class BertSelfAttention(nnx.Module):
     self.value = _linear(cfg, h, h, ('embed', 'heads'), **kw)
 
   def __call__(self, x, mask_bias, rngs=None):
-    b, s, _ = x.shape
+    """x: [B*S, H] token rows; mask_bias: [B, 1, 1, S]. Returns [B*S, H]."""
+    b, s = mask_bias.shape[0], mask_bias.shape[-1]
     n, d = self.cfg.num_attention_heads, self.cfg.head_dim
-    q = self.query(x).reshape(b, s, n, d)
-    k = self.key(x).reshape(b, s, n, d)
-    v = self.value(x).reshape(b, s, n, d)
+    # Heads-major [B, N, S, D] layout: XLA:CPU runs these batched matmuls
+    # ~3x faster than contracting the [B, S, N, D] layout directly.
+    q, k, v = (proj(x).reshape(b, s, n, d).transpose(0, 2, 1, 3)
+               for proj in (self.query, self.key, self.value))
     # Scores and softmax in fp32 for bf16 stability; scale q before the matmul.
-    scores = jnp.einsum('bqnd,bknd->bnqk', q * (d ** -0.5), k,
+    scores = jnp.einsum('bnqd,bnkd->bnqk', q * (d ** -0.5), k,
                         preferred_element_type=jnp.float32)
     probs = jax.nn.softmax(scores + mask_bias, axis=-1)
     probs = _dropout(self.cfg.attention_probs_dropout_prob, probs, rngs)
-    out = jnp.einsum('bnqk,bknd->bqnd', probs.astype(v.dtype), v)
-    return out.reshape(b, s, n * d)
+    out = jnp.einsum('bnqk,bnkd->bnqd', probs.astype(v.dtype), v)
+    return out.transpose(0, 2, 1, 3).reshape(b * s, n * d)
 
 
 class BertSelfOutput(nnx.Module):
@@ -275,8 +277,8 @@ class BertPooler(nnx.Module):
                          ('embed', 'embed'), dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
 
-  def __call__(self, x):
-    return jnp.tanh(self.dense(x[:, 0]))
+  def __call__(self, first_token):
+    return jnp.tanh(self.dense(first_token))
 
 
 class BertModel(nnx.Module):
@@ -313,8 +315,11 @@ class BertModel(nnx.Module):
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                           _MASK_VALUE).astype(jnp.float32)
     x = self.embeddings(input_ids, token_type_ids, rngs)
-    x = self.encoder(x, mask_bias, rngs)
-    pooled = self.pooler(x) if self.pooler is not None else None
+    b, s, h = x.shape
+    # The encoder works on [B*S, H] rows: XLA:CPU's fast matmul kernels take
+    # the 2-D weight gradients, the 3-D ones fall back to a ~2x slower path.
+    x = self.encoder(x.reshape(b * s, h), mask_bias, rngs).reshape(b, s, h)
+    pooled = self.pooler(x[:, 0]) if self.pooler is not None else None
     return x, pooled
 
 
