@@ -9,9 +9,7 @@ in `frozen` untouched.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
-import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -28,7 +26,7 @@ from ftjax import data as data_lib
 from ftjax import methods, optim, sharding, sources
 from ftjax.config import ConfigDict
 from ftjax.errors import UserError
-from ftjax.metric_writers import MetricWriter, read_metrics, write_json
+from ftjax.metric_writers import MetricWriter, write_json
 from ftjax.models import registry as model_registry
 from ftjax.progress import Progress
 from ftjax.tasks import classification as task
