@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
-from ftjax import data as data_lib
+from ftjax.data import classification as data_lib
 from ftjax import methods, optim, sharding, sources
 from ftjax.config import ConfigDict
 from ftjax.errors import UserError
@@ -55,7 +55,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
                "lr": schedule(state.step), **aux}
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

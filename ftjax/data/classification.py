@@ -1,0 +1,143 @@
+"""Classification data for the trainer: TFDS build -> pre-tokenised split -> Grain batches.
+
+The trainer calls only `load_classification_data(data_cfg, tokenizer, seed=...)`.
+Config keys read (under `data.`): name, files, text_field, text_pair_field, label_field,
+label_names, train_split, max_length, padding, bucket_boundaries, data_dir,
+max_train_examples, num_workers (accepted, unused: the in-process pipeline is fast enough).
+"""
+
+from collections.abc import Iterator
+import functools
+import math
+
+import grain
+
+from ftjax.data import builders
+from ftjax.data import collate as collate_lib
+from ftjax.data import epoch_shuffle
+from ftjax.data import tokenization
+from ftjax.data.tokenization import load_tokenizer  # Re-exported for the trainer.
+from ftjax.errors import UserError
+
+__all__ = ["ClassificationData", "load_classification_data", "load_tokenizer"]
+
+
+class ClassificationData:
+  """One prepared classification dataset, tokenised lazily per (split, shard)."""
+
+  def __init__(self, builder, tokenizer, *, max_length: int, padding: str,
+               bucket_boundaries=(), train_split: str = "train",
+               max_train_examples: int = 0, num_workers: int = 0, seed: int = 0):
+    if padding not in collate_lib.PADDINGS:
+      raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
+    if max_length < 2:
+      raise UserError(f"data.max_length={max_length} must be >= 2")
+    self._builder = builder
+    self._tokenizer = tokenizer
+    self._max_length = int(max_length)
+    self._train_split = train_split
+    self._max_train = int(max_train_examples)
+    # Batches are a gather + pad of pre-tokenised ids (~80k examples/s on one core), so
+    # worker processes would only add IPC: `num_workers` is accepted and not used.
+    del num_workers
+    self._subset_seed = int(seed)
+    self._has_pair = "text_pair" in builder.info.features
+    self._cache = {}
+    self._collate = functools.partial(
+        collate_lib.collate, pad_id=tokenization.pad_id(tokenizer), max_length=self._max_length,
+        padding=padding, boundaries=tuple(int(b) for b in bucket_boundaries))
+    self.label_names: list[str] = list(builder.info.features["label"].names)
+    self.num_classes: int = len(self.label_names)
+    self.split_sizes: dict[str, int] = {
+        split: len(self._records(split)) for split in builder.info.splits}
+    metadata = builder.info.metadata or {}
+    self.duplicates_removed: dict | None = (
+        dict(metadata["duplicates_removed"]) if "duplicates_removed" in metadata else None)
+
+  def _records(self, split: str) -> grain.MapDataset:
+    """The split's records; the training split cut to `max_train_examples` if set."""
+    if split not in self._builder.info.splits:
+      raise UserError(f"split {split!r} not in dataset {self._builder.name} "
+                      f"(splits: {sorted(self._builder.info.splits)})")
+    records = grain.MapDataset.source(self._builder.as_data_source(split=split))
+    if split == self._train_split and 0 < self._max_train < len(records):
+      # A seeded random subset, the same for every process and every run with this seed.
+      records = records.seed(self._subset_seed).shuffle()[:self._max_train]
+    return records
+
+  def _encoded(self, split: str, shard_index: int, shard_count: int):
+    """Tokenises (once, then cached) the examples of one shard of a split."""
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+    key = (split, shard_index, shard_count)
+    if key not in self._cache:
+      # Each process reads and tokenises only its own shard.
+      shard = self._records(split)[shard_index::shard_count]
+      rows = [shard[i] for i in range(len(shard))]
+      self._cache[key] = tokenization.encode(
+          self._tokenizer, [_text(r["text"]) for r in rows],
+          [_text(r["text_pair"]) for r in rows] if self._has_pair else None,
+          [r["label"] for r in rows], self._max_length)
+    return self._cache[key]
+
+  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
+                     shard_count: int = 1) -> grain.DatasetIterator:
+    """Endless shuffled batches of this process's shard of the training split.
+
+    Every epoch is reshuffled (seeded); batches may span epoch boundaries. The iterator's
+    `get_state()` is a small JSON-serialisable dict; `set_state()` resumes exactly.
+    """
+    encoded = self._encoded(self._train_split, shard_index, shard_count)
+    if len(encoded) == 0:
+      raise UserError(f"training split {self._train_split!r} shard {shard_index} is empty")
+    dataset = epoch_shuffle.EpochShuffleMapDataset(grain.MapDataset.source(encoded), seed=seed)
+    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=self._collate)
+    # The data is in memory and a batch is a cheap gather + pad: prefetch threads only
+    # add locking overhead (measured 2x slower), so read in the calling thread.
+    iter_dataset = dataset.to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    return iter(iter_dataset)
+
+  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
+                   shard_count: int = 1) -> Iterator[dict]:
+    """One pass over a split in a fixed order; padding examples have weight 0.
+
+    Every shard yields the same number of batches (ceil(ceil(N / shards) / batch_size)),
+    so processes stay in lock-step for collective eval steps.
+    """
+    encoded = self._encoded(split, shard_index, shard_count)
+    total = self.split_sizes[split]
+    num_batches = math.ceil(math.ceil(total / shard_count) / batch_size)
+    for b in range(num_batches):
+      examples = [encoded[i] for i in range(b * batch_size,
+                                            min((b + 1) * batch_size, len(encoded)))]
+      yield self._collate(examples, batch_size=batch_size)
+
+  def texts(self, split: str) -> list[str]:
+    """Raw texts of a split, in `eval_batches` order when unsharded (pairs joined by " || ")."""
+    records = self._records(split)
+    out = []
+    for i in range(len(records)):
+      r = records[i]
+      text = _text(r["text"])
+      out.append(f"{text} || {_text(r['text_pair'])}" if self._has_pair else text)
+    return out
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_classification_data(data_cfg, tokenizer, *, seed: int) -> ClassificationData:
+  """Prepares the dataset named by `data_cfg` (building it once) and wraps it for training."""
+  builder = builders.prepare(data_cfg)
+  return ClassificationData(
+      builder, tokenizer,
+      max_length=data_cfg.max_length,
+      padding=data_cfg.padding,
+      bucket_boundaries=tuple(data_cfg.bucket_boundaries or ()),
+      train_split=data_cfg.train_split,
+      max_train_examples=data_cfg.max_train_examples,
+      num_workers=data_cfg.get("num_workers", 0),
+      seed=seed,
+  )
