@@ -12,6 +12,7 @@ import ast
 import difflib
 import importlib.util
 import os
+import re
 from typing import Any, Iterable
 
 import ml_collections
@@ -37,6 +38,10 @@ def base_config() -> ConfigDict:
 
   c.method = ConfigDict()
   c.method.name = "full"
+  c.method.freeze = ""  # regex over parameter paths frozen on top of any method ("" = none)
+  from ftjax import methods  # pylint: disable=g-import-not-at-top  (registers every method)
+  for name, options in methods.defaults().items():
+    c.method[name] = ConfigDict(options)
 
   c.data = ConfigDict()
   c.data.name = "rotten_tomatoes"  # a TFDS builder of ftjax.data, or "files"
@@ -220,7 +225,14 @@ def validate(cfg: ConfigDict) -> None:
   for key in ("model.dtype", "model.param_dtype"):
     value = cfg.model.dtype if key == "model.dtype" else cfg.model.param_dtype
     _require(value in COMPUTE_DTYPES, key, f"must be one of {COMPUTE_DTYPES}, got '{value}'")
-  _require(cfg.model.task == "classification", "model.task", f"must be 'classification', got '{cfg.model.task}'")
+  from ftjax import tasks  # pylint: disable=g-import-not-at-top
+  _require(cfg.model.task in tasks.names(), "model.task",
+           f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.names())}")
+  if cfg.method.freeze:
+    try:
+      re.compile(cfg.method.freeze)
+    except re.error as e:
+      raise UserError(f"config key 'method.freeze' is not a valid regex: {e}") from None
   _require(cfg.method.name in methods.names(), "method.name",
            f"names an unknown method '{cfg.method.name}'; known: {', '.join(methods.names())}")
   _require(cfg.data.max_length > 1, "data.max_length", f"must be > 1, got {cfg.data.max_length}")

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from ftjax.errors import exit_on_user_error
 
@@ -33,6 +34,8 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 def main(argv: list[str], overrides: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  # Orbax and TFDS log every step of every save at INFO; keep the console for ftjax's own lines.
+  absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("ftjax").setLevel(logging.INFO)
   with exit_on_user_error():
     from ftjax import config as config_lib, train  # pylint: disable=g-import-not-at-top

@@ -22,14 +22,13 @@ import optax
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
-from ftjax.data import classification as data_lib
-from ftjax import methods, optim, sharding, sources
+from ftjax import methods, optim, sharding, sources, tasks
+from ftjax.data.tokenization import load_tokenizer
 from ftjax.config import ConfigDict
 from ftjax.errors import UserError
 from ftjax.metric_writers import MetricWriter, write_json
 from ftjax.models import registry as model_registry
 from ftjax.progress import Progress
-from ftjax.tasks import classification as task
 
 log = logging.getLogger("ftjax")
 
@@ -42,7 +41,8 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # raw uint32 key; dropout keys are folded in per step
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule) -> Callable:
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    task) -> Callable:
   """Returns `train_step(state, batch) -> (state, metrics)`; pure, ready for `jax.jit`."""
 
   def train_step(state: TrainState, batch):
@@ -62,12 +62,12 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   return train_step
 
 
-def make_eval_step(graphdef, num_classes: int) -> Callable:
-  """Returns `eval_step(state, batch) -> sums` (see tasks.classification.eval_sums)."""
+def make_eval_step(graphdef, task, dataset) -> Callable:
+  """Returns `eval_step(state, batch) -> sums` (see the task's `eval_sums`)."""
 
   def eval_step(state: TrainState, batch):
     model = nnx.merge(graphdef, state.params, state.frozen)
-    return task.eval_sums(model, batch, num_classes)
+    return task.eval_sums(model, batch, dataset)
 
   return eval_step
 
@@ -76,6 +76,7 @@ def make_eval_step(graphdef, num_classes: int) -> Callable:
 class Experiment:
   """Everything a run builds before its first step; shared by training and evaluation."""
   cfg: ConfigDict
+  task: Any  # a module of ftjax.tasks
   mesh: jax.sharding.Mesh
   dataset: Any
   graphdef: Any
@@ -92,21 +93,29 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def trainable_filter(method, freeze: str):
+  """The method's trainable variables, minus any matching the `method.freeze` regex."""
+  if not freeze:
+    return method.trainable()
+  return nnx.All(method.trainable(), nnx.Not(methods.base.path_matches(freeze)))
+
+
 def build_experiment(cfg: ConfigDict) -> Experiment:
+  task = tasks.get(cfg.model.task)
   mesh = sharding.make_mesh(cfg.mesh.shape)
   model_path = sources.resolve(cfg.model.checkpoint)
-  tokenizer = data_lib.load_tokenizer(model_path)
-  dataset = data_lib.load_classification_data(cfg.data, tokenizer, seed=cfg.seed)
+  tokenizer = load_tokenizer(model_path)
+  dataset = task.load_data(cfg.data, tokenizer, seed=cfg.seed)
 
   rngs = nnx.Rngs(params=cfg.seed)
   model, newly_initialised = model_registry.build_model(
-      model_path, task=cfg.model.task, num_labels=dataset.num_classes,
-      dtype=jnp.dtype(cfg.model.dtype), param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs)
+      model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
+      param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs, **task.model_kwargs(dataset))
   if newly_initialised:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(newly_initialised))
   method = methods.get(cfg.method.name, cfg.method)
   model = method.apply(model, rngs=rngs)
-  graphdef, params, frozen = nnx.split(model, method.trainable(), ...)
+  graphdef, params, frozen = nnx.split(model, trainable_filter(method, cfg.method.freeze), ...)
   del model  # its arrays now live in the state; the step donates them
 
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
@@ -118,7 +127,7 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   state = jax.device_put(state, shardings)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
   counts["total"] = counts["trainable"] + counts["frozen"]
-  return Experiment(cfg, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
+  return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
                     model_path, counts)
 
 
@@ -136,7 +145,7 @@ class Evaluator:
   def __init__(self, exp: Experiment):
     self.exp = exp
     self.batch_sharding = sharding.batch_sharding(exp.mesh)
-    self._step = jax.jit(make_eval_step(exp.graphdef, exp.dataset.num_classes),
+    self._step = jax.jit(make_eval_step(exp.graphdef, exp.task, exp.dataset),
                          in_shardings=(exp.state_shardings, self.batch_sharding),
                          out_shardings=sharding.replicated(exp.mesh))
 
@@ -149,7 +158,7 @@ class Evaluator:
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
       raise UserError(f"split '{split}' of data '{self.exp.cfg.data.name}' is empty")
-    return task.finalize(jax.device_get(totals))
+    return self.exp.task.finalize(jax.device_get(totals))
 
 
 def _prepare_workdir(workdir: str) -> pathlib.Path:
@@ -208,7 +217,7 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
-  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule),
+  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task),
                        in_shardings=(exp.state_shardings, batch_sharding),
                        out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
                        donate_argnums=0)
@@ -220,8 +229,8 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
     metrics = evaluator(state, eval_split)
     writer.write(step, "eval", _scalars(metrics))
     evals.append({"step": step, **_scalars(metrics)})
-    print(f"ftjax: step {step}: eval on '{eval_split}': accuracy {metrics['accuracy']:.4f}, "
-          f"loss {metrics['loss']:.4f} ({metrics['num_examples']} examples)", flush=True)
+    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in exp.task.HEADLINE_METRICS if k in metrics)
+    print(f"ftjax: step {step}: eval on '{eval_split}': {shown}", flush=True)
     return metrics
 
   if start_step == 0 and cfg.eval.at_start:
@@ -245,8 +254,9 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
       local = next(train_iter)
       state, metrics = train_step(state, sharding.put_batch(local, batch_sharding))
       step += 1
-      interval["examples"] += int(local["weights"].sum()) * jax.process_count()
-      interval["tokens"] += int(local["attention_mask"].sum()) * jax.process_count()
+      examples, tokens = exp.task.batch_counts(local)
+      interval["examples"] += examples * jax.process_count()
+      interval["tokens"] += tokens * jax.process_count()
       pending.append(metrics)
       progress.update(step)
       last = step == cfg.train.steps
@@ -279,8 +289,8 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
   if cfg.data.test_split and cfg.data.test_split in exp.dataset.split_sizes:
     test_metrics = evaluator(state, cfg.data.test_split)
     writer.write(step, "test", _scalars(test_metrics))
-    print(f"ftjax: final test accuracy {test_metrics['accuracy']:.4f} "
-          f"({test_metrics['num_examples']} examples)", flush=True)
+    shown = ", ".join(f"{k} {test_metrics[k]:.4f}" for k in exp.task.HEADLINE_METRICS if k in test_metrics)
+    print(f"ftjax: final eval on '{cfg.data.test_split}': {shown}", flush=True)
   writer.close()
 
   summary = _summary(cfg, exp, evals, test_metrics, step, start_step, totals, wall_start)

@@ -1,6 +1,6 @@
 """Fine-tuning methods. Each lives in its own file; importing it here registers it."""
 
-from ftjax.methods.registry import get, names, register  # noqa: F401
+from ftjax.methods.registry import defaults, get, names, register  # noqa: F401
 
 # One line per method.
 from ftjax.methods import full  # noqa: F401,E402

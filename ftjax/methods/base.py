@@ -42,12 +42,18 @@ def path_matches(pattern: str):
 
 
 class Method:
-  """Base class: subclasses set `name` and override what differs from full fine-tuning."""
+  """Base class: subclasses set `name` and override what differs from full fine-tuning.
+
+  `defaults` are the method's own options; they appear in every config as
+  `config.method.<name>.<option>` (so `--config.method.lora.rank=16` is validated like any key)
+  and reach the instance as `self.options`.
+  """
 
   name: str = ""
+  defaults: dict[str, Any] = {}
 
   def __init__(self, options=None):
-    self.options = options
+    self.options = options if options is not None else dict(self.defaults)
 
   def apply(self, model: nnx.Module, *, rngs: nnx.Rngs) -> nnx.Module:
     """Rewrites `model` for this method and returns it. Default: unchanged."""

@@ -20,7 +20,14 @@ def names() -> list[str]:
   return sorted(_METHODS)
 
 
-def get(name: str, options=None) -> Method:
+def defaults() -> dict[str, dict]:
+  """Each method's own options, for the base config (`method.<name>.<option>`)."""
+  return {name: dict(cls.defaults) for name, cls in sorted(_METHODS.items()) if cls.defaults}
+
+
+def get(name: str, method_cfg=None) -> Method:
+  """The method `name`, given its options from `config.method.<name>` when present."""
   if name not in _METHODS:
     raise UserError(f"unknown method '{name}' (config key method.name); known: {', '.join(names())}")
+  options = method_cfg.get(name) if method_cfg is not None else None
   return _METHODS[name](options)

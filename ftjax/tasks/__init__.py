@@ -1,0 +1,30 @@
+"""Tasks: what a model is trained to do, chosen by `config.model.task`.
+
+A task is a module that provides (see `classification.py`, the reference):
+  MODEL_TASK                            the head `models.registry.build_model` builds
+  load_data(data_cfg, tokenizer, *, seed) -> dataset with train_iterator / eval_batches /
+                                           split_sizes (the Grain pipeline for the task)
+  model_kwargs(dataset) -> dict         extra build_model arguments (e.g. num_labels)
+  train_loss(model, batch, rngs) -> (loss, aux metrics)      inside the jitted train step
+  eval_sums(model, batch, dataset) -> pytree of sums         inside the jitted eval step
+  finalize(sums) -> dict of metrics     on the host, after a whole split
+  batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
+  HEADLINE_METRICS                      metrics printed after each evaluation
+"""
+
+import importlib
+
+_TASKS = {
+    "classification": "ftjax.tasks.classification",
+}
+
+
+def names() -> list[str]:
+  return sorted(_TASKS)
+
+
+def get(name: str):
+  from ftjax.errors import UserError  # pylint: disable=g-import-not-at-top
+  if name not in _TASKS:
+    raise UserError(f"unknown task '{name}' (config key model.task); known: {', '.join(names())}")
+  return importlib.import_module(_TASKS[name])

@@ -10,7 +10,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_TASK = "classification"
+HEADLINE_METRICS = ("accuracy", "loss")
+
+
+def load_data(data_cfg, tokenizer, *, seed: int):
+  from ftjax.data.classification import load_classification_data  # pylint: disable=g-import-not-at-top
+  return load_classification_data(data_cfg, tokenizer, seed=seed)
+
+
+def model_kwargs(dataset) -> dict:
+  return {"num_labels": dataset.num_classes}
+
+
+def batch_counts(local_batch) -> tuple[int, int]:
+  """Real examples and non-padding tokens in a host batch."""
+  return int(local_batch["weights"].sum()), int(local_batch["attention_mask"].sum())
 
 
 def logits(model, batch, rngs=None):
@@ -28,8 +43,9 @@ def train_loss(model, batch, rngs):
   return loss, {"accuracy": (correct * weights).sum() / denominator}
 
 
-def eval_sums(model, batch, num_classes: int):
+def eval_sums(model, batch, dataset):
   """Loss sum, correct count, example count and the confusion matrix for one batch."""
+  num_classes = dataset.num_classes
   out = logits(model, batch).astype(jnp.float32)
   weights = batch["weights"]
   labels = batch["labels"]
