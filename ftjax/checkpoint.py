@@ -29,6 +29,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def should_save(self, step: int) -> bool:
     return step % self.every_steps == 0
 

@@ -9,6 +9,7 @@ in `frozen` untouched.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import pathlib
 import time
@@ -322,3 +323,38 @@ def _summary(cfg, exp, evals, test_metrics, step, start_step, totals, wall_start
       "wall_time_sec": time.time() - wall_start,
       "split_sizes": exp.dataset.split_sizes,
   }
+
+
+def restore_state(exp: Experiment, workdir: str, checkpoint: str | int = "latest") -> tuple[TrainState, int]:
+  """The train state of a finished or running workdir: `latest`, `best`, `base` or a step.
+
+  `base` is the untouched pretrained model (with its freshly initialised head), i.e. step 0.
+  Returns the state and its step.
+  """
+  if checkpoint == "base":
+    return exp.state, 0
+  directory = pathlib.Path(workdir) / "checkpoints"
+  checkpointer = ckpt_lib.Checkpointer(directory, every_steps=1, keep=1 << 30)
+  try:
+    available = checkpointer.all_steps()
+    if checkpoint == "latest":
+      step = checkpointer.latest_step()
+    elif checkpoint == "best":
+      summary_path = pathlib.Path(workdir) / "summary.json"
+      if not summary_path.exists():
+        raise UserError(f"no summary.json in workdir '{workdir}' to find the best step")
+      step = json.loads(summary_path.read_text()).get("best_step")
+    else:
+      step = int(checkpoint)
+    if step is None or step not in available:
+      raise UserError(f"checkpoint '{checkpoint}' (step {step}) not found in {directory}; "
+                      f"available steps: {available}")
+    state, _ = checkpointer.restore(step, ckpt_lib.abstract_like(exp.state))
+  finally:
+    checkpointer.close()
+  return state, int(step)
+
+
+def model_from_state(exp: Experiment, state: TrainState) -> nnx.Module:
+  """The NNX model (method applied) holding the state's parameters."""
+  return nnx.merge(exp.graphdef, state.params, state.frozen)
