@@ -59,11 +59,20 @@ def base_config() -> ConfigDict:
   c.data.data_dir = ""  # "" = $FTJAX_CACHE/tfds
   c.data.max_train_examples = 0  # 0 = all
   c.data.num_workers = 0
+  # --- Chat data (model.task "causal_lm"; data.name "chatterbot" or "chat_files") ---
+  c.data.messages_field = "messages"  # JSONL field holding [{"role", "content"}, ...]
+  c.data.chat_template = ""  # "" = the tokenizer's, "chatml", or a Jinja template
+  c.data.packing = False  # pack whole conversations into rows of max_length (training)
+  c.data.chatterbot_categories = ()  # ChatterBot YAML file stems, e.g. ("coding",); () = all
+  c.data.eval_fraction = 0.1  # ChatterBot: share of conversations (by prompt hash) in validation
+  # --- end chat data ---
 
   c.train = ConfigDict()
   c.train.steps = 1000
   c.train.batch_size = 32  # global batch, across all processes
   c.train.log_every_steps = 10
+  c.train.on_nan = "halt"  # non-finite loss/grads: "halt" (error, exit 1) or "skip" the update
+  c.train.max_nonfinite = 10  # with on_nan=skip: halt once more updates than this were skipped
 
   c.optimizer = ConfigDict()
   c.optimizer.name = "adamw"
@@ -84,10 +93,18 @@ def base_config() -> ConfigDict:
   c.eval.at_start = True
   c.eval.metric = "accuracy"  # the metric that picks the best step
   c.eval.mode = "max"
+  c.eval.patience = 0  # early stopping: evals without improvement before stopping (0 = never)
+  c.eval.min_delta = 0.0  # smallest change of eval.metric that counts as an improvement
+  c.eval.ece_bins = 15  # equal-width confidence bins of the calibration error (ECE)
+  c.eval.slice_by = ()  # per-slice metrics by "length" and/or metadata columns of data.files
+  c.eval.length_buckets = 4  # "length" slices: token-length quantile buckets of data.eval_split
+  c.eval.length_boundaries = ()  # or fixed inclusive upper bounds, e.g. (16, 32): 3 buckets
 
   c.checkpoint = ConfigDict()
   c.checkpoint.every_steps = 500
   c.checkpoint.keep = 2
+  c.checkpoint.keep_best = 1  # best parameter sets by eval.metric, in checkpoints/best
+  c.checkpoint.on_corrupt = "error"  # an unreadable latest checkpoint: "error" or "previous"
 
   c.mesh = ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
@@ -239,6 +256,13 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.data.padding in ("bucket", "max_length"), "data.padding",
            f"must be 'bucket' or 'max_length', got '{cfg.data.padding}'")
   _require(cfg.data.max_train_examples >= 0, "data.max_train_examples", "must be >= 0")
+  # Chat data keys.
+  _require(bool(cfg.data.messages_field), "data.messages_field", "must not be empty")
+  _require(isinstance(cfg.data.chat_template, str), "data.chat_template", "must be a string")
+  _require(0 <= cfg.data.eval_fraction < 1, "data.eval_fraction",
+           f"must be in [0, 1), got {cfg.data.eval_fraction}")
+  _require(all(isinstance(c, str) and c for c in cfg.data.chatterbot_categories),
+           "data.chatterbot_categories", "must be non-empty strings (YAML file stems)")
   _require(cfg.train.steps > 0, "train.steps", f"must be > 0, got {cfg.train.steps}")
   _require(cfg.train.batch_size > 0, "train.batch_size", f"must be > 0, got {cfg.train.batch_size}")
   _require(cfg.train.log_every_steps > 0, "train.log_every_steps", "must be > 0")
@@ -255,6 +279,21 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.eval.mode in ("max", "min"), "eval.mode", f"must be 'max' or 'min', got '{cfg.eval.mode}'")
   _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
   _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
+  _require(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", "must be >= 0")
+  _require(cfg.checkpoint.on_corrupt in ("error", "previous"), "checkpoint.on_corrupt",
+           f"must be 'error' or 'previous', got '{cfg.checkpoint.on_corrupt}'")
+  _require(cfg.train.on_nan in ("halt", "skip"), "train.on_nan",
+           f"must be 'halt' or 'skip', got '{cfg.train.on_nan}'")
+  _require(cfg.train.max_nonfinite >= 0, "train.max_nonfinite", "must be >= 0")
+  _require(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
+  _require(cfg.eval.min_delta >= 0, "eval.min_delta", "must be >= 0")
+  _require(cfg.eval.ece_bins > 0, "eval.ece_bins", f"must be > 0, got {cfg.eval.ece_bins}")
+  _require(all(isinstance(f, str) and f for f in cfg.eval.slice_by), "eval.slice_by",
+           f"must be a tuple of non-empty names, got {tuple(cfg.eval.slice_by)}")
+  _require(cfg.eval.length_buckets > 0, "eval.length_buckets", "must be > 0")
+  bounds = tuple(cfg.eval.length_boundaries)
+  _require(all(isinstance(b, int) and b > 0 for b in bounds) and list(bounds) == sorted(set(bounds)),
+           "eval.length_boundaries", f"must be increasing positive integers, got {bounds}")
   shape = tuple(cfg.mesh.shape)
   _require(len(shape) == len(MESH_AXES), "mesh.shape", f"needs {len(MESH_AXES)} sizes for axes {MESH_AXES}, got {shape}")
   _require(all(isinstance(s, int) and (s > 0 or s == -1) for s in shape) and shape.count(-1) <= 1,

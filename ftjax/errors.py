@@ -13,14 +13,22 @@ class UserError(Exception):
   """A problem with the user's input; reported as one `error:` line and exit status 2."""
 
 
+class RunError(Exception):
+  """A run that cannot go on (e.g. non-finite loss under `train.on_nan=halt`); exit status 1."""
+
+
 EXIT_USER_ERROR = 2
+EXIT_RUN_ERROR = 1
 
 
 @contextlib.contextmanager
 def exit_on_user_error():
-  """Turns a `UserError` raised inside the block into `error: ...` on stderr and exit 2."""
+  """Turns a `UserError` (`RunError`) raised inside the block into `error: ...` and exit 2 (1)."""
   try:
     yield
   except UserError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(EXIT_USER_ERROR)
+  except RunError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(EXIT_RUN_ERROR)

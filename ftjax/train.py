@@ -9,7 +9,6 @@ in `frozen` untouched.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import pathlib
 import time
@@ -26,10 +25,13 @@ from ftjax import checkpoint as ckpt_lib
 from ftjax import methods, optim, sharding, sources, tasks
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.config import ConfigDict
-from ftjax.errors import UserError
+from ftjax.early_stopping import EarlyStopping
+from ftjax.errors import RunError, UserError
 from ftjax.metric_writers import MetricWriter, write_json
+from ftjax.preemption import PreemptionGuard
 from ftjax.models import registry as model_registry
 from ftjax.progress import Progress
+from ftjax.workdir_lock import WorkdirLock
 
 log = logging.getLogger("ftjax")
 
@@ -40,6 +42,8 @@ class TrainState(flax.struct.PyTreeNode):
   frozen: Any  # every other variable of the model (nnx.State)
   opt_state: Any
   rng: jax.Array  # raw uint32 key; dropout keys are folded in per step
+  nonfinite: jax.Array  # updates skipped because the loss or gradients were not finite
+  first_nonfinite: jax.Array  # step of the first such update, -1 if none
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -54,11 +58,20 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
       return task.train_loss(model, batch, nnx.Rngs(dropout=dropout_key))
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads),
-               "lr": schedule(state.step), **aux}
-    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+    # A non-finite loss or gradient never reaches the parameters: the update is dropped here,
+    # counted, and the host halts or carries on per `train.on_nan`.
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), **aux}
+    return state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
+        first_nonfinite=jnp.where(~finite & (state.first_nonfinite < 0), state.step,
+                                  state.first_nonfinite)), metrics
 
   return train_step
 
@@ -94,6 +107,14 @@ def count_params(tree) -> int:
   return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
 
 
+def _check_vocab(model_path: pathlib.Path, tokenizer) -> None:
+  """A tokenizer that emits ids past the embedding table would index out of range silently."""
+  vocab_size = model_registry.read_hf_config(model_path).get("vocab_size")
+  if vocab_size is not None and len(tokenizer) > vocab_size:
+    raise UserError(f"tokenizer in '{model_path}' has {len(tokenizer)} tokens but the model's "
+                    f"config.json has vocab_size {vocab_size}")
+
+
 def trainable_filter(method, freeze: str):
   """The method's trainable variables, minus any matching the `method.freeze` regex."""
   if not freeze:
@@ -106,6 +127,7 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   mesh = sharding.make_mesh(cfg.mesh.shape)
   model_path = sources.resolve(cfg.model.checkpoint)
   tokenizer = load_tokenizer(model_path)
+  _check_vocab(model_path, tokenizer)
   dataset = task.load_data(cfg.data, tokenizer, seed=cfg.seed)
 
   rngs = nnx.Rngs(params=cfg.seed)
@@ -123,7 +145,8 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
   rng = jax.random.key_data(jax.random.key(cfg.seed + 1))
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                     opt_state=tx.init(params), rng=rng)
+                     opt_state=tx.init(params), rng=rng, nonfinite=jnp.zeros((), jnp.int32),
+                     first_nonfinite=jnp.full((), -1, jnp.int32))
   shardings = sharding.state_shardings(state, mesh)
   state = jax.device_put(state, shardings)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
@@ -175,27 +198,38 @@ def _prepare_workdir(workdir: str) -> pathlib.Path:
 
 
 def _scalars(metrics: dict) -> dict:
-  return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _is_better(value: float, best: float | None, mode: str) -> bool:
-  return best is None or (value > best if mode == "max" else value < best)
+def _headline(task, metrics: dict) -> str:
+  return ", ".join(f"{k} {metrics[k]:.4f}" for k in task.HEADLINE_METRICS if k in metrics)
 
 
 def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
   """Trains and evaluates; rerun on the same workdir to resume. Returns the summary."""
-  wall_start = time.time()
   workdir = _prepare_workdir(workdir)
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock:
+    lock.acquire()
+  try:
+    return _train_and_evaluate(cfg, workdir)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
+  wall_start = time.time()
   is_main = jax.process_index() == 0
+  exp = build_experiment(cfg)  # every input is checked before anything is written
   if is_main:
     write_json(workdir / "config.json", cfg.to_dict())
-
-  exp = build_experiment(cfg)
-  log.info("Method '%s': %s trainable of %s parameters (%.3f%%).", cfg.method.name,
-           f"{exp.param_counts['trainable']:,}", f"{exp.param_counts['total']:,}",
-           100 * exp.param_counts["trainable"] / max(exp.param_counts["total"], 1))
   print(f"ftjax: method {cfg.method.name}, trainable parameters "
-        f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,}", flush=True)
+        f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,} "
+        f"({100 * exp.param_counts['trainable'] / max(exp.param_counts['total'], 1):.3f}%)", flush=True)
+  print(f"ftjax: data '{cfg.data.name}': {exp.dataset.split_sizes}"
+        + (f", duplicates removed: {exp.dataset.duplicates_removed}"
+           if getattr(exp.dataset, "duplicates_removed", None) else ""), flush=True)
 
   batch_size = local_batch_size(cfg.train.batch_size, exp.mesh)
   train_iter = exp.dataset.train_iterator(batch_size, seed=cfg.seed,
@@ -203,16 +237,21 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
                                           shard_count=jax.process_count())
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                                        keep=cfg.checkpoint.keep)
+  best_checkpointer = None
+  if cfg.checkpoint.keep_best:
+    best_checkpointer = ckpt_lib.BestCheckpointer(
+        workdir / "checkpoints" / ckpt_lib.BEST_DIR, metric=cfg.eval.metric, mode=cfg.eval.mode,
+        keep=cfg.checkpoint.keep_best)
   writer = MetricWriter(workdir)
   state = exp.state
   history: list[dict] = []
   start_step = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    state, data_state = checkpointer.restore(latest, ckpt_lib.abstract_like(state))
+  restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(state),
+                                              on_corrupt=cfg.checkpoint.on_corrupt)
+  if restored is not None:
+    start_step, state, data_state = restored
     if data_state:
       train_iter.set_state(data_state)
-    start_step = int(latest)
     history = writer.truncate_after(start_step)
     print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
 
@@ -224,15 +263,25 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
                        donate_argnums=0)
 
   eval_split = cfg.data.eval_split
+  stopper = EarlyStopping(cfg.eval.metric, cfg.eval.mode, patience=cfg.eval.patience,
+                          min_delta=cfg.eval.min_delta)
   evals = [r for r in history if r["split"] == "eval"]
+  for record in evals:
+    stopper.update(record)
 
-  def run_eval(step: int) -> dict:
-    metrics = evaluator(state, eval_split)
-    writer.write(step, "eval", _scalars(metrics))
-    evals.append({"step": step, **_scalars(metrics)})
-    shown = ", ".join(f"{k} {metrics[k]:.4f}" for k in exp.task.HEADLINE_METRICS if k in metrics)
-    print(f"ftjax: step {step}: eval on '{eval_split}': {shown}", flush=True)
-    return metrics
+  def run_eval(step: int) -> None:
+    metrics = _scalars(evaluator(state, eval_split))
+    writer.write(step, "eval", metrics)
+    record = {"step": step, **metrics}
+    evals.append(record)
+    try:
+      is_best = stopper.update(record)
+    except KeyError as e:
+      raise UserError(e.args[0]) from None
+    if is_best and best_checkpointer:
+      best_checkpointer.save(step, state.params, metrics)
+    print(f"ftjax: step {step}: eval on '{eval_split}': {_headline(exp.task, metrics)}"
+          + (" (best)" if is_best else ""), flush=True)
 
   if start_step == 0 and cfg.eval.at_start:
     run_eval(0)
@@ -242,6 +291,7 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
   interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
   totals = {"examples": 0, "tokens": 0, "time": 0.0}
   step = start_step
+  stop_reason = None
 
   def paused(fn, *args):
     """Runs eval or a checkpoint save outside the throughput clock."""
@@ -250,72 +300,95 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
     fn(*args)
     interval["paused"] += time.time() - t
 
-  try:
-    while step < cfg.train.steps:
-      local = next(train_iter)
-      state, metrics = train_step(state, sharding.put_batch(local, batch_sharding))
-      step += 1
-      examples, tokens = exp.task.batch_counts(local)
-      interval["examples"] += examples * jax.process_count()
-      interval["tokens"] += tokens * jax.process_count()
-      pending.append(metrics)
-      progress.update(step)
-      last = step == cfg.train.steps
+  def check_finite() -> int:
+    """Halts (exit 1) on skipped non-finite updates per `train.on_nan`; returns their count."""
+    skipped, first = (int(x) for x in jax.device_get((state.nonfinite, state.first_nonfinite)))
+    limit = 0 if cfg.train.on_nan == "halt" else cfg.train.max_nonfinite
+    if skipped > limit:
+      raise RunError(
+          f"non-finite loss or gradients at step {first + 1} ({skipped} update(s) skipped, "
+          f"train.on_nan={cfg.train.on_nan}); the last checkpoint "
+          f"({checkpointer.latest_step()}) holds parameters from before it")
+    return skipped
 
-      if step % cfg.train.log_every_steps == 0 or last:
-        fetched = jax.device_get(pending)  # one sync per logging interval, not per step
-        elapsed = time.time() - interval["start"] - interval["paused"]
-        for k in ("examples", "tokens"):
-          totals[k] += interval[k]
-        totals["time"] += elapsed
-        means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-        means.update(examples_per_sec=interval["examples"] / elapsed,
-                     tokens_per_sec=interval["tokens"] / elapsed)
-        writer.write(step, "train", means)
-        progress.set_postfix(loss=means["loss"], ex_per_s=means["examples_per_sec"])
-        pending = []
-        interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
-        if not np.isfinite(means["loss"]):
-          raise FloatingPointError(f"non-finite training loss at step {step}")
+  with PreemptionGuard() as preemption:
+    try:
+      while step < cfg.train.steps:
+        local = next(train_iter)
+        state, metrics = train_step(state, sharding.put_batch(local, batch_sharding))
+        step += 1
+        examples, tokens = exp.task.batch_counts(local)
+        interval["examples"] += examples * jax.process_count()
+        interval["tokens"] += tokens * jax.process_count()
+        pending.append(metrics)
+        progress.update(step)
+        last = step == cfg.train.steps
 
-      if step % cfg.eval.every_steps == 0 or last:
-        paused(run_eval, step)
-      if checkpointer.should_save(step) or last:
-        paused(checkpointer.save, step, state, train_iter.get_state())
-  finally:
-    progress.close()
-    checkpointer.close()
+        if step % cfg.train.log_every_steps == 0 or last or preemption.requested:
+          fetched = jax.device_get(pending)  # one sync per logging interval, not per step
+          elapsed = time.time() - interval["start"] - interval["paused"]
+          for k in ("examples", "tokens"):
+            totals[k] += interval[k]
+          totals["time"] += elapsed
+          means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          means.update(examples_per_sec=interval["examples"] / elapsed,
+                       tokens_per_sec=interval["tokens"] / elapsed, nonfinite_skipped=check_finite())
+          writer.write(step, "train", means)
+          progress.set_postfix(loss=means["loss"], ex_per_s=means["examples_per_sec"])
+          pending = []
+          interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
+
+        if step % cfg.eval.every_steps == 0 or last:
+          paused(run_eval, step)
+          if stopper.should_stop and not last:
+            stop_reason = "early_stopping"
+            print(f"ftjax: early stopping at step {step}: no improvement of {cfg.eval.metric} in "
+                  f"{cfg.eval.patience} evaluations (best {stopper.best[cfg.eval.metric]:.4f} at "
+                  f"step {stopper.best['step']})", flush=True)
+        if preemption.requested and stop_reason is None:
+          stop_reason = "preempted"
+        if checkpointer.should_save(step) or last or stop_reason:
+          check_finite()  # never checkpoint past a non-finite update under on_nan=halt
+          paused(checkpointer.save, step, state, train_iter.get_state())
+        if stop_reason:
+          break
+    finally:
+      progress.close()
+      checkpointer.close()
+      if best_checkpointer:
+        best_checkpointer.close()
+
+  if stop_reason == "preempted":
+    writer.close()
+    print(f"ftjax: preempted (signal {preemption.received}) at step {step}; checkpoint saved, "
+          "rerun the same command to resume", flush=True)
+    return {"steps": step, "preempted": True}
 
   test_metrics = None
   if cfg.data.test_split and cfg.data.test_split in exp.dataset.split_sizes:
-    test_metrics = evaluator(state, cfg.data.test_split)
-    writer.write(step, "test", _scalars(test_metrics))
-    shown = ", ".join(f"{k} {test_metrics[k]:.4f}" for k in exp.task.HEADLINE_METRICS if k in test_metrics)
-    print(f"ftjax: final eval on '{cfg.data.test_split}': {shown}", flush=True)
+    test_state = state
+    if best_checkpointer and stopper.best and stopper.best["step"] != step:
+      test_state, _ = restore_state(exp, workdir, "best")
+    test_metrics = _scalars(evaluator(test_state, cfg.data.test_split))
+    writer.write(step, "test", test_metrics)
+    print(f"ftjax: test split '{cfg.data.test_split}' (best checkpoint, step "
+          f"{stopper.best['step'] if stopper.best else step}): {_headline(exp.task, test_metrics)}",
+          flush=True)
   writer.close()
 
-  summary = _summary(cfg, exp, evals, test_metrics, step, start_step, totals, wall_start)
-  if is_main:
-    write_json(workdir / "summary.json", summary)
-  return summary
-
-
-def _summary(cfg, exp, evals, test_metrics, step, start_step, totals, wall_start) -> dict:
-  best = None
-  for record in evals:
-    if _is_better(record[cfg.eval.metric], best and best[cfg.eval.metric], cfg.eval.mode):
-      best = record
-  return {
+  summary = {
       "steps": step,
+      "stop_reason": stop_reason or "completed",
       "resumed_from_step": start_step or None,
       "method": cfg.method.name,
       "params": exp.param_counts,
       "initial_eval": next((r for r in evals if r["step"] == 0), None),
       "final_eval": evals[-1] if evals else None,
-      "best_eval": best,
-      "best_step": best["step"] if best else None,
+      "best_eval": stopper.best,
+      "best_step": stopper.best["step"] if stopper.best else None,
       "best_metric": cfg.eval.metric,
-      "test": _scalars(test_metrics) if test_metrics else None,
+      "test": test_metrics,
+      "nonfinite_skipped": int(jax.device_get(state.nonfinite)),
       "train_examples": totals["examples"],  # this invocation's, when resumed
       "train_time_sec": totals["time"],  # step time only: evals and saves excluded
       "examples_per_sec": totals["examples"] / totals["time"] if totals["time"] else None,
@@ -323,33 +396,42 @@ def _summary(cfg, exp, evals, test_metrics, step, start_step, totals, wall_start
       "wall_time_sec": time.time() - wall_start,
       "split_sizes": exp.dataset.split_sizes,
   }
+  if is_main:
+    write_json(workdir / "summary.json", summary)
+  return summary
 
 
-def restore_state(exp: Experiment, workdir: str, checkpoint: str | int = "latest") -> tuple[TrainState, int]:
-  """The train state of a finished or running workdir: `latest`, `best`, `base` or a step.
+def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest") -> tuple[TrainState, int]:
+  """The train state of a workdir's checkpoint: `latest`, `best`, `base` or a step number.
 
   `base` is the untouched pretrained model (with its freshly initialised head), i.e. step 0.
+  `best` takes the trainable parameters from `checkpoints/best` (the frozen ones never change).
   Returns the state and its step.
   """
   if checkpoint == "base":
     return exp.state, 0
   directory = pathlib.Path(workdir) / "checkpoints"
+  if checkpoint == "best":
+    best = ckpt_lib.BestCheckpointer(directory / ckpt_lib.BEST_DIR, metric=exp.cfg.eval.metric,
+                                     mode=exp.cfg.eval.mode, keep=max(exp.cfg.checkpoint.keep_best, 1))
+    try:
+      step = best.best_step()
+      if step is None:
+        raise UserError(f"no best checkpoint in {directory / ckpt_lib.BEST_DIR}")
+      params = best.restore(step, ckpt_lib.abstract_like(exp.state.params))
+    finally:
+      best.close()
+    return exp.state.replace(params=params), int(step)
   checkpointer = ckpt_lib.Checkpointer(directory, every_steps=1, keep=1 << 30)
   try:
     available = checkpointer.all_steps()
-    if checkpoint == "latest":
-      step = checkpointer.latest_step()
-    elif checkpoint == "best":
-      summary_path = pathlib.Path(workdir) / "summary.json"
-      if not summary_path.exists():
-        raise UserError(f"no summary.json in workdir '{workdir}' to find the best step")
-      step = json.loads(summary_path.read_text()).get("best_step")
-    else:
-      step = int(checkpoint)
+    step = checkpointer.latest_step() if checkpoint == "latest" else int(checkpoint)
     if step is None or step not in available:
-      raise UserError(f"checkpoint '{checkpoint}' (step {step}) not found in {directory}; "
-                      f"available steps: {available}")
-    state, _ = checkpointer.restore(step, ckpt_lib.abstract_like(exp.state))
+      raise UserError(f"checkpoint '{checkpoint}' not found in {directory}; available steps: {available}")
+    try:
+      state, _ = checkpointer.restore(step, ckpt_lib.abstract_like(exp.state))
+    except ckpt_lib.CorruptCheckpointError as e:
+      raise UserError(str(e)) from None
   finally:
     checkpointer.close()
   return state, int(step)
