@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -81,8 +82,14 @@ class Checkpointer:
         if on_corrupt != "previous":
           raise UserError(f"{e}; rerun with --config.checkpoint.on_corrupt=previous to fall back "
                           "to the previous checkpoint") from None
-        log.warning("%s; falling back to the previous checkpoint", e)
-        print(f"ftjax: warning: {e}; falling back to the previous checkpoint", flush=True)
+        # Set the bad step aside (kept for inspection, ignored by Orbax) so the rerun can
+        # save that step again.
+        aside = self.directory / f"corrupt_step_{step}_{int(time.time())}"
+        os.rename(self.directory / str(step), aside)
+        self._manager.reload()
+        log.warning("%s; moved to %s, falling back to the previous checkpoint", e, aside)
+        print(f"ftjax: warning: {e}; moved to {aside.name}, falling back to the previous "
+              "checkpoint", flush=True)
     if self.all_steps():
       raise UserError(f"no readable checkpoint in {self.directory}")
     return None
@@ -110,6 +117,8 @@ class BestCheckpointer:
         best_fn=lambda metrics: metrics[metric], keep_checkpoints_without_metrics=False)
 
   def save(self, step: int, params_and_frozen, metrics: dict) -> None:
+    if step in self._manager.all_steps():
+      return  # a resumed run recomputed this step bit-identically: the saved one stands
     self._manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params_and_frozen)),
                        metrics={self.metric: float(metrics[self.metric])}, force=True)
 

@@ -252,8 +252,9 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
     start_step, state, data_state = restored
     if data_state:
       train_iter.set_state(data_state)
-    history = writer.truncate_after(start_step)
     print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
+  # Records past the restored step (or all, on a fresh start) are produced again.
+  history = writer.truncate_after(start_step if restored is not None else -1)
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
