@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ftjax.errors import UserError
+
 
 class EarlyStopping:
   """Tracks the best eval metric; `should_stop` after `patience` evals without improvement.
@@ -24,8 +26,8 @@ class EarlyStopping:
   def update(self, record: dict) -> bool:
     """Feeds one eval record (`step` + metrics); returns whether it is the new best."""
     if self.metric not in record:
-      raise KeyError(f"eval metric '{self.metric}' (config key eval.metric) not among "
-                     f"{sorted(k for k in record if k != 'step')}")
+      raise UserError(f"eval metric '{self.metric}' (config key eval.metric) not among "
+                     f"{sorted(k for k in record if k not in ('step', 'split'))}")
     if self.improved(record[self.metric]):
       self.best, self.bad_evals = dict(record), 0
       return True

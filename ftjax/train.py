@@ -124,6 +124,9 @@ def trainable_filter(method, freeze: str):
 
 def build_experiment(cfg: ConfigDict) -> Experiment:
   task = tasks.get(cfg.model.task)
+  if cfg.eval.metric not in task.METRICS:
+    raise UserError(f"config key 'eval.metric' names '{cfg.eval.metric}', which task "
+                    f"'{cfg.model.task}' does not report; choose from {', '.join(task.METRICS)}")
   mesh = sharding.make_mesh(cfg.mesh.shape)
   model_path = sources.resolve(cfg.model.checkpoint)
   tokenizer = load_tokenizer(model_path)
@@ -275,10 +278,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
     writer.write(step, "eval", metrics)
     record = {"step": step, **metrics}
     evals.append(record)
-    try:
-      is_best = stopper.update(record)
-    except KeyError as e:
-      raise UserError(e.args[0]) from None
+    is_best = stopper.update(record)
     if is_best and best_checkpointer:
       best_checkpointer.save(step, state.params, metrics)
     print(f"ftjax: step {step}: eval on '{eval_split}': {_headline(exp.task, metrics)}"

@@ -10,12 +10,14 @@ A task is a module that provides (see `classification.py`, the reference):
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
   HEADLINE_METRICS                      metrics printed after each evaluation
+  METRICS                               scalar eval metrics that `eval.metric` may name
 """
 
 import importlib
 
 _TASKS = {
     "classification": "ftjax.tasks.classification",
+    "causal_lm": "ftjax.tasks.causal_lm",
 }
 
 

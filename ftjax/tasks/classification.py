@@ -12,6 +12,7 @@ import optax
 
 MODEL_TASK = "classification"
 HEADLINE_METRICS = ("accuracy", "loss")
+METRICS = ("accuracy", "loss")  # scalar eval metrics `eval.metric` may name
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):
