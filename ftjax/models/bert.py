@@ -161,15 +161,26 @@ class BertEmbeddings(nnx.Module):
     self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, **kw)
     self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, **kw)
     self.LayerNorm = LayerNorm(cfg, **kw)  # pylint: disable=invalid-name
+    # Position of the first token; HF's `cache_length`. Prefix tuning sets it to
+    # its number of virtual tokens, as HF does when they come as a KV cache.
+    self.position_offset = 0
 
-  def __call__(self, input_ids, token_type_ids, rngs=None):
-    seq_len = input_ids.shape[1]
-    if seq_len > self.cfg.max_position_embeddings:
+  def __call__(self, input_ids, token_type_ids, rngs=None, *,
+               inputs_embeds=None):
+    """`inputs_embeds` [B, S, H], when given, replaces the word embeddings of
+    `input_ids` (HF's argument of that name; prompt tuning prepends to it)."""
+    if inputs_embeds is None:
+      inputs_embeds = self.word_embeddings(input_ids)
+    seq_len = inputs_embeds.shape[1]
+    offset = self.position_offset
+    if seq_len + offset > self.cfg.max_position_embeddings:
       raise UserError(
-          f'sequence length {seq_len} exceeds max_position_embeddings '
+          f'sequence length {seq_len}'
+          + (f' (+{offset} virtual tokens)' if offset else '')
+          + ' exceeds max_position_embeddings '
           f'{self.cfg.max_position_embeddings} of the BERT model')
-    x = (self.word_embeddings(input_ids)
-         + self.position_embeddings(jnp.arange(seq_len))[None]
+    x = (inputs_embeds
+         + self.position_embeddings(jnp.arange(offset, offset + seq_len))[None]
          + self.token_type_embeddings(token_type_ids))
     x = self.LayerNorm(x)
     return _dropout(self.cfg.hidden_dropout_prob, x, rngs)
@@ -311,11 +322,15 @@ class BertModel(nnx.Module):
       attention_mask = jnp.ones_like(input_ids)
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
+    x = self.embeddings(input_ids, token_type_ids, rngs)
+    b, s, h = x.shape
+    if s > attention_mask.shape[1]:
+      # Embeddings that prepend virtual tokens (prompt tuning): always attended.
+      extra = jnp.ones((b, s - attention_mask.shape[1]), attention_mask.dtype)
+      attention_mask = jnp.concatenate([extra, attention_mask], axis=1)
     # [B, 1, 1, S] additive bias over keys, fp32 regardless of compute dtype.
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                           _MASK_VALUE).astype(jnp.float32)
-    x = self.embeddings(input_ids, token_type_ids, rngs)
-    b, s, h = x.shape
     # The encoder works on [B*S, H] rows: XLA:CPU's fast matmul kernels take
     # the 2-D weight gradients, the 3-D ones fall back to a ~2x slower path.
     x = self.encoder(x.reshape(b * s, h), mask_bias, rngs).reshape(b, s, h)

@@ -4,8 +4,13 @@ A family is one `Family` entry in `_FAMILIES`: how to read its config, build
 its model class for a task, which weight table each class uses and the HF
 architecture name it exports as. Adding Llama or GPT-2 is one entry.
 
-Tasks: 'base' (the bare encoder/decoder) and 'classification' (sequence
-classification head, like `AutoModelForSequenceClassification`).
+Tasks: 'base' (the bare encoder), 'classification' (sequence classification
+head, like `AutoModelForSequenceClassification`) and 'causal_lm' (decoder with
+an LM head, like `AutoModelForCausalLM`). A family lists the tasks it has.
+
+`build_from_tensors` builds from an HF config dict and HF-named tensors
+without touching disk (the GGUF importer uses it); `build_model` reads a
+checkpoint directory and calls it.
 """
 
 import dataclasses
@@ -19,19 +24,23 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import bert
+from ftjax.models import gpt2
+from ftjax.models import llama
 from ftjax.weights import bert_table
+from ftjax.weights import gpt2_table
+from ftjax.weights import llama_table
 from ftjax.weights import safetensors_io
 
 CONFIG_FILE = 'config.json'
-TASKS = ('base', 'classification')
+TASKS = ('base', 'classification', 'causal_lm')
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
   """How to build, load and save one HF model family."""
   config_cls: type  # has from_hf(dict) / to_hf() and a `model_type`
-  # task -> (model class, weight table, HF architecture name)
-  classes: dict[str, tuple[type, safetensors_io.WeightTable, str]]
+  # task -> (model class, weight table or config -> table, HF architecture)
+  classes: dict[str, tuple[type, Any, str]]
   # (config, task, num_labels, dtype, param_dtype, rngs) -> model
   build: Callable[..., nnx.Module]
 
@@ -41,6 +50,21 @@ def _build_bert(config, task, num_labels, dtype, param_dtype, rngs):
     return bert.BertForSequenceClassification(
         config, num_labels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
   return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+
+def _build_causal_lm(cls):
+  def build(config, task, num_labels, dtype, param_dtype, rngs):
+    del task, num_labels  # only 'causal_lm'
+    return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+  return build
+
+
+def _llama_family(architecture: str) -> Family:
+  return Family(
+      config_cls=llama.LlamaConfig,
+      classes={'causal_lm': (llama.LlamaForCausalLM,
+                             llama_table.causal_lm_table, architecture)},
+      build=_build_causal_lm(llama.LlamaForCausalLM))
 
 
 _FAMILIES: dict[str, Family] = {
@@ -54,6 +78,16 @@ _FAMILIES: dict[str, Family] = {
         },
         build=_build_bert,
     ),
+    'gpt2': Family(
+        config_cls=gpt2.GPT2Config,
+        classes={'causal_lm': (gpt2.GPT2LMHeadModel,
+                               gpt2_table.lm_head_table, 'GPT2LMHeadModel')},
+        build=_build_causal_lm(gpt2.GPT2LMHeadModel),
+    ),
+    'llama': _llama_family('LlamaForCausalLM'),
+    'mistral': _llama_family('MistralForCausalLM'),
+    'qwen2': _llama_family('Qwen2ForCausalLM'),
+    'qwen3': _llama_family('Qwen3ForCausalLM'),
 }
 
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
@@ -86,6 +120,19 @@ def _check_task(task: str) -> None:
     raise UserError(f"unknown task '{task}'; supported: {', '.join(TASKS)}")
 
 
+def _table(table, config) -> safetensors_io.WeightTable:
+  """A family's table, or the one its config selects (e.g. tied heads)."""
+  return table if isinstance(table, safetensors_io.WeightTable) else table(
+      config)
+
+
+def _family_task(family: Family, model_type: str, task: str) -> None:
+  if task not in family.classes:
+    raise UserError(
+        f"task '{task}' is not supported for model_type '{model_type}'; "
+        f'supported: {", ".join(family.classes)}')
+
+
 def _config_num_labels(hf: dict[str, Any]) -> int | None:
   if isinstance(hf.get('id2label'), dict):
     return len(hf['id2label'])
@@ -112,20 +159,55 @@ def build_model(path: str | os.PathLike, *, task: str = 'classification',
   _check_task(task)
   path = pathlib.Path(path)
   hf = read_hf_config(path)
+  # Check the config before reading (possibly large) weights.
   family = _family(hf.get('model_type'), str(path / CONFIG_FILE))
-  config = family.config_cls.from_hf(hf)
+  _family_task(family, hf.get('model_type'), task)
+  family.config_cls.from_hf(hf)
+  tensors = safetensors_io.read_safetensors_dir(path)
+  return build_from_tensors(
+      hf, tensors, task=task, num_labels=num_labels, dtype=dtype,
+      param_dtype=param_dtype, rngs=rngs, source=str(path),
+      config_source=str(path / CONFIG_FILE))
+
+
+def build_from_tensors(
+    hf_config: dict[str, Any], tensors: dict[str, Any], *, task: str,
+    num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
+    rngs: nnx.Rngs, source: str = 'tensors',
+    config_source: str = 'config') -> tuple[nnx.Module, list[str]]:
+  """Builds a model from an HF config dict and HF-named tensors (no disk).
+
+  Args:
+    hf_config: the `config.json` dict (`model_type` selects the family).
+    tensors: HF tensor name -> numpy array.
+    task: 'base', 'classification' or 'causal_lm' (what the family has).
+    num_labels, dtype, param_dtype, rngs: as for `build_model`.
+    source: names the tensors' origin in error messages (a file or dir).
+    config_source: names the config's origin in error messages.
+
+  Returns:
+    (model, NNX paths of params that were newly initialised).
+  """
+  _check_task(task)
+  model_type = hf_config.get('model_type')
+  family = _family(model_type, config_source)
+  _family_task(family, model_type, task)
+  config = family.config_cls.from_hf(hf_config)
   if task == 'classification' and num_labels is None:
-    num_labels = _config_num_labels(hf) or 2
+    num_labels = _config_num_labels(hf_config) or 2
   model = family.build(config, task, num_labels, dtype, param_dtype, rngs)
   _, table, _ = family.classes[task]
-  tensors = safetensors_io.read_safetensors_dir(path)
-  fresh = safetensors_io.load_params(model, tensors, table, source=str(path))
+  fresh = safetensors_io.load_params(model, tensors, _table(table, config),
+                                     source=source)
   return model, fresh
 
 
 def _family_of(model: nnx.Module) -> tuple[Family, str]:
-  """Finds (family, task) from the model's class."""
-  for family in _FAMILIES.values():
+  """Finds (family, task) from the model's class (and its config's
+  model_type: several families share `LlamaForCausalLM`)."""
+  model_type = getattr(getattr(model, 'config', None), 'model_type', None)
+  preferred = [_FAMILIES[model_type]] if model_type in _FAMILIES else []
+  for family in preferred + list(_FAMILIES.values()):
     for task, (cls, _, _) in family.classes.items():
       if type(model) is cls:  # pylint: disable=unidiomatic-typecheck
         return family, task
@@ -141,8 +223,8 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
   Args:
     model: a registered model class (e.g. `BertForSequenceClassification`).
     out_dir: output directory (created).
-    task: 'base' or 'classification'; must agree with the model class when
-      given (None infers it).
+    task: 'base', 'classification' or 'causal_lm'; must agree with the model
+      class when given (None infers it).
     id2label: label names for a classifier; default LABEL_0, LABEL_1, ...
 
   Returns:
@@ -156,7 +238,7 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
   _, table, architecture = family.classes[model_task]
   hf = model.config.to_hf()
   hf['architectures'] = [architecture]
-  tensors = safetensors_io.export_params(model, table)
+  tensors = safetensors_io.export_params(model, _table(table, model.config))
   hf['dtype'] = str(next(iter(tensors.values())).dtype)
   if model_task == 'classification':
     n = model.num_labels

@@ -1,0 +1,187 @@
+"""Sampling from causal LMs with a fixed-shape KV cache.
+
+`generate` left-pads the prompts into one [B, P] batch, prefills the cache in
+one forward pass and decodes inside `jax.lax.while_loop`, all in one
+`jax.jit` program: no recompilation per token, and the loop exits as soon as
+every row has produced a stop token. Compiled programs are reused across
+calls with the same model graph, batch size, padded prompt length (rounded up
+to `prompt_multiple`), `max_new_tokens` and mode (greedy or sampling; the
+temperature, top-k, top-p, seed and stop-token values are traced).
+
+Decoding: temperature 0 is greedy (argmax, token for token what
+`transformers` `generate(do_sample=False)` gives); otherwise logits are
+divided by the temperature, then filtered by top-k and top-p (nucleus), as
+transformers' warpers do, and sampled.
+"""
+
+import functools
+from typing import Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ftjax.errors import UserError
+
+
+def _sample(logits, key, *, greedy, temperature, top_k, top_p):
+  """Next tokens [B] from fp32 logits [B, V].
+
+  top_k (0 = off) and top_p (1 = off) are traced values: one sort serves
+  both, so every sampling setting shares one compiled program.
+  """
+  if greedy:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  vocab = logits.shape[-1]
+  logits = logits / temperature
+  ordered = jnp.sort(logits, axis=-1)[:, ::-1]
+  k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+  ordered = jnp.where(jnp.arange(vocab) < k, ordered, -jnp.inf)
+  # Top-p on the top-k distribution: the smallest set of most likely tokens
+  # whose mass reaches top_p (always at least the most likely one).
+  probs = jax.nn.softmax(ordered, axis=-1)
+  before = jnp.cumsum(probs, axis=-1) - probs
+  kept = jnp.sum(before < top_p, axis=-1, keepdims=True)
+  kept = jnp.where(top_p >= 1.0, k, jnp.clip(kept, 1, k))
+  threshold = jnp.take_along_axis(ordered, kept - 1, axis=-1)
+  logits = jnp.where(logits < threshold, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(
+    jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'greedy',
+                              'cache_dtype'))
+def _generate(graphdef, state, ids, mask, key, stop_ids, temperature, top_k,
+              top_p, pad_token_id, *, max_new_tokens, greedy, cache_dtype):
+  """Returns (tokens [B, max_new_tokens] padded after each row's stop,
+  number of decode steps run)."""
+  model = nnx.merge(graphdef, state)
+  b, p = ids.shape
+  sample = functools.partial(_sample, greedy=greedy, temperature=temperature,
+                             top_k=top_k, top_p=top_p)
+  cache = model.init_cache(b, p + max_new_tokens, cache_dtype)
+  logits, cache = model(ids, mask, cache=cache)
+  key, sub = jax.random.split(key)
+  token = sample(logits[:, -1], sub)
+  out = jnp.full((b, max_new_tokens), pad_token_id, jnp.int32)
+  out = out.at[:, 0].set(token)
+  done = jnp.isin(token, stop_ids)
+
+  def cond(carry):
+    step, _, _, _, done, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, token, cache, out, done, key = carry
+    logits, cache = model(token[:, None], jnp.ones((b, 1), jnp.int32),
+                          cache=cache)
+    key, sub = jax.random.split(key)
+    token = jnp.where(done, pad_token_id, sample(logits[:, 0], sub))
+    out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
+    done = done | jnp.isin(token, stop_ids)
+    return step + 1, token, cache, out, done, key
+
+  step, _, _, out, _, _ = jax.lax.while_loop(
+      cond, body, (jnp.int32(1), token, cache, out, done, key))
+  return out, step
+
+
+def _as_lists(prompts, attention_mask) -> list[list[int]]:
+  if isinstance(prompts, (np.ndarray, jax.Array)):
+    ids = np.asarray(prompts)
+    if ids.ndim != 2:
+      raise UserError(f'prompts array must be [batch, length], got shape '
+                      f'{ids.shape}')
+    mask = (np.ones_like(ids) if attention_mask is None
+            else np.asarray(attention_mask))
+    if mask.shape != ids.shape:
+      raise UserError(f'attention_mask shape {mask.shape} does not match '
+                      f'prompts shape {ids.shape}')
+    return [row[m > 0].tolist() for row, m in zip(ids, mask)]
+  if attention_mask is not None:
+    raise UserError('attention_mask is only for array prompts; lists of token '
+                    'lists carry no padding')
+  return [list(map(int, p)) for p in prompts]
+
+
+def _max_positions(model) -> int | None:
+  """Learned position tables cap the length (GPT-2); RoPE models do not."""
+  return getattr(model.config, 'n_positions', None)
+
+
+def generate(model: nnx.Module,
+             prompts: Sequence[Sequence[int]] | np.ndarray, *,
+             attention_mask: np.ndarray | None = None,
+             max_new_tokens: int,
+             temperature: float = 0.0,
+             top_k: int = 0,
+             top_p: float = 1.0,
+             stop_token_ids: Sequence[int] = (),
+             pad_token_id: int = 0,
+             seed: int = 0,
+             prompt_multiple: int = 8,
+             cache_dtype=None) -> list[list[int]]:
+  """Generates continuations of token-id prompts.
+
+  Args:
+    model: a causal LM with `init_cache` and the ftjax decoder call signature
+      (`LlamaForCausalLM`, `GPT2LMHeadModel`).
+    prompts: a list of token-id lists (any lengths), or an int array [B, L]
+      with `attention_mask` (1 real, 0 padding; left or right padded).
+    attention_mask: for array prompts only.
+    max_new_tokens: how many tokens to generate at most per prompt.
+    temperature: 0 = greedy; > 0 samples from softmax(logits / temperature).
+    top_k: keep only the k most likely tokens when sampling (0 = all).
+    top_p: nucleus sampling mass (1.0 = off).
+    stop_token_ids: a row stops after producing one of these (e.g. EOS).
+    pad_token_id: fills the left padding of the prompt batch.
+    seed: PRNG seed for sampling.
+    prompt_multiple: the padded prompt length is rounded up to a multiple of
+      this, so batches of similar lengths share one compiled program.
+    cache_dtype: KV-cache dtype; None = the model's compute dtype.
+
+  Returns:
+    The new tokens of each prompt, ending with (and including) the first stop
+    token when one was produced, as transformers does.
+  """
+  rows = _as_lists(prompts, attention_mask)
+  if not rows or any(not r for r in rows):
+    raise UserError('generate needs at least one prompt and no empty prompt')
+  if max_new_tokens < 1:
+    raise UserError(f'max_new_tokens must be >= 1, got {max_new_tokens}')
+  if temperature < 0 or top_k < 0 or not 0.0 < top_p <= 1.0:
+    raise UserError(f'invalid sampling settings: temperature={temperature} '
+                    f'(>= 0), top_k={top_k} (>= 0), top_p={top_p} (in (0, 1])')
+  vocab = model.config.vocab_size
+  bad = [t for r in rows for t in r if not 0 <= t < vocab]
+  if bad:
+    raise UserError(f'prompt token id {bad[0]} is outside the vocabulary '
+                    f'[0, {vocab})')
+  longest = max(len(r) for r in rows)
+  limit = _max_positions(model)
+  # The last new token is never fed back, so it needs no position.
+  if limit is not None and longest + max_new_tokens - 1 > limit:
+    raise UserError(
+        f'prompt length {longest} + max_new_tokens {max_new_tokens} exceeds '
+        f'the model\'s {limit} positions')
+  p = -(-longest // prompt_multiple) * prompt_multiple
+  ids = np.full((len(rows), p), pad_token_id, np.int32)
+  mask = np.zeros((len(rows), p), np.int32)
+  for i, r in enumerate(rows):
+    ids[i, p - len(r):] = r
+    mask[i, p - len(r):] = 1
+  stop = np.asarray(list(stop_token_ids) or [-1], np.int32)
+  graphdef, state = nnx.split(model)
+  greedy = temperature == 0.0
+  out, _ = _generate(
+      graphdef, state, ids, mask, jax.random.key(seed), stop,
+      np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p),
+      np.int32(pad_token_id), max_new_tokens=max_new_tokens, greedy=greedy,
+      cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+  stops = set(stop_token_ids)
+  results = []
+  for row in np.asarray(out).tolist():
+    cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+    results.append(row[:cut])
+  return results

@@ -1,0 +1,142 @@
+"""Causal self-attention shared by the decoder families (Llama, GPT-2).
+
+One mask covers left padding, packed sequences, the KV cache and sliding
+windows: a query may see a key when both are in the same non-zero segment,
+the key's cache slot is not after the query's (causal) and, for a sliding
+window W, the key's position is less than W before the query's.
+"""
+
+import dataclasses
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ftjax.models import kv_cache as kv_cache_lib
+
+# Finite (fp32) so a query that sees no key (a padding row) gets a uniform
+# softmax instead of NaNs; its output is never used.
+MASK_VALUE = -1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the queries and keys of one forward pass sit.
+
+  q_seg/q_pos: [B, T] segment (0 = padding) and position of each query.
+  q_slot: [T] cache slot of each query; k_seg/k_pos: [B, S]; k_slot: [S].
+  Without a cache the keys are the queries (S = T).
+  """
+  q_seg: jax.Array
+  q_pos: jax.Array
+  q_slot: jax.Array
+  k_seg: jax.Array
+  k_pos: jax.Array
+  k_slot: jax.Array
+
+  def mask(self, window: int | None = None) -> jax.Array:
+    """Boolean [B, 1, T, S]: which keys each query may attend to."""
+    same = self.q_seg[:, :, None] == self.k_seg[:, None, :]
+    real = (self.k_seg != 0)[:, None, :]
+    causal = (self.k_slot[None, :] <= self.q_slot[:, None])[None]
+    allowed = same & real & causal
+    if window is not None:
+      # HF: key kept when q - k < window (positions; equal to slot distance
+      # for the contiguous real tokens of one sequence).
+      allowed &= (self.q_pos[:, :, None] - self.k_pos[:, None, :]) < window
+    return allowed[:, None]
+
+
+def _positions_in_segment(seg: jax.Array) -> jax.Array:
+  """0, 1, 2, ... restarting at each segment start; 0 on padding."""
+  t = jnp.arange(seg.shape[1], dtype=jnp.int32)[None]
+  prev = jnp.pad(seg[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  start = jax.lax.cummax(jnp.where(seg != prev, t, 0), axis=1)
+  return jnp.where(seg != 0, t - start, 0)
+
+
+def make_layout(input_ids, attention_mask=None, positions=None,
+                segment_ids=None, cache: kv_cache_lib.KVCache | None = None):
+  """Builds the attention layout and, with a cache, its updated bookkeeping.
+
+  Default positions count real tokens: `cumsum(attention_mask) - 1` (so left
+  padding works), restarting per segment when `segment_ids` are given, and
+  continuing from `cache.lengths` with a cache.
+
+  Returns:
+    (layout, positions [B, T], cache with segment_ids/positions/lengths/index
+    advanced past these tokens (k/v untouched) or None).
+  """
+  b, t = input_ids.shape
+  if attention_mask is None:
+    attention_mask = jnp.ones((b, t), jnp.int32)
+  real = (jnp.asarray(attention_mask) > 0)
+  if segment_ids is None:
+    seg = real.astype(jnp.int32)
+  else:
+    seg = jnp.where(real, jnp.asarray(segment_ids, jnp.int32), 0)
+  if positions is None:
+    if cache is not None:
+      positions = cache.lengths[:, None] + jnp.cumsum(real, axis=1) - 1
+    elif segment_ids is not None:
+      positions = _positions_in_segment(seg)
+    else:
+      positions = jnp.cumsum(real, axis=1) - 1
+    positions = jnp.maximum(positions, 0)
+  positions = jnp.asarray(positions, jnp.int32)
+  q_slot = jnp.arange(t, dtype=jnp.int32)
+  if cache is None:
+    layout = Layout(seg, positions, q_slot, seg, positions, q_slot)
+    return layout, positions, None
+  q_slot = q_slot + cache.index
+  k_seg = kv_cache_lib.write(cache.segment_ids, seg, cache.index)
+  k_pos = kv_cache_lib.write(cache.positions, positions, cache.index)
+  new = dataclasses.replace(
+      cache, segment_ids=k_seg, positions=k_pos,
+      lengths=cache.lengths + real.sum(axis=1, dtype=jnp.int32),
+      index=cache.index + t)
+  k_slot = jnp.arange(cache.max_length, dtype=jnp.int32)
+  return Layout(seg, positions, q_slot, k_seg, k_pos, k_slot), positions, new
+
+
+def dropout(rate: float, x, rngs):
+  """Dropout that is active only when the caller passes `rngs`."""
+  if rngs is None or rate == 0.0:
+    return x
+  return nnx.Dropout(rate, deterministic=False)(x, rngs=rngs)
+
+
+def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
+           rngs=None):
+  """Grouped-query attention.
+
+  Args:
+    q: [B, T, N, D] queries; k, v: [B, S, KV, D] with N a multiple of KV
+      (query head h reads kv head h // (N // KV), as HF's `repeat_kv`).
+    mask: boolean [B, 1, T, S] from `Layout.mask`.
+    scale: multiplies the scores (1/sqrt(D) usually).
+    dropout_rate: attention-probability dropout, applied only with `rngs`.
+
+  Returns:
+    [B, T, N * D] in v's dtype.
+  """
+  b, t, n, d = q.shape
+  kv = k.shape[2]
+  q = q.reshape(b, t, kv, n // kv, d)
+  # Scores and softmax in fp32; no materialised repeat of k/v for GQA.
+  scores = jnp.einsum('btkgd,bskd->bkgts', q * jnp.asarray(scale, q.dtype), k,
+                      preferred_element_type=jnp.float32)
+  scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)
+  probs = jax.nn.softmax(scores, axis=-1)
+  probs = dropout(dropout_rate, probs, rngs)
+  out = jnp.einsum('bkgts,bskd->btkgd', probs.astype(v.dtype), v)
+  return out.reshape(b, t, n * d)
+
+
+def update_kv(cache: kv_cache_lib.KVCache | None, layer: int, k, v):
+  """Writes this layer's new k/v into the cache; returns the keys/values to
+  attend over (the whole cache, or just k/v without one)."""
+  if cache is None:
+    return k, v
+  return (kv_cache_lib.write(cache.k[layer], k, cache.index),
+          kv_cache_lib.write(cache.v[layer], v, cache.index))

@@ -1,0 +1,241 @@
+"""GPT-2 (HF `GPT2LMHeadModel`) as Flax NNX modules.
+
+Module paths mirror HF so conversion is a table (`weights/gpt2_table.py`):
+  transformer.{wte,wpe}, transformer.h.{i}.{ln_1,ln_2},
+  transformer.h.{i}.attn.{c_attn,c_proj}, transformer.h.{i}.mlp.{c_fc,c_proj},
+  transformer.ln_f, lm_head (only when `tie_word_embeddings` is false; GPT-2
+  ties it to `wte` by default).
+HF's `Conv1D` stores weights [in, out], which is already the NNX kernel
+layout: no transpose. Same call signature and KV cache as `LlamaForCausalLM`.
+Learned positions: a position >= `n_positions` has no embedding (`generate`
+refuses such lengths up front).
+"""
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax.numpy as jnp
+
+from ftjax.errors import UserError
+from ftjax.models import attention
+from ftjax.models import kv_cache as kv_cache_lib
+from ftjax.models.bert import ACTIVATIONS
+from ftjax.models.llama import finish
+
+
+@dataclasses.dataclass(frozen=True)
+class GPT2Config:
+  """Architecture hyperparameters (HF GPT2Config names)."""
+
+  model_type: str = 'gpt2'
+  vocab_size: int = 50257
+  n_positions: int = 1024
+  n_embd: int = 768
+  n_layer: int = 12
+  n_head: int = 12
+  n_inner: int | None = None
+  activation_function: str = 'gelu_new'
+  resid_pdrop: float = 0.1
+  embd_pdrop: float = 0.1
+  attn_pdrop: float = 0.1
+  layer_norm_epsilon: float = 1e-5
+  initializer_range: float = 0.02
+  scale_attn_weights: bool = True
+  scale_attn_by_inverse_layer_idx: bool = False
+  tie_word_embeddings: bool = True
+  bos_token_id: Any = 50256
+  eos_token_id: Any = 50256
+  pad_token_id: Any = None
+
+  def __post_init__(self):
+    if self.activation_function not in ACTIVATIONS:
+      raise UserError(
+          f"unsupported activation_function '{self.activation_function}' in "
+          f'gpt2 config; supported: {", ".join(sorted(ACTIVATIONS))}')
+    if self.n_embd % self.n_head:
+      raise UserError(f'n_embd {self.n_embd} is not divisible by n_head '
+                      f'{self.n_head} in gpt2 config')
+
+  @property
+  def head_dim(self) -> int:
+    return self.n_embd // self.n_head
+
+  @property
+  def inner_dim(self) -> int:
+    return self.n_inner or 4 * self.n_embd
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any]) -> 'GPT2Config':
+    """Builds a config from an HF config.json dict; unknown keys are ignored."""
+    if hf.get('add_cross_attention'):
+      raise UserError('gpt2 config with add_cross_attention is not supported')
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in hf.items()
+              if k in names and (v is not None or k in ('n_inner',))}
+    if isinstance(kwargs.get('eos_token_id'), list):
+      kwargs['eos_token_id'] = tuple(kwargs['eos_token_id'])
+    return cls(**kwargs)
+
+  def to_hf(self) -> dict[str, Any]:
+    hf = dataclasses.asdict(self)
+    if isinstance(hf['eos_token_id'], tuple):
+      hf['eos_token_id'] = list(hf['eos_token_id'])
+    return hf
+
+
+def _linear(cfg, d_in, d_out, axes, dtype, param_dtype, rngs, bias=True):
+  return nnx.Linear(
+      d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.initializers.normal(cfg.initializer_range),
+      kernel_metadata={'out_sharding': axes, 'eager_sharding': False},
+      bias_metadata={'out_sharding': axes[1:], 'eager_sharding': False},
+      rngs=rngs)
+
+
+def _embed(cfg, num, dtype, param_dtype, rngs, axes):
+  return nnx.Embed(
+      num, cfg.n_embd, dtype=dtype, param_dtype=param_dtype,
+      embedding_init=nnx.initializers.normal(cfg.initializer_range),
+      embedding_metadata={'out_sharding': axes, 'eager_sharding': False},
+      rngs=rngs)
+
+
+class LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` with fp32 statistics, output cast to the compute dtype."""
+
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+    super().__init__(
+        cfg.n_embd, epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
+        param_dtype=param_dtype,
+        scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        rngs=rngs)
+    self.out_dtype = dtype
+
+  def __call__(self, x):
+    return super().__call__(x.astype(jnp.float32)).astype(self.out_dtype)
+
+
+class GPT2Attention(nnx.Module):
+  """Fused q/k/v projection `c_attn` [H, 3H], output `c_proj`."""
+
+  def __init__(self, cfg: GPT2Config, layer: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.layer = layer
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ('embed', 'heads'),
+                          **kw)
+    self.c_proj = _linear(cfg, cfg.n_embd, cfg.n_embd, ('heads', 'embed'),
+                          **kw)
+
+  def __call__(self, x, shape, layout, cache, rngs=None):
+    b, t = shape
+    cfg = self.cfg
+    n, d = cfg.n_head, cfg.head_dim
+    q, k, v = jnp.split(self.c_attn(x).reshape(b, t, 3, n, d), 3, axis=2)
+    q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
+    k, v = attention.update_kv(cache, self.layer, k, v)
+    scale = d ** -0.5 if cfg.scale_attn_weights else 1.0
+    if cfg.scale_attn_by_inverse_layer_idx:
+      scale /= self.layer + 1
+    out = attention.attend(q, k, v, layout.mask(), scale=scale,
+                           dropout_rate=cfg.attn_pdrop, rngs=rngs)
+    out = self.c_proj(out.reshape(b * t, -1))
+    return attention.dropout(cfg.resid_pdrop, out, rngs), (k, v)
+
+
+class GPT2MLP(nnx.Module):
+
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.act = ACTIVATIONS[cfg.activation_function]
+    self.c_fc = _linear(cfg, cfg.n_embd, cfg.inner_dim, ('embed', 'mlp'), **kw)
+    self.c_proj = _linear(cfg, cfg.inner_dim, cfg.n_embd, ('mlp', 'embed'),
+                          **kw)
+
+  def __call__(self, x, rngs=None):
+    x = self.c_proj(self.act(self.c_fc(x)))
+    return attention.dropout(self.cfg.resid_pdrop, x, rngs)
+
+
+class GPT2Block(nnx.Module):
+  """Pre-LayerNorm block."""
+
+  def __init__(self, cfg: GPT2Config, layer: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.ln_1 = LayerNorm(cfg, **kw)
+    self.attn = GPT2Attention(cfg, layer, **kw)
+    self.ln_2 = LayerNorm(cfg, **kw)
+    self.mlp = GPT2MLP(cfg, **kw)
+
+  def __call__(self, x, shape, layout, cache, rngs=None):
+    attn, kv = self.attn(self.ln_1(x), shape, layout, cache, rngs)
+    x = x + attn
+    return x + self.mlp(self.ln_2(x), rngs), kv
+
+
+class GPT2Model(nnx.Module):
+  """HF `GPT2Model`: embeddings, blocks, final LayerNorm."""
+
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.wte = _embed(cfg, cfg.vocab_size, axes=('vocab', 'embed'), **kw)
+    self.wpe = _embed(cfg, cfg.n_positions, axes=(None, 'embed'), **kw)
+    self.h = nnx.List([GPT2Block(cfg, i, **kw) for i in range(cfg.n_layer)])
+    self.ln_f = LayerNorm(cfg, **kw)
+
+  def __call__(self, input_ids, layout, positions, cache, rngs=None):
+    b, t = input_ids.shape
+    x = self.wte(input_ids) + self.wpe(positions)
+    x = attention.dropout(self.cfg.embd_pdrop, x, rngs).reshape(b * t, -1)
+    kvs = []
+    for block in self.h:
+      x, kv = block(x, (b, t), layout, cache, rngs)
+      kvs.append(kv)
+    return self.ln_f(x).reshape(b, t, -1), kvs
+
+
+class GPT2LMHeadModel(nnx.Module):
+  """GPT-2 + LM head (tied to `wte` unless `tie_word_embeddings` is false)."""
+
+  def __init__(self, config: GPT2Config, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = dtype
+    self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs)
+    self.lm_head = None if config.tie_word_embeddings else _linear(
+        config, config.n_embd, config.vocab_size, ('embed', 'vocab'),
+        dtype=dtype, param_dtype=param_dtype, rngs=rngs, bias=False)
+
+  def init_cache(self, batch_size: int, max_length: int,
+                 dtype=None) -> kv_cache_lib.KVCache:
+    """An empty fixed-shape cache (k/v in `dtype`, default compute dtype)."""
+    cfg = self.config
+    return kv_cache_lib.init_cache(cfg.n_layer, batch_size, max_length,
+                                   cfg.n_head, cfg.head_dim,
+                                   dtype or self.dtype)
+
+  def __call__(self, input_ids, attention_mask=None, *, positions=None,
+               segment_ids=None, cache: kv_cache_lib.KVCache | None = None,
+               rngs: nnx.Rngs | None = None):
+    """Same contract as `LlamaForCausalLM.__call__`: fp32 logits [B, T, V],
+    or (logits, new cache) when `cache` is given."""
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, new_cache = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, cache)
+    x, kvs = self.transformer(input_ids, layout, positions, cache, rngs)
+    if self.lm_head is None:
+      table = self.transformer.wte.embedding[...].astype(self.dtype)
+      logits = jnp.einsum('bth,vh->btv', x, table,
+                          preferred_element_type=jnp.float32)
+    else:
+      kernel = self.lm_head.kernel[...].astype(self.dtype)
+      logits = jnp.einsum('bth,hv->btv', x, kernel,
+                          preferred_element_type=jnp.float32)
+    return finish(logits, kvs, new_cache)

@@ -1,0 +1,63 @@
+"""A fixed-shape key/value cache for decoder models.
+
+Every array has a fixed shape, so prefill (T prompt tokens) and each decode
+step (T=1) reuse one compiled function per T: nothing grows per token.
+
+Layout (all rows share one write index because generation left-pads):
+  k, v:        per layer [B, max_len, kv_heads, head_dim], compute dtype.
+  segment_ids: [B, max_len] int32; 0 = unwritten slot or padding, else the
+               segment (1 for plain sequences). Keys attend only within the
+               same non-zero segment.
+  positions:   [B, max_len] int32 position of each written token (RoPE /
+               learned position already applied; kept for sliding windows).
+  lengths:     [B] int32 real tokens written per row (next default position).
+  index:       int32 scalar, the next slot to write.
+
+Writing past `max_len` is not checked inside jit (XLA clamps the slice);
+callers size the cache up front (`generate` does). Decode steps without
+`segment_ids` write segment 1, so a prefill with other segment ids must pass
+the same ids on every later step.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=['k', 'v', 'segment_ids', 'positions', 'lengths', 'index'],
+    meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class KVCache:
+  k: tuple[jax.Array, ...]
+  v: tuple[jax.Array, ...]
+  segment_ids: jax.Array
+  positions: jax.Array
+  lengths: jax.Array
+  index: jax.Array
+
+  @property
+  def max_length(self) -> int:
+    return self.segment_ids.shape[1]
+
+
+def init_cache(num_layers: int, batch_size: int, max_length: int,
+               kv_heads: int, head_dim: int, dtype) -> KVCache:
+  """An empty cache: no slot written."""
+  shape = (batch_size, max_length, kv_heads, head_dim)
+  return KVCache(
+      k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+      v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+      segment_ids=jnp.zeros((batch_size, max_length), jnp.int32),
+      positions=jnp.zeros((batch_size, max_length), jnp.int32),
+      lengths=jnp.zeros((batch_size,), jnp.int32),
+      index=jnp.zeros((), jnp.int32))
+
+
+def write(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes `new` [B, T, ...] into `buffer` [B, S, ...] at slot `index`."""
+  start = (0, index) + (0,) * (buffer.ndim - 2)
+  return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)

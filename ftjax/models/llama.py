@@ -1,0 +1,379 @@
+"""Llama-family decoders (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) in NNX.
+
+One implementation, switched by HF config keys:
+  llama/mistral: optional `attention_bias` (q/k/v/o) and `mlp_bias`;
+  qwen2: q/k/v biases, no o_proj bias; qwen3: per-head RMSNorm `q_norm` and
+  `k_norm` on queries/keys before RoPE; mistral/qwen sliding windows are
+  applied (per layer, from `sliding_window` / `layer_types`), not ignored.
+
+Module paths mirror HF so conversion is a table (`weights/llama_table.py`):
+  model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj,
+  model.layers.{i}.self_attn.{q_norm,k_norm}, model.layers.{i}.mlp.
+  {gate,up,down}_proj, model.layers.{i}.{input,post_attention}_layernorm,
+  model.norm, lm_head (absent when `tie_word_embeddings`: the logits then use
+  `embed_tokens` transposed).
+
+Compute runs in `dtype`; RMSNorm statistics, RoPE, attention softmax and the
+logits are fp32. Params carry logical axes from {'vocab', 'embed', 'heads',
+'kv_heads', 'mlp'} (not applied eagerly).
+"""
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from ftjax.errors import UserError
+from ftjax.models import attention
+from ftjax.models import kv_cache as kv_cache_lib
+from ftjax.models import rope as rope_lib
+
+ACTIVATIONS = {'silu': jax.nn.silu, 'swish': jax.nn.silu,
+               'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+               'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True)}
+
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """Architecture hyperparameters, read from / written to an HF config.json.
+
+  Hashable (tuples, no dicts) so a graphdef holding it can be a jit static.
+  """
+
+  model_type: str = 'llama'
+  vocab_size: int = 32000
+  hidden_size: int = 4096
+  intermediate_size: int = 11008
+  num_hidden_layers: int = 32
+  num_attention_heads: int = 32
+  num_key_value_heads: int = 32
+  head_dim: int = 128
+  hidden_act: str = 'silu'
+  max_position_embeddings: int = 2048
+  rms_norm_eps: float = 1e-6
+  rope: rope_lib.RopeConfig = rope_lib.RopeConfig()
+  qkv_bias: bool = False
+  o_bias: bool = False
+  mlp_bias: bool = False
+  qk_norm: bool = False
+  tie_word_embeddings: bool = False
+  # Per-layer sliding window (None = full attention), from the HF keys.
+  layer_windows: tuple[int | None, ...] = ()
+  attention_dropout: float = 0.0
+  initializer_range: float = 0.02
+  bos_token_id: Any = None
+  eos_token_id: Any = None
+  pad_token_id: Any = None
+
+  def __post_init__(self):
+    where = f'{self.model_type} config'
+    if self.model_type not in MODEL_TYPES:
+      raise UserError(f"unsupported model_type '{self.model_type}' for the "
+                      f'Llama family; supported: {", ".join(MODEL_TYPES)}')
+    if self.hidden_act not in ACTIVATIONS:
+      raise UserError(f"unsupported hidden_act '{self.hidden_act}' in {where}; "
+                      f'supported: {", ".join(sorted(ACTIVATIONS))}')
+    if self.num_attention_heads % self.num_key_value_heads:
+      raise UserError(
+          f'num_attention_heads {self.num_attention_heads} is not a multiple '
+          f'of num_key_value_heads {self.num_key_value_heads} in {where}')
+    if len(self.layer_windows) not in (0, self.num_hidden_layers):
+      raise UserError(f'{len(self.layer_windows)} layer types for '
+                      f'{self.num_hidden_layers} layers in {where}')
+
+  def window(self, layer: int) -> int | None:
+    return self.layer_windows[layer] if self.layer_windows else None
+
+  @classmethod
+  def from_hf(cls, hf: dict[str, Any]) -> 'LlamaConfig':
+    """Builds a config from an HF config.json dict; unknown keys are ignored."""
+    model_type = hf.get('model_type', 'llama')
+    where = f'{model_type} config'
+
+    def get(key, default):  # transformers 5 writes None for unset keys
+      return default if hf.get(key) is None else hf[key]
+
+    try:
+      heads = hf['num_attention_heads']
+      hidden = hf['hidden_size']
+      layers = hf['num_hidden_layers']
+      kw = dict(
+          model_type=model_type, vocab_size=hf['vocab_size'],
+          hidden_size=hidden, intermediate_size=hf['intermediate_size'],
+          num_hidden_layers=layers, num_attention_heads=heads,
+          num_key_value_heads=get('num_key_value_heads', heads),
+          head_dim=get('head_dim', hidden // heads),
+          hidden_act=get('hidden_act', 'silu'),
+          max_position_embeddings=get('max_position_embeddings', 2048),
+          rms_norm_eps=get('rms_norm_eps', 1e-6),
+          rope=rope_lib.RopeConfig.from_hf(
+              {'max_position_embeddings': 2048, **hf}, where),
+          tie_word_embeddings=bool(get('tie_word_embeddings', False)),
+          attention_dropout=float(get('attention_dropout', 0.0)),
+          initializer_range=get('initializer_range', 0.02),
+          bos_token_id=hf.get('bos_token_id'),
+          eos_token_id=_hashable(hf.get('eos_token_id')),
+          pad_token_id=hf.get('pad_token_id'))
+    except KeyError as e:
+      raise UserError(f'missing key {e} in {where}') from e
+    if model_type == 'qwen2':
+      kw.update(qkv_bias=True)
+    else:
+      bias = bool(get('attention_bias', False))
+      kw.update(qkv_bias=bias, o_bias=bias)
+    kw['mlp_bias'] = bool(get('mlp_bias', False))
+    kw['qk_norm'] = model_type == 'qwen3'
+    kw['layer_windows'] = _layer_windows(hf, model_type, layers)
+    return cls(**kw)
+
+  def to_hf(self) -> dict[str, Any]:
+    """Returns the HF config.json keys for this architecture."""
+    hf = {k: getattr(self, k) for k in (
+        'model_type', 'vocab_size', 'hidden_size', 'intermediate_size',
+        'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
+        'head_dim', 'hidden_act', 'max_position_embeddings', 'rms_norm_eps',
+        'tie_word_embeddings', 'attention_dropout', 'initializer_range',
+        'bos_token_id', 'pad_token_id')}
+    eos = self.eos_token_id
+    hf['eos_token_id'] = list(eos) if isinstance(eos, tuple) else eos
+    hf['rope_parameters'] = self.rope.to_hf()
+    if self.model_type in ('llama', 'qwen3', 'mistral'):
+      hf['attention_bias'] = self.qkv_bias
+    hf['mlp_bias'] = self.mlp_bias
+    windows = [w for w in self.layer_windows if w is not None]
+    if self.model_type == 'mistral':
+      hf['sliding_window'] = windows[0] if windows else None
+    elif self.model_type in ('qwen2', 'qwen3'):
+      hf['use_sliding_window'] = bool(windows)
+      hf['sliding_window'] = windows[0] if windows else None
+      hf['layer_types'] = [
+          'full_attention' if w is None else 'sliding_attention'
+          for w in (self.layer_windows or [None] * self.num_hidden_layers)]
+      if windows:  # first sliding layer; keeps transformers' derivation equal
+        hf['max_window_layers'] = next(
+            i for i, w in enumerate(self.layer_windows) if w is not None)
+    return hf
+
+
+def _hashable(value):
+  return tuple(value) if isinstance(value, list) else value
+
+
+def _layer_windows(hf, model_type, layers) -> tuple[int | None, ...]:
+  """Per-layer sliding windows the way each transformers class reads them."""
+  window = hf.get('sliding_window')
+  if model_type == 'mistral':
+    return (window,) * layers if window else ()
+  if model_type in ('qwen2', 'qwen3'):
+    if not hf.get('use_sliding_window') or not window:
+      return ()
+    types = hf.get('layer_types') or [
+        'sliding_attention' if i >= hf.get('max_window_layers', 28)
+        else 'full_attention' for i in range(layers)]
+    return tuple(window if t == 'sliding_attention' else None for t in types)
+  return ()
+
+
+def _linear(cfg, d_in, d_out, axes, bias, dtype, param_dtype, rngs):
+  return nnx.Linear(
+      d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
+      kernel_init=nnx.initializers.normal(cfg.initializer_range),
+      kernel_metadata={'out_sharding': axes, 'eager_sharding': False},
+      bias_metadata={'out_sharding': axes[1:], 'eager_sharding': False},
+      rngs=rngs)
+
+
+class RMSNorm(nnx.Module):
+  """x / rms(x) * scale with fp32 statistics (HF `LlamaRMSNorm`)."""
+
+  def __init__(self, dim: int, eps: float, *, dtype, param_dtype, axis_name):
+    self.scale = nnx.Param(
+        jnp.ones((dim,), param_dtype),
+        out_sharding=(axis_name,), eager_sharding=False)
+    self.eps = eps
+    self.dtype = dtype
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = x32 * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(self.dtype)
+
+
+class LlamaAttention(nnx.Module):
+  """GQA self-attention with RoPE; HF `LlamaAttention` (+ Qwen variants)."""
+
+  def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.layer = layer
+    h, d = cfg.hidden_size, cfg.head_dim
+    n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.q_proj = _linear(cfg, h, n * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
+    self.k_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias,
+                          **kw)
+    self.v_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias,
+                          **kw)
+    self.o_proj = _linear(cfg, n * d, h, ('heads', 'embed'), cfg.o_bias, **kw)
+    if cfg.qk_norm:
+      nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name=None)
+      self.q_norm = RMSNorm(d, cfg.rms_norm_eps, **nkw)
+      self.k_norm = RMSNorm(d, cfg.rms_norm_eps, **nkw)
+    else:
+      self.q_norm = self.k_norm = None
+
+  def __call__(self, x, shape, layout, positions, cache, rngs=None):
+    """x: [B*T, H] rows. Returns ([B*T, H], (keys, values) attended over)."""
+    b, t = shape
+    cfg = self.cfg
+    d = cfg.head_dim
+    q = self.q_proj(x).reshape(b, t, cfg.num_attention_heads, d)
+    k = self.k_proj(x).reshape(b, t, cfg.num_key_value_heads, d)
+    v = self.v_proj(x).reshape(b, t, cfg.num_key_value_heads, d)
+    if self.q_norm is not None:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = rope_lib.inverse_frequencies(cfg.rope, d)
+    q = rope_lib.apply(q, positions, inv_freq)
+    k = rope_lib.apply(k, positions, inv_freq)
+    k, v = attention.update_kv(cache, self.layer, k, v)
+    out = attention.attend(
+        q, k, v, layout.mask(cfg.window(self.layer)), scale=d ** -0.5,
+        dropout_rate=cfg.attention_dropout, rngs=rngs)
+    return self.o_proj(out.reshape(b * t, -1)), (k, v)
+
+
+class LlamaMLP(nnx.Module):
+  """SwiGLU: down(act(gate(x)) * up(x))."""
+
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    h, m = cfg.hidden_size, cfg.intermediate_size
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.act = ACTIVATIONS[cfg.hidden_act]
+    self.gate_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+    self.up_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+    self.down_proj = _linear(cfg, m, h, ('mlp', 'embed'), cfg.mlp_bias, **kw)
+
+  def __call__(self, x):
+    return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaDecoderLayer(nnx.Module):
+  """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+
+  def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name='embed')
+    self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **nkw)
+    self.self_attn = LlamaAttention(cfg, layer, **kw)
+    self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
+                                            **nkw)
+    self.mlp = LlamaMLP(cfg, **kw)
+
+  def __call__(self, x, shape, layout, positions, cache, rngs=None):
+    attn, kv = self.self_attn(self.input_layernorm(x), shape, layout,
+                              positions, cache, rngs)
+    x = x + attn
+    return x + self.mlp(self.post_attention_layernorm(x)), kv
+
+
+class LlamaModel(nnx.Module):
+  """Embeddings, decoder layers, final norm; HF `LlamaModel`."""
+
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.dtype = dtype
+    self.embed_tokens = nnx.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=nnx.initializers.normal(cfg.initializer_range),
+        embedding_metadata={'out_sharding': ('vocab', 'embed'),
+                            'eager_sharding': False},
+        rngs=rngs)
+    self.layers = nnx.List([
+        LlamaDecoderLayer(cfg, i, dtype=dtype, param_dtype=param_dtype,
+                          rngs=rngs)
+        for i in range(cfg.num_hidden_layers)])
+    self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
+                        param_dtype=param_dtype, axis_name='embed')
+
+  def __call__(self, input_ids, layout, positions, cache, rngs=None):
+    """Returns (hidden [B, T, H], per-layer (k, v))."""
+    b, t = input_ids.shape
+    # Layers work on [B*T, H] rows: XLA:CPU's fast 2-D matmul kernels.
+    x = self.embed_tokens(input_ids).reshape(b * t, -1)
+    kvs = []
+    for layer in self.layers:
+      x, kv = layer(x, (b, t), layout, positions, cache, rngs)
+      kvs.append(kv)
+    return self.norm(x).reshape(b, t, -1), kvs
+
+
+def finish(logits, kvs, cache):
+  """Assembles the (logits, new_cache) output of a cached forward."""
+  if cache is None:
+    return logits
+  ks, vs = zip(*kvs)
+  return logits, dataclasses.replace(cache, k=tuple(ks), v=tuple(vs))
+
+
+class LlamaForCausalLM(nnx.Module):
+  """Decoder + LM head; HF `LlamaForCausalLM` / `MistralForCausalLM` /
+  `Qwen2ForCausalLM` / `Qwen3ForCausalLM`."""
+
+  def __init__(self, config: LlamaConfig, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.config = config
+    self.dtype = dtype
+    self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs)
+    if config.tie_word_embeddings:
+      self.lm_head = None
+    else:
+      self.lm_head = _linear(config, config.hidden_size, config.vocab_size,
+                             ('embed', 'vocab'), False, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+
+  def init_cache(self, batch_size: int, max_length: int,
+                 dtype=None) -> kv_cache_lib.KVCache:
+    """An empty fixed-shape cache (k/v in `dtype`, default compute dtype)."""
+    cfg = self.config
+    return kv_cache_lib.init_cache(
+        cfg.num_hidden_layers, batch_size, max_length, cfg.num_key_value_heads,
+        cfg.head_dim, dtype or self.dtype)
+
+  def __call__(self, input_ids, attention_mask=None, *, positions=None,
+               segment_ids=None, cache: kv_cache_lib.KVCache | None = None,
+               rngs: nnx.Rngs | None = None):
+    """Next-token logits.
+
+    Args:
+      input_ids: int [B, T].
+      attention_mask: [B, T], 1 real / 0 padding; None = all real.
+      positions: int [B, T]; None = count of real tokens before (per segment
+        with `segment_ids`, continuing the cache with `cache`).
+      segment_ids: int [B, T] packed sequences: attention stays within equal
+        ids; 0 = padding.
+      cache: a `KVCache` from `init_cache`; the tokens are written at its
+        index and attend to everything written before.
+      rngs: an `nnx.Rngs` with a `dropout` stream enables dropout.
+
+    Returns:
+      fp32 logits [B, T, vocab], or (logits, new cache) when `cache` is given.
+    """
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, new_cache = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, cache)
+    x, kvs = self.model(input_ids, layout, positions, cache, rngs)
+    if self.lm_head is None:
+      table = self.model.embed_tokens.embedding[...].astype(self.dtype)
+      logits = jnp.einsum('bth,vh->btv', x, table,
+                          preferred_element_type=jnp.float32)
+    else:
+      kernel = self.lm_head.kernel[...].astype(self.dtype)
+      logits = jnp.einsum('bth,hv->btv', x, kernel,
+                          preferred_element_type=jnp.float32)
+    return finish(logits, kvs, new_cache)
