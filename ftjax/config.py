@@ -71,6 +71,7 @@ def base_config() -> ConfigDict:
   c.train.steps = 1000
   c.train.batch_size = 32  # global batch, across all processes
   c.train.log_every_steps = 10
+  c.train.grad_accum_steps = 1  # microbatches per step; losses and grads are token-weighted
   c.train.on_nan = "halt"  # non-finite loss/grads: "halt" (error, exit 1) or "skip" the update
   c.train.max_nonfinite = 10  # with on_nan=skip: halt once more updates than this were skipped
 
@@ -108,6 +109,9 @@ def base_config() -> ConfigDict:
 
   c.mesh = ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
+  # logical parameter axis -> mesh axes (see ftjax/sharding.py); () for a name = replicated
+  c.mesh.rules = (("batch", ("data", "fsdp")), ("vocab", "tensor"), ("embed", "fsdp"),
+                  ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"))
   return c
 
 
@@ -294,6 +298,13 @@ def validate(cfg: ConfigDict) -> None:
   bounds = tuple(cfg.eval.length_boundaries)
   _require(all(isinstance(b, int) and b > 0 for b in bounds) and list(bounds) == sorted(set(bounds)),
            "eval.length_boundaries", f"must be increasing positive integers, got {bounds}")
+  for rule in cfg.mesh.rules:
+    _require(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+             and all(a in MESH_AXES for a in ((rule[1],) if isinstance(rule[1], str) else (rule[1] or ()))),
+             "mesh.rules", f"entries must be (logical_name, mesh_axis or axes from {MESH_AXES}), got {rule!r}")
+  _require(cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
+  _require(cfg.train.batch_size % cfg.train.grad_accum_steps == 0, "train.grad_accum_steps",
+           f"must divide train.batch_size {cfg.train.batch_size}")
   shape = tuple(cfg.mesh.shape)
   _require(len(shape) == len(MESH_AXES), "mesh.shape", f"needs {len(MESH_AXES)} sizes for axes {MESH_AXES}, got {shape}")
   _require(all(isinstance(s, int) and (s > 0 or s == -1) for s in shape) and shape.count(-1) <= 1,

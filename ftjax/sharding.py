@@ -1,8 +1,11 @@
-"""Device mesh and shardings.
+"""Device mesh and shardings, declared by logical axis names (DESIGN.md principle 6).
 
 The mesh has the axes of `config.MESH_AXES` (data, fsdp, tensor). Batches are split over
-`data` and `fsdp`; for now parameters and optimizer state are replicated (logical-axis rules
-that shard them over `fsdp`/`tensor` plug in at `state_shardings`).
+`data` and `fsdp`. Parameters carry logical axis names (`out_sharding` metadata such as
+('embed', 'heads')); `config.mesh.rules` maps each logical name to mesh axes, so FSDP (shard
+'embed' over `fsdp`) and tensor parallelism (shard 'heads'/'mlp'/'vocab' over `tensor`) are a
+config change. A dimension that a mesh axis does not divide stays replicated along it, so one
+config runs unchanged from 1 CPU to a pod slice. Optimizer state follows its parameter.
 """
 
 from __future__ import annotations
@@ -46,9 +49,71 @@ def replicated(mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_shardings(state, mesh):
-  """Shardings for the train state: replicated for now."""
-  return jax.tree.map(lambda _: replicated(mesh), state)
+# Logical axis -> mesh axes. The defaults give FSDP over `fsdp` and Megatron-style tensor
+# parallelism over `tensor`; a mesh axis of size 1 makes the rule a no-op.
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+)
+
+
+def _as_axes(value) -> tuple[str, ...]:
+  if value is None:
+    return ()
+  return (value,) if isinstance(value, str) else tuple(value)
+
+
+def mesh_spec(logical: tuple, shape: tuple[int, ...], mesh, rules) -> P:
+  """Maps a logical PartitionSpec onto `mesh`, replicating dims the mesh axes don't divide."""
+  rules = dict(rules)
+  used: set[str] = set()
+  out = []
+  for i, dim in enumerate(shape):
+    name = logical[i] if i < len(logical) else None
+    axes = tuple(a for a in _as_axes(rules.get(name)) if a not in used and mesh.shape[a] > 1)
+    if axes and dim % math.prod(mesh.shape[a] for a in axes) == 0:
+      used.update(axes)
+      out.append(axes[0] if len(axes) == 1 else axes)
+    else:
+      out.append(None)
+  return P(*out)
+
+
+def variable_shardings(state, mesh, rules):
+  """NamedShardings for an NNX state from its variables' logical-axis metadata."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  logical = nnx.get_partition_spec(state)
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, mesh_spec(tuple(spec or ()), x.shape, mesh, rules)),
+      logical, state)
+
+
+def follow_params(tree, params, param_shardings, mesh):
+  """Shardings for an optimizer state: each leaf follows the parameter whose path it ends with.
+
+  Optax states hold per-parameter trees (mu, nu, ...) under their own prefixes; matching by
+  key-path suffix finds each leaf's parameter without knowing the optimizer. Scalars (step
+  counts) and unmatched leaves are replicated.
+  """
+  by_path = {}
+  for (path, _), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                 jax.tree.leaves(param_shardings)):
+    by_path[tuple(path)] = sharding
+  lengths = sorted({len(p) for p in by_path}, reverse=True)
+
+  def find(path, leaf):
+    for n in lengths:
+      match = by_path.get(tuple(path[-n:])) if len(path) >= n else None
+      if match is not None and match.shard_shape(leaf.shape) is not None and getattr(leaf, "ndim", 0):
+        return match
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(find, tree)
 
 
 def batch_divisor(mesh) -> int:

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
-from ftjax import methods, optim, sharding, sources, tasks
+from ftjax import data_report, evaluate, methods, optim, report, sharding, sources, tasks
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.config import ConfigDict
 from ftjax.early_stopping import EarlyStopping
@@ -146,12 +146,19 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
 
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
-  rng = jax.random.key_data(jax.random.key(cfg.seed + 1))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen=frozen,
-                     opt_state=tx.init(params), rng=rng, nonfinite=jnp.zeros((), jnp.int32),
-                     first_nonfinite=jnp.full((), -1, jnp.int32))
-  shardings = sharding.state_shardings(state, mesh)
-  state = jax.device_put(state, shardings)
+  rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  param_shardings = sharding.variable_shardings(params, mesh, rules)
+  params = jax.device_put(params, param_shardings)
+  frozen = jax.device_put(frozen, sharding.variable_shardings(frozen, mesh, rules))
+  abstract_opt = jax.eval_shape(tx.init, params)
+  opt_shardings = sharding.follow_params(abstract_opt, params, param_shardings, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  scalar = lambda x: jax.device_put(x, sharding.replicated(mesh))
+  state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
+                     opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
+                     nonfinite=scalar(jnp.zeros((), jnp.int32)),
+                     first_nonfinite=scalar(jnp.full((), -1, jnp.int32)))
+  shardings = jax.tree.map(lambda x: x.sharding, state)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
   counts["total"] = counts["trainable"] + counts["frozen"]
   return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
@@ -225,8 +232,11 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   wall_start = time.time()
   is_main = jax.process_index() == 0
   exp = build_experiment(cfg)  # every input is checked before anything is written
+  evaluate.configure(exp)
   if is_main:
     write_json(workdir / "config.json", cfg.to_dict())
+    if not (workdir / data_report.JSON_FILE).exists():
+      data_report.write(workdir, exp.dataset, load_tokenizer(exp.model_path), cfg)
   print(f"ftjax: method {cfg.method.name}, trainable parameters "
         f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,} "
         f"({100 * exp.param_counts['trainable'] / max(exp.param_counts['total'], 1):.3f}%)", flush=True)
@@ -272,10 +282,13 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   evals = [r for r in history if r["split"] == "eval"]
   for record in evals:
     stopper.update(record)
+  full_evals: dict[int, dict] = {}  # this invocation's complete eval results, for the report
 
   def run_eval(step: int) -> None:
-    metrics = _scalars(evaluator(state, eval_split))
-    writer.write(step, "eval", metrics)
+    full = evaluate.evaluate_split(evaluator, exp, state, eval_split)
+    metrics = _scalars(full)
+    writer.write(step, "eval", {**metrics, **evaluate.slice_scalars(full)})
+    full_evals[step] = full
     record = {"step": step, **metrics}
     evals.append(record)
     is_best = stopper.update(record)
@@ -365,17 +378,29 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
           "rerun the same command to resume", flush=True)
     return {"steps": step, "preempted": True}
 
-  test_metrics = None
+  test_metrics = test_full = None
+  test_step = stopper.best["step"] if (best_checkpointer and stopper.best) else step
   if cfg.data.test_split and cfg.data.test_split in exp.dataset.split_sizes:
     test_state = state
-    if best_checkpointer and stopper.best and stopper.best["step"] != step:
+    if test_step != step:
       test_state, _ = restore_state(exp, workdir, "best")
-    test_metrics = _scalars(evaluator(test_state, cfg.data.test_split))
+    test_full = evaluate.evaluate_split(evaluator, exp, test_state, cfg.data.test_split)
+    test_metrics = _scalars(test_full)
     writer.write(step, "test", test_metrics)
-    print(f"ftjax: test split '{cfg.data.test_split}' (best checkpoint, step "
-          f"{stopper.best['step'] if stopper.best else step}): {_headline(exp.task, test_metrics)}",
-          flush=True)
+    print(f"ftjax: test split '{cfg.data.test_split}' (checkpoint of step {test_step}): "
+          f"{_headline(exp.task, test_metrics)}", flush=True)
   writer.close()
+  if is_main:
+    names = getattr(exp.dataset, "label_names", None)
+    results = [("base", 0), ("final", step)]
+    if stopper.best:
+      results.append(("best", stopper.best["step"]))
+    for label, at in results:
+      if at in full_evals:
+        evaluate.write_result(workdir, eval_split, label, full_evals[at], step=at, label_names=names)
+    if test_full is not None:
+      evaluate.write_result(workdir, cfg.data.test_split, "best", test_full, step=test_step,
+                            label_names=names)
 
   summary = {
       "steps": step,
@@ -389,6 +414,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
       "best_step": stopper.best["step"] if stopper.best else None,
       "best_metric": cfg.eval.metric,
       "test": test_metrics,
+      "test_step": test_step if test_metrics else None,
       "nonfinite_skipped": int(jax.device_get(state.nonfinite)),
       "train_examples": totals["examples"],  # this invocation's, when resumed
       "train_time_sec": totals["time"],  # step time only: evals and saves excluded
@@ -399,6 +425,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   }
   if is_main:
     write_json(workdir / "summary.json", summary)
+    report.write(workdir)
   return summary
 
 

@@ -11,6 +11,7 @@ import functools
 import math
 
 import grain
+import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import collate as collate_lib
@@ -53,6 +54,9 @@ class ClassificationData:
     metadata = builder.info.metadata or {}
     self.duplicates_removed: dict | None = (
         dict(metadata["duplicates_removed"]) if "duplicates_removed" in metadata else None)
+    # Optional eval slicing (set by `ftjax.evaluate.configure`): `eval_slices(split)` returns a
+    # [split size, num slices] 0/1 membership matrix that `eval_batches` adds as `slices`.
+    self.eval_slices = None
 
   def _records(self, split: str) -> grain.MapDataset:
     """The split's records; the training split cut to `max_train_examples` if set."""
@@ -108,10 +112,15 @@ class ClassificationData:
     encoded = self._encoded(split, shard_index, shard_count)
     total = self.split_sizes[split]
     num_batches = math.ceil(math.ceil(total / shard_count) / batch_size)
+    membership = self.eval_slices(split) if self.eval_slices is not None else None
     for b in range(num_batches):
-      examples = [encoded[i] for i in range(b * batch_size,
-                                            min((b + 1) * batch_size, len(encoded)))]
-      yield self._collate(examples, batch_size=batch_size)
+      positions = range(b * batch_size, min((b + 1) * batch_size, len(encoded)))
+      batch = self._collate([encoded[i] for i in positions], batch_size=batch_size)
+      if membership is not None:  # shard position i is record shard_index + i * shard_count
+        batch["slices"] = np.zeros((batch_size, membership.shape[1]), np.float32)
+        batch["slices"][:len(positions)] = membership[[shard_index + i * shard_count
+                                                       for i in positions]]
+      yield batch
 
   def texts(self, split: str) -> list[str]:
     """Raw texts of a split, in `eval_batches` order when unsharded (pairs joined by " || ")."""
@@ -122,6 +131,17 @@ class ClassificationData:
       text = _text(r["text"])
       out.append(f"{text} || {_text(r['text_pair'])}" if self._has_pair else text)
     return out
+
+  def token_lengths(self, split: str):
+    """Token count (after truncation at max_length) of each record, in `texts` order."""
+    return self._encoded(split, 0, 1).lengths()
+
+  def rows(self, split: str) -> list[dict]:
+    """A split's examples as `{"text", ["text_pair",] "label"}` dicts, in `texts` order."""
+    records = self._records(split)
+    keys = ("text", "text_pair") if self._has_pair else ("text",)
+    return [{**{k: _text(records[i][k]) for k in keys}, "label": int(records[i]["label"])}
+            for i in range(len(records))]
 
 
 def _text(value) -> str:

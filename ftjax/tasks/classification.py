@@ -6,9 +6,14 @@ combine exactly: the caller adds sums over batches and divides once at the end.
 
 from __future__ import annotations
 
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from ftjax import metrics as metrics_lib
 
 MODEL_TASK = "classification"
 HEADLINE_METRICS = ("accuracy", "loss")
@@ -45,32 +50,39 @@ def train_loss(model, batch, rngs):
 
 
 def eval_sums(model, batch, dataset):
-  """Loss sum, correct count, example count and the confusion matrix for one batch."""
-  num_classes = dataset.num_classes
+  """Loss, accuracy, confusion and calibration sums for one batch (see `ftjax.metrics`).
+
+  If the batch carries `slices` ([batch, num_slices] 0/1 membership, see `ftjax.eval_slices`),
+  the same sums are also returned per slice under `slices`, with a leading slice axis.
+  The number of calibration bins is `dataset.ece_bins` when set (by `ftjax.evaluate.configure`).
+  """
   out = logits(model, batch).astype(jnp.float32)
-  weights = batch["weights"]
-  labels = batch["labels"]
-  predictions = out.argmax(-1)
-  per_example = optax.softmax_cross_entropy_with_integer_labels(out, labels)
-  # confusion[true, predicted], with padding examples weighted out.
-  confusion = jnp.einsum("bt,bp->tp", jnp.eye(num_classes)[labels] * weights[:, None],
-                         jnp.eye(num_classes)[predictions])
-  return {
-      "loss_sum": (per_example * weights).sum(),
-      "correct": ((predictions == labels) * weights).sum(),
-      "count": weights.sum(),
-      "confusion": confusion,
-  }
+  sums_for = functools.partial(
+      metrics_lib.classification_sums, out, batch["labels"], num_classes=dataset.num_classes,
+      ece_bins=getattr(dataset, "ece_bins", metrics_lib.DEFAULT_ECE_BINS))
+  sums = sums_for(batch["weights"])
+  if "slices" in batch:
+    slice_weights = batch["slices"].astype(jnp.float32) * batch["weights"][:, None]
+    sums["slices"] = jax.vmap(sums_for)(slice_weights.T)
+  return sums
+
+
+_SLICE_METRICS = ("loss", "accuracy", "macro_f1", "ece", "num_examples", "confusion")
 
 
 def finalize(sums) -> dict:
-  """Turns summed eval statistics into metrics (plain Python numbers)."""
-  count = float(sums["count"])
-  denominator = max(count, 1.0)
-  confusion = np.asarray(sums["confusion"])
-  return {
-      "loss": float(sums["loss_sum"]) / denominator,
-      "accuracy": float(sums["correct"]) / denominator,
-      "num_examples": int(round(count)),
-      "confusion": confusion.round().astype(int).tolist(),
-  }
+  """Turns summed eval statistics into metrics (plain Python numbers and lists).
+
+  Per-slice metrics, when present, come back as a list under `slices` in slice order;
+  `ftjax.evaluate.name_slices` keys them by slice name.
+  """
+  sums = dict(sums)
+  per_slice = sums.pop("slices", None)
+  out = metrics_lib.classification_metrics(sums)
+  if per_slice is not None:
+    num_slices = len(np.asarray(per_slice["count"]))
+    out["slices"] = []
+    for i in range(num_slices):
+      one = metrics_lib.classification_metrics(jax.tree.map(lambda x, i=i: np.asarray(x)[i], per_slice))
+      out["slices"].append({k: one[k] for k in _SLICE_METRICS})
+  return out
