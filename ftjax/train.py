@@ -47,17 +47,61 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    task) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)`; pure, ready for `jax.jit`."""
+                    task, accum_steps: int = 1) -> Callable:
+  """Returns `train_step(state, batch) -> (state, metrics)`; pure, ready for `jax.jit`.
+
+  With `accum_steps > 1` the batch is cut into microbatches run under `lax.scan`; each
+  microbatch's loss is weighted by its `loss_weight` (real examples or loss tokens, from the
+  task), so the accumulated loss and gradients equal the big batch's exactly, however unevenly
+  padding falls.
+  """
+
+  def weighted_loss(params, frozen, batch, key):
+    model = nnx.merge(graphdef, params, frozen)
+    loss, aux = task.train_loss(model, batch, nnx.Rngs(dropout=key))
+    aux = dict(aux)
+    weight = aux.pop("loss_weight", jnp.ones((), jnp.float32))
+    return loss * weight, (loss, weight, aux)
+
+  grad_fn = jax.value_and_grad(weighted_loss, has_aux=True)
+
+  def loss_and_grads(state, batch, key):
+    if accum_steps == 1:
+      def mean_loss(params):
+        model = nnx.merge(graphdef, params, state.frozen)
+        loss, aux = task.train_loss(model, batch, nnx.Rngs(dropout=key))
+        aux = dict(aux)
+        aux.pop("loss_weight", None)
+        return loss, aux
+      return jax.value_and_grad(mean_loss, has_aux=True)(state.params)
+
+    # Microbatch j takes rows j, j+k, j+2k, ...: every device keeps its share of each
+    # microbatch, so the split needs no communication under batch sharding.
+    micro = jax.tree.map(
+        lambda x: x.reshape(x.shape[0] // accum_steps, accum_steps, *x.shape[1:]).swapaxes(0, 1),
+        batch)
+
+    def body(carry, inputs):
+      index, microbatch = inputs
+      (_, (loss, weight, aux)), grads = grad_fn(state.params, state.frozen, microbatch,
+                                                jax.random.fold_in(key, index))
+      sums = {"grads": grads, "weight": weight, "loss": loss * weight,
+              "aux": jax.tree.map(lambda a: a * weight, aux)}
+      return jax.tree.map(jnp.add, carry, sums), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    (_, (loss, weight, aux)), grads = jax.eval_shape(grad_fn, state.params, state.frozen, first, key)
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                         {"grads": grads, "weight": weight, "loss": loss, "aux": aux})
+    totals, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
+    denominator = jnp.maximum(totals["weight"], 1e-9)
+    grads = jax.tree.map(lambda g: g / denominator, totals["grads"])
+    aux = jax.tree.map(lambda a: a / denominator, totals["aux"])
+    return (totals["loss"] / denominator, aux), grads
 
   def train_step(state: TrainState, batch):
-    dropout_key = jax.random.fold_in(state.rng, state.step)
-
-    def loss_fn(params):
-      model = nnx.merge(graphdef, params, state.frozen)
-      return task.train_loss(model, batch, nnx.Rngs(dropout=dropout_key))
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    key = jax.random.fold_in(state.rng, state.step)
+    (loss, aux), grads = loss_and_grads(state, batch, key)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -165,11 +209,11 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
                     model_path, counts)
 
 
-def local_batch_size(global_batch: int, mesh) -> int:
-  divisor = sharding.batch_divisor(mesh)
+def local_batch_size(global_batch: int, mesh, accum_steps: int = 1) -> int:
+  divisor = sharding.batch_divisor(mesh) * accum_steps
   if global_batch % divisor:
     raise UserError(f"batch size {global_batch} is not divisible by the {divisor} data-parallel "
-                    f"devices of mesh {dict(mesh.shape)}")
+                    f"devices x microbatches of mesh {dict(mesh.shape)}")
   return global_batch // jax.process_count()
 
 
@@ -244,7 +288,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
         + (f", duplicates removed: {exp.dataset.duplicates_removed}"
            if getattr(exp.dataset, "duplicates_removed", None) else ""), flush=True)
 
-  batch_size = local_batch_size(cfg.train.batch_size, exp.mesh)
+  batch_size = local_batch_size(cfg.train.batch_size, exp.mesh, cfg.train.grad_accum_steps)
   train_iter = exp.dataset.train_iterator(batch_size, seed=cfg.seed,
                                           shard_index=jax.process_index(),
                                           shard_count=jax.process_count())
@@ -271,7 +315,8 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
-  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task),
+  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task,
+                                       cfg.train.grad_accum_steps),
                        in_shardings=(exp.state_shardings, batch_sharding),
                        out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
                        donate_argnums=0)

@@ -5,7 +5,9 @@ A task is a module that provides (see `classification.py`, the reference):
   load_data(data_cfg, tokenizer, *, seed) -> dataset with train_iterator / eval_batches /
                                            split_sizes (the Grain pipeline for the task)
   model_kwargs(dataset) -> dict         extra build_model arguments (e.g. num_labels)
-  train_loss(model, batch, rngs) -> (loss, aux metrics)      inside the jitted train step
+  train_loss(model, batch, rngs) -> (loss, aux metrics)      inside the jitted train step;
+                                        aux["loss_weight"] = what the mean loss averages over
+                                        (examples, tokens), for exact gradient accumulation
   eval_sums(model, batch, dataset) -> pytree of sums         inside the jitted eval step
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host

@@ -46,7 +46,8 @@ def train_loss(model, batch, rngs):
   denominator = jnp.maximum(weights.sum(), 1.0)
   loss = (per_example * weights).sum() / denominator
   correct = (out.argmax(-1) == batch["labels"]).astype(jnp.float32)
-  return loss, {"accuracy": (correct * weights).sum() / denominator}
+  # loss_weight: what the mean is over, so gradient accumulation can weight microbatches exactly.
+  return loss, {"accuracy": (correct * weights).sum() / denominator, "loss_weight": weights.sum()}
 
 
 def eval_sums(model, batch, dataset):
