@@ -13,6 +13,11 @@ from ftjax.errors import exit_on_user_error
 
 flags.DEFINE_string("config", None, "Config file, `path/to/config.py[:arg]`.", required=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.", required=True)
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process runs without auto-detection: host:port of process 0's coordinator "
+                    "(with --num_processes and --process_id). Cloud TPU VMs need none of these.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 FLAGS = flags.FLAGS
 
 
@@ -38,8 +43,9 @@ def main(argv: list[str], overrides: list[str]) -> None:
   absl_logging.set_verbosity(absl_logging.WARNING)
   logging.getLogger("ftjax").setLevel(logging.INFO)
   with exit_on_user_error():
-    from ftjax import config as config_lib, train  # pylint: disable=g-import-not-at-top
+    from ftjax import config as config_lib, sharding, train  # pylint: disable=g-import-not-at-top
     cfg = config_lib.load_config(FLAGS.config, overrides)
+    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     train.train_and_evaluate(cfg, FLAGS.workdir)
 
 

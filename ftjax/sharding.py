@@ -11,6 +11,7 @@ config runs unchanged from 1 CPU to a pod slice. Optimizer state follows its par
 from __future__ import annotations
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -20,6 +21,34 @@ from ftjax.config import MESH_AXES
 from ftjax.errors import UserError
 
 BATCH_AXES = ("data", "fsdp")
+
+
+def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
+  """Joins a multi-process run: explicit coordinator flags, or auto-detected on Cloud TPU VMs.
+
+  Must run before anything touches a device. On a single host without flags it does nothing.
+  """
+  explicit = coordinator_address is not None
+  if explicit and (num_processes is None or process_id is None):
+    raise UserError("--coordinator_address needs --num_processes and --process_id")
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  if explicit:
+    jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
+  elif "," in tpu_hosts or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    jax.distributed.initialize()  # a multi-host TPU slice: JAX reads the topology itself
+
+
+def process_zero_first(fn, name: str):
+  """Runs `fn` on process 0, then on the others (e.g. a dataset build into a shared cache)."""
+  if jax.process_count() == 1:
+    return fn()
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    multihost_utils.sync_global_devices(f"ftjax:{name}")
+  result = fn()
+  if jax.process_index() == 0:
+    multihost_utils.sync_global_devices(f"ftjax:{name}")
+  return result
 
 
 def resolve_mesh_shape(shape, num_devices: int) -> tuple[int, ...]:
@@ -118,6 +147,18 @@ def follow_params(tree, params, param_shardings, mesh):
 
 def batch_divisor(mesh) -> int:
   return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def put_global(tree, shardings):
+  """Places host values (identical on every process) onto global shardings.
+
+  Every process holds the whole value (e.g. weights read from the checkpoint); each fills only
+  its addressable shards, so no cross-host transfer is needed.
+  """
+  def put(x, s):
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, s, lambda index: host[index])
+  return jax.tree.map(put, tree, shardings)
 
 
 def put_batch(local_batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:

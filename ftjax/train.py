@@ -175,7 +175,8 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   model_path = sources.resolve(cfg.model.checkpoint)
   tokenizer = load_tokenizer(model_path)
   _check_vocab(model_path, tokenizer)
-  dataset = task.load_data(cfg.data, tokenizer, seed=cfg.seed)
+  dataset = sharding.process_zero_first(
+      lambda: task.load_data(cfg.data, tokenizer, seed=cfg.seed), "data")
 
   rngs = nnx.Rngs(params=cfg.seed)
   model, newly_initialised = model_registry.build_model(
@@ -192,12 +193,12 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
   rules = tuple(tuple(r) for r in cfg.mesh.rules)
   param_shardings = sharding.variable_shardings(params, mesh, rules)
-  params = jax.device_put(params, param_shardings)
-  frozen = jax.device_put(frozen, sharding.variable_shardings(frozen, mesh, rules))
+  params = sharding.put_global(params, param_shardings)
+  frozen = sharding.put_global(frozen, sharding.variable_shardings(frozen, mesh, rules))
   abstract_opt = jax.eval_shape(tx.init, params)
   opt_shardings = sharding.follow_params(abstract_opt, params, param_shardings, mesh)
   opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  scalar = lambda x: jax.device_put(x, sharding.replicated(mesh))
+  scalar = lambda x: sharding.put_global(x, sharding.replicated(mesh))
   state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=scalar(jnp.zeros((), jnp.int32)),

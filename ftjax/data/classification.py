@@ -86,21 +86,26 @@ class ClassificationData:
 
   def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
                      shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's shard of the training split.
+    """Endless shuffled batches: this process's `batch_size` rows of each global batch.
 
-    Every epoch is reshuffled (seeded); batches may span epoch boundaries. The iterator's
-    `get_state()` is a small JSON-serialisable dict; `set_state()` resumes exactly.
+    Every epoch is reshuffled (seeded); batches may span epoch boundaries. The global batch
+    (all processes' rows together) does not depend on the number of processes, so a 2-process
+    run trains exactly like a 1-process run. Each host tokenises the training split once
+    (fine-tuning sets are small: Rotten Tomatoes' 10.5k rows take ~1 s) and gathers only its
+    rows. The iterator's `get_state()` is a small JSON-serialisable dict; `set_state()`
+    resumes exactly.
     """
-    encoded = self._encoded(self._train_split, shard_index, shard_count)
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+    encoded = self._encoded(self._train_split, 0, 1)
     if len(encoded) == 0:
-      raise UserError(f"training split {self._train_split!r} shard {shard_index} is empty")
-    dataset = epoch_shuffle.EpochShuffleMapDataset(grain.MapDataset.source(encoded), seed=seed)
-    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=self._collate)
+      raise UserError(f"training split {self._train_split!r} is empty")
+    dataset = epoch_shuffle.GlobalBatchSlices(
+        encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
+        shard_count=shard_count, collate=self._collate)
     # The data is in memory and a batch is a cheap gather + pad: prefetch threads only
     # add locking overhead (measured 2x slower), so read in the calling thread.
-    iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-    return iter(iter_dataset)
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
   def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
                    shard_count: int = 1) -> Iterator[dict]:

@@ -22,10 +22,16 @@ def padded_length(longest: int, max_length: int, padding: str,
 
 
 def collate(examples: Sequence[dict], *, pad_id: int, max_length: int, padding: str,
-            boundaries: Sequence[int], batch_size: int | None = None) -> dict:
-  """Stacks examples into a batch dict, adding padding rows (weight 0) up to batch_size."""
+            boundaries: Sequence[int], batch_size: int | None = None,
+            longest: int | None = None) -> dict:
+  """Stacks examples into a batch dict, adding padding rows (weight 0) up to batch_size.
+
+  `longest` overrides the longest example when the padded length must be agreed beyond these
+  examples (each process's slice of a global batch pads to the global batch's length).
+  """
   size = batch_size or len(examples)
-  longest = max((len(e["input_ids"]) for e in examples), default=1)
+  if longest is None:
+    longest = max((len(e["input_ids"]) for e in examples), default=1)
   length = padded_length(longest, max_length, padding, boundaries)
   input_ids = np.full((size, length), pad_id, np.int32)
   attention_mask = np.zeros((size, length), np.int32)

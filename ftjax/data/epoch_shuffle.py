@@ -41,3 +41,38 @@ class EpochShuffleMapDataset(grain.MapDataset):
 
   def __str__(self) -> str:
     return f"EpochShuffleMapDataset(seed={self._seed})"
+
+
+class GlobalBatchSlices(grain.MapDataset):
+  """Element b is this process's rows of global batch b of an endless reshuffled stream.
+
+  The stream is the same on every process (one seeded permutation of the whole split per
+  epoch), global batch b is stream elements [b*G, (b+1)*G) with G = per-process batch x
+  processes, and process i takes rows [i*B, (i+1)*B) of it. So the global batch, and with it
+  every loss and update, is the same whatever the number of processes; each process gathers
+  only its rows, and pads them to the length of the longest example of the whole global batch
+  so that every process produces the same shape. State is one integer (the batch index).
+  """
+
+  def __init__(self, examples, lengths: np.ndarray, *, seed: int, batch_size: int,
+               shard_index: int, shard_count: int, collate):
+    super().__init__()
+    self._examples, self._lengths = examples, np.asarray(lengths)
+    self._order = EpochShuffleMapDataset(grain.MapDataset.range(len(examples)), seed=seed)
+    self._batch_size, self._shard_index, self._shard_count = batch_size, shard_index, shard_count
+    self._collate = collate
+
+  def __len__(self) -> int:
+    return sys.maxsize
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    global_size = self._batch_size * self._shard_count
+    stream = [int(self._order[index * global_size + k]) for k in range(global_size)]
+    mine = stream[self._shard_index * self._batch_size:(self._shard_index + 1) * self._batch_size]
+    return self._collate([self._examples[i] for i in mine],
+                         longest=int(self._lengths[stream].max()))
+
+  def __str__(self) -> str:
+    return f"GlobalBatchSlices(shard {self._shard_index} of {self._shard_count})"

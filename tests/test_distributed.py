@@ -1,0 +1,119 @@
+"""One config from 1 device to meshes of 8 fake devices and to 2 real processes.
+
+Every run here is a subprocess (the device count is fixed when JAX starts): DP, FSDP, TP and a
+mixed (2,2,2) mesh must give the 1-device parameters within 1e-5 after several steps;
+checkpoints move between topologies; two processes joined with `jax.distributed` on 127.0.0.1
+train like one.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+def args(model, files, workdir, steps=STEPS, *extra):
+  return [sys.executable, "-m", "ftjax.main", "--config=configs/classify_files.py", f"--workdir={workdir}",
+          f"--config.model.checkpoint={model}", f"--config.data.files.train={files['train']}",
+          f"--config.data.files.validation={files['validation']}", "--config.data.max_length=16",
+          "--config.data.bucket_boundaries=(8,16)", f"--config.train.steps={steps}",
+          "--config.train.batch_size=8", "--config.train.log_every_steps=1", "--config.eval.every_steps=3",
+          "--config.eval.batch_size=16", "--config.checkpoint.every_steps=3", "--config.optimizer.lr=1e-3",
+          *extra]
+
+
+def run(cmd, devices=1, check=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def params_at(workdir, step):
+  """The params of a checkpoint saved on any topology, restored onto this process's one device."""
+  path = pathlib.Path(workdir) / "checkpoints" / str(step) / "state"
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  state = checkpointer.restore(path, target)
+  return jax.tree.map(np.asarray, state["params"])
+
+
+def train_losses(workdir):
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(l)["loss"] for l in lines if '"train"' in l]
+
+
+def assert_close(a, b, atol=1e-5):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_allclose(x, y, atol=atol)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files):
+  workdir = tmp_path_factory.mktemp("one_device") / "run"
+  run(args(tiny_bert_dir, tiny_sentiment_files, workdir))
+  return workdir
+
+
+@pytest.mark.parametrize("mesh", ["(8,1,1)", "(1,8,1)", "(1,1,8)", "(2,2,2)"],
+                         ids=["data", "fsdp", "tensor", "mixed"])
+def test_meshes_of_8_devices_match_one_device(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline, mesh):
+  workdir = tmp_path / "run"
+  run(args(tiny_bert_dir, tiny_sentiment_files, workdir, STEPS, f"--config.mesh.shape={mesh}"), devices=8)
+  np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
+  assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
+
+
+def resume_from_copy(source_workdir, workdir, model, files, devices, mesh):
+  """Continues `source_workdir`'s step-3 checkpoint in a new workdir on another topology."""
+  import shutil
+  shutil.copytree(pathlib.Path(source_workdir) / "checkpoints" / "3", workdir / "checkpoints" / "3")
+  result = run(args(model, files, workdir, STEPS, f"--config.mesh.shape={mesh}"), devices=devices)
+  assert "resumed from step 3" in result.stdout
+
+
+def test_checkpoints_move_between_8_devices_and_1(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+  # 1 device -> 8 devices (FSDP x TP) from the baseline's step-3 checkpoint.
+  resume_from_copy(baseline, tmp_path / "1to8", tiny_bert_dir, tiny_sentiment_files, 8, "(1,4,2)")
+  assert_close(params_at(tmp_path / "1to8", STEPS), params_at(baseline, STEPS))
+  # 8 devices -> 1 device.
+  eight = tmp_path / "eight"
+  run(args(tiny_bert_dir, tiny_sentiment_files, eight, STEPS, "--config.mesh.shape=(1,4,2)"), devices=8)
+  resume_from_copy(eight, tmp_path / "8to1", tiny_bert_dir, tiny_sentiment_files, 1, "(1,1,1)")
+  assert_close(params_at(tmp_path / "8to1", STEPS), params_at(baseline, STEPS))
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+  workdir = tmp_path / "run"
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen(
+      args(tiny_bert_dir, tiny_sentiment_files, workdir) +
+      [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  assert "ftjax: step 6: eval" in outputs[0][0]
+  np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
+  assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
