@@ -30,6 +30,7 @@ from ftjax.errors import RunError, UserError
 from ftjax.metric_writers import MetricWriter, write_json
 from ftjax.preemption import PreemptionGuard
 from ftjax.models import registry as model_registry
+from ftjax.weights import gguf
 from ftjax.progress import Progress
 from ftjax.workdir_lock import WorkdirLock
 
@@ -172,7 +173,10 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
     raise UserError(f"config key 'eval.metric' names '{cfg.eval.metric}', which task "
                     f"'{cfg.model.task}' does not report; choose from {', '.join(task.METRICS)}")
   mesh = sharding.make_mesh(cfg.mesh.shape)
-  model_path = sources.resolve(cfg.model.checkpoint)
+  # A .gguf file is converted once into a cached HF-style directory (dequantized weights,
+  # tokenizer and chat template from its metadata); directories pass through.
+  model_path = sharding.process_zero_first(
+      lambda: gguf.resolve_checkpoint_dir(sources.resolve(cfg.model.checkpoint)), "checkpoint")
   tokenizer = load_tokenizer(model_path)
   _check_vocab(model_path, tokenizer)
   dataset = sharding.process_zero_first(
