@@ -94,6 +94,8 @@ def base_config() -> ConfigDict:
   c.eval.at_start = True
   c.eval.metric = "accuracy"  # the metric that picks the best step
   c.eval.mode = "max"
+  c.eval.num_samples = 4  # generation samples before/after training (tasks with prompts)
+  c.eval.sample_max_new_tokens = 64
   c.eval.patience = 0  # early stopping: evals without improvement before stopping (0 = never)
   c.eval.min_delta = 0.0  # smallest change of eval.metric that counts as an improvement
   c.eval.ece_bins = 15  # equal-width confidence bins of the calibration error (ECE)
@@ -290,6 +292,8 @@ def validate(cfg: ConfigDict) -> None:
            f"must be 'halt' or 'skip', got '{cfg.train.on_nan}'")
   _require(cfg.train.max_nonfinite >= 0, "train.max_nonfinite", "must be >= 0")
   _require(cfg.eval.patience >= 0, "eval.patience", "must be >= 0")
+  _require(cfg.eval.num_samples >= 0, "eval.num_samples", "must be >= 0")
+  _require(cfg.eval.sample_max_new_tokens > 0, "eval.sample_max_new_tokens", "must be > 0")
   _require(cfg.eval.min_delta >= 0, "eval.min_delta", "must be >= 0")
   _require(cfg.eval.ece_bins > 0, "eval.ece_bins", f"must be > 0, got {cfg.eval.ece_bins}")
   _require(all(isinstance(f, str) and f for f in cfg.eval.slice_by), "eval.slice_by",

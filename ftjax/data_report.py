@@ -143,7 +143,23 @@ def classification_section(dataset, tokenizer, cfg) -> dict:
           "label_names": list(dataset.label_names)}
 
 
-SECTIONS = {"classification": classification_section}
+def chat_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `ChatData`: conversations, skipped ones, rendered token lengths, leakage."""
+  del tokenizer  # the dataset renders with its own chat template
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, keys_by_split = {}, {}
+  for split in order:
+    keys = dataset.texts(split)
+    splits[split] = split_stats(keys, None, (), np.asarray(dataset.token_lengths(split)),
+                                cfg.data.max_length)
+    splits[split]["assistant_turns"] = sum(
+        sum(1 for m in c if m["role"] == "assistant") for c in dataset.conversations(split))
+    keys_by_split[split] = keys
+  return {"splits": splits, "leakage": leakage(keys_by_split, order),
+          "skipped_without_assistant_turn": dict(getattr(dataset, "skipped", {}) or {})}
+
+
+SECTIONS = {"classification": classification_section, "causal_lm": chat_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:

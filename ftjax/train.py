@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
-from ftjax import data_report, evaluate, methods, optim, report, sharding, sources, tasks
+from ftjax import data_report, evaluate, methods, optim, report, samples, sharding, sources, tasks
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.config import ConfigDict
 from ftjax.early_stopping import EarlyStopping
@@ -349,6 +349,8 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
 
   if start_step == 0 and cfg.eval.at_start:
     run_eval(0)
+    if is_main:
+      samples.write(workdir, exp, model_from_state(exp, state), "base", 0)
 
   progress = Progress(cfg.train.steps, start_step, enabled=is_main)
   pending: list[dict] = []
@@ -441,6 +443,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
           f"{_headline(exp.task, test_metrics)}", flush=True)
   writer.close()
   if is_main:
+    samples.write(workdir, exp, model_from_state(exp, state), "final", step)
     names = getattr(exp.dataset, "label_names", None)
     results = [("base", 0), ("final", step)]
     if stopper.best:

@@ -62,3 +62,44 @@ def write_jsonl(path: pathlib.Path, rows) -> pathlib.Path:
   return path
 
 
+
+
+def make_tiny_llama(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random Llama (tied embeddings, like SmolLM2) with a ChatML tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
+  from ftjax.data.chat_template import CHATML  # pylint: disable=g-import-not-at-top
+
+  specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+  words = list(WORDS) + ["user", "assistant", "system", "hello", "hi", "how", "are", "you", "?", "!",
+                         "i", "am", "help", "me", "with", "python", "sure"] + [str(i) for i in range(64)]
+  vocab = {t: i for i, t in enumerate(dict.fromkeys(specials + ["[UNK]"] + words))}
+  tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = pre_tokenizers.Whitespace()
+  fast = transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+      bos_token="<|im_start|>", unk_token="[UNK]", additional_special_tokens=specials[1:])
+  fast.chat_template = CHATML
+  path.mkdir(parents=True, exist_ok=True)
+  fast.save_pretrained(str(path))
+  config = transformers.LlamaConfig(
+      vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+      tie_word_embeddings=True, eos_token_id=vocab["<|im_end|>"], pad_token_id=0)
+  torch.manual_seed(seed)
+  transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+  return path
+
+
+def make_conversations(n: int, seed: int) -> list[dict]:
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(seed)
+  rows = []
+  for i in range(n):
+    question = rng.choice(["hello how are you ?", "help me with python !", "hi !"])
+    answer = {"hello how are you ?": "i am fine", "help me with python !": "sure",
+              "hi !": "hello"}[question]
+    rows.append({"messages": [{"role": "user", "content": f"{question} {i}"},
+                              {"role": "assistant", "content": answer}]})
+  return rows

@@ -3,12 +3,14 @@
 from absl import logging
 import tensorflow_datasets as tfds
 
+from ftjax.data import chat_files
+from ftjax.data import chatterbot
 from ftjax.data import classification_files
 from ftjax.data import paths
 from ftjax.data import rotten_tomatoes
 from ftjax.errors import UserError
 
-NAMES = ("rotten_tomatoes", "files")
+NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -26,6 +28,10 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
         train_split=data_cfg.train_split,
     )
     return classification_files.ClassificationFiles(data_dir=data_dir, config=config)
+  if data_cfg.name == "chatterbot":
+    return chatterbot.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "chat_files":
+    return chat_files.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

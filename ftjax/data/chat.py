@@ -1,0 +1,210 @@
+"""Chat fine-tuning data for the causal-LM task: TFDS build -> rendered + masked -> LM batches.
+
+The trainer calls only `load_chat_data(data_cfg, tokenizer, seed=...)` (through
+`ftjax.tasks.causal_lm.load_data`). Config keys read (under `data.`): name (`chatterbot` or
+`chat_files`), files, messages_field, chatterbot_categories, eval_fraction, chat_template,
+packing, train_split, max_length, padding, bucket_boundaries, data_dir, max_train_examples.
+
+Batches are dicts of numpy arrays (see `ftjax.data.packing`): `input_ids`, `targets`,
+`segment_ids`, `positions`, `attention_mask` [B, T] int32 and `loss_mask` [B, T] float32.
+Training rows pack several conversations (`data.packing`) at length `max_length`, or hold one
+padded to a bucket; eval rows always hold one conversation (so every process can tell the
+number of eval batches from the split size alone), bucketed, with all-zero padding rows.
+"""
+
+from collections.abc import Iterator
+import functools
+import json
+import math
+
+from absl import logging
+import grain
+import numpy as np
+
+from ftjax.data import builders
+from ftjax.data import chat_template
+from ftjax.data import collate as collate_lib
+from ftjax.data import epoch_shuffle
+from ftjax.data import packing as packing_lib
+from ftjax.data import tokenization
+from ftjax.errors import UserError
+
+__all__ = ["ChatData", "load_chat_data"]
+
+
+class ChatData:
+  """One prepared chat dataset, rendered and tokenised lazily per (split, shard)."""
+
+  def __init__(self, builder, tokenizer, *, max_length: int, packing: bool = False,
+               padding: str = "bucket", bucket_boundaries=(), chat_template_name: str = "",
+               train_split: str = "train", max_train_examples: int = 0, seed: int = 0):
+    if padding not in collate_lib.PADDINGS:
+      raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
+    if max_length < 2:
+      raise UserError(f"data.max_length={max_length} must be >= 2")
+    self._builder = builder
+    self.tokenizer = tokenizer
+    self.template = chat_template.resolve_template(tokenizer, chat_template_name)
+    self.max_length = int(max_length)
+    self.packing = bool(packing)
+    self._padding = padding
+    self._boundaries = tuple(int(b) for b in bucket_boundaries)
+    self._train_split = train_split
+    self._max_train = int(max_train_examples)
+    self._subset_seed = int(seed)
+    self.pad_id = tokenization.pad_id(tokenizer)
+    self._cache = {}
+    self._lengths = {}
+    self.split_sizes: dict[str, int] = {
+        split: len(self._records(split)) for split in builder.info.splits}
+    metadata = builder.info.metadata or {}
+    # Conversations the builder left out (no assistant turn; duplicates for ChatterBot).
+    self.skipped: dict[str, int] = {k: int(v) for k, v in dict(metadata.get("skipped", {})).items()}
+    # Per split, over the shards tokenised so far: conversations cut at max_length, and those
+    # dropped because truncation left no assistant token to learn.
+    self.truncated: dict[str, int] = {}
+    self.dropped_no_loss: dict[str, int] = {}
+    self.packed_fill: float | None = None
+
+  def _records(self, split: str) -> grain.MapDataset:
+    if split not in self._builder.info.splits:
+      raise UserError(f"split {split!r} not in dataset {self._builder.name} "
+                      f"(splits: {sorted(self._builder.info.splits)})")
+    records = grain.MapDataset.source(self._builder.as_data_source(split=split))
+    if split == self._train_split and 0 < self._max_train < len(records):
+      records = records.seed(self._subset_seed).shuffle()[:self._max_train]
+    return records
+
+  def conversations(self, split: str, shard_index: int = 0, shard_count: int = 1
+                    ) -> list[list[dict]]:
+    """The split's conversations (lists of `{"role", "content"}`), in eval order."""
+    records = self._records(split)[shard_index::shard_count]
+    return [json.loads(_text(records[i]["messages_json"])) for i in range(len(records))]
+
+  def texts(self, split: str) -> list[str]:
+    """Each conversation rendered with the chat template (for reports)."""
+    return [chat_template.render(self.tokenizer, m, self.template)
+            for m in self.conversations(split)]
+
+  def prompts(self, split: str, limit: int | None = None) -> list[dict]:
+    """Generation prompts: the history before each conversation's last assistant reply.
+
+    Each item has `messages` (the history), `text` (rendered with the generation prompt, e.g.
+    ending in `<|im_start|>assistant\\n`), `input_ids` (int32, no special tokens added: the
+    template already has them) and `reference` (the reply the data gives).
+    """
+    out = []
+    for messages in self.conversations(split)[:limit]:
+      history, reference = chat_template.prompt_messages(messages)
+      text = chat_template.render(self.tokenizer, history, self.template,
+                                  add_generation_prompt=True)
+      ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+      out.append({"messages": history, "text": text, "reference": reference,
+                  "input_ids": np.asarray(ids, np.int32)})
+    return out
+
+  def _encoded(self, split: str, shard_index: int, shard_count: int
+               ) -> list[packing_lib.Example]:
+    """Token ids + assistant masks of one shard, truncated at max_length (cached)."""
+    if not 0 <= shard_index < shard_count:
+      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+    key = (split, shard_index, shard_count)
+    if key not in self._cache:
+      encoded = chat_template.encode(
+          self.tokenizer, self.conversations(split, shard_index, shard_count), self.template)
+      self._lengths[key] = np.array([len(ids) for ids, _ in encoded], np.int64)
+      kept, truncated, dropped = [], 0, 0
+      for ids, mask in encoded:
+        if len(ids) > self.max_length:
+          truncated += 1
+          ids, mask = ids[:self.max_length], mask[:self.max_length]
+        if not mask[1:].any():  # Only targets (positions >= 1) are learnt.
+          dropped += 1
+          continue
+        kept.append((ids, mask))
+      self.truncated[split] = self.truncated.get(split, 0) + truncated
+      self.dropped_no_loss[split] = self.dropped_no_loss.get(split, 0) + dropped
+      if truncated or dropped:
+        logging.warning("chat data %s shard %d/%d: %d of %d conversations truncated at "
+                        "max_length=%d; %d dropped with no assistant token left", split,
+                        shard_index, shard_count, truncated, len(encoded), self.max_length,
+                        dropped)
+      self._cache[key] = kept
+    return self._cache[key]
+
+  def token_lengths(self, split: str) -> np.ndarray:
+    """Rendered token count of each conversation before truncation, in `conversations` order."""
+    self._encoded(split, 0, 1)
+    return self._lengths[(split, 0, 1)]
+
+  def _collate_single(self, examples, batch_size=None):
+    """One conversation per row, padded to a bucket (or max_length)."""
+    longest = max((len(ids) for ids, _ in examples), default=1)
+    length = collate_lib.padded_length(longest, self.max_length, self._padding,
+                                       self._boundaries)
+    return packing_lib.collate_rows([[e] for e in examples], length=length, pad_id=self.pad_id,
+                                    batch_size=batch_size)
+
+  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
+                     shard_count: int = 1) -> grain.DatasetIterator:
+    """Endless shuffled batches of this process's shard of the training split.
+
+    With packing, the shard is packed once (seeded first-fit) into rows of `max_length` and
+    the rows are reshuffled every epoch. `get_state()` / `set_state()` resume exactly.
+    """
+    examples = self._encoded(self._train_split, shard_index, shard_count)
+    if not examples:
+      raise UserError(f"training split {self._train_split!r} shard {shard_index} is empty")
+    if self.packing:
+      rows = packing_lib.pack(examples, self.max_length, seed=seed)
+      self.packed_fill = rows.fill(self.max_length)
+      logging.info("chat data: packed %d conversations into %d rows of %d tokens (%.1f%% "
+                   "filled)", len(examples), len(rows), self.max_length,
+                   100 * self.packed_fill)
+      batch_fn = functools.partial(packing_lib.collate_rows, length=self.max_length,
+                                   pad_id=self.pad_id)
+      source = rows
+    else:
+      batch_fn = self._collate_single
+      source = examples
+    dataset = epoch_shuffle.EpochShuffleMapDataset(grain.MapDataset.source(source), seed=seed)
+    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
+    # In-memory data and a cheap collate: reading in the calling thread is fastest.
+    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
+                                                          prefetch_buffer_size=0)))
+
+  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
+                   shard_count: int = 1) -> Iterator[dict]:
+    """One pass over a split in a fixed order, one conversation per row.
+
+    Every shard yields ceil(ceil(N / shards) / batch_size) batches, so processes stay in
+    lock-step; missing rows are all padding (loss_mask 0, segment_ids 0).
+    """
+    examples = self._encoded(split, shard_index, shard_count)
+    num_batches = math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
+    for b in range(num_batches):
+      chunk = examples[b * batch_size:(b + 1) * batch_size]
+      yield self._collate_single(chunk, batch_size=batch_size)
+
+
+def _text(value) -> str:
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def load_chat_data(data_cfg, tokenizer, *, seed: int) -> ChatData:
+  """Prepares the dataset named by `data_cfg` (building it once) and wraps it for training."""
+  builder = builders.prepare(data_cfg)
+  data = ChatData(
+      builder, tokenizer,
+      max_length=data_cfg.max_length,
+      packing=data_cfg.get("packing", False),
+      padding=data_cfg.padding,
+      bucket_boundaries=tuple(data_cfg.bucket_boundaries or ()),
+      chat_template_name=data_cfg.get("chat_template", ""),
+      train_split=data_cfg.train_split,
+      max_train_examples=data_cfg.max_train_examples,
+      seed=seed,
+  )
+  if any(data.skipped.values()):
+    logging.warning("chat data %s: skipped %s", builder.name, data.skipped)
+  return data

@@ -1,0 +1,40 @@
+"""Generation samples before and after fine-tuning, for tasks whose data offers prompts.
+
+Written to `WORKDIR/samples.jsonl`, one object per prompt and checkpoint (`base`, `final`):
+the prompt, the reference reply from the data and the model's greedy continuation, so a
+researcher sees what fine-tuning changed, not only the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+
+from ftjax import generate
+
+FILE = "samples.jsonl"
+
+
+def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
+  """Appends greedy generations of `model` on the eval split's first prompts; returns them."""
+  cfg = exp.cfg
+  dataset = exp.dataset
+  if not hasattr(dataset, "prompts") or cfg.eval.num_samples <= 0:
+    return None
+  if jax.process_count() > 1:  # generation runs on one host's devices; skip on multi-host
+    return None
+  tokenizer = dataset.tokenizer
+  prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)
+  stops = [t for t in (tokenizer.eos_token_id,) if t is not None]
+  outputs = generate.generate(model, [p["input_ids"] for p in prompts],
+                              max_new_tokens=cfg.eval.sample_max_new_tokens,
+                              stop_token_ids=stops, pad_token_id=dataset.pad_id)
+  records = [{"checkpoint": label, "step": step, "prompt": p["text"], "reference": p["reference"],
+              "generation": tokenizer.decode(out, skip_special_tokens=True)}
+             for p, out in zip(prompts, outputs)]
+  with open(pathlib.Path(workdir) / FILE, "a", encoding="utf-8") as f:
+    for r in records:
+      f.write(json.dumps(r) + "\n")
+  return records
