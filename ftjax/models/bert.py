@@ -326,8 +326,9 @@ class BertModel(nnx.Module):
     b, s, h = x.shape
     if s > attention_mask.shape[1]:
       # Embeddings that prepend virtual tokens (prompt tuning): always attended.
-      extra = jnp.ones((b, s - attention_mask.shape[1]), attention_mask.dtype)
-      attention_mask = jnp.concatenate([extra, attention_mask], axis=1)
+      extra = jnp.ones((b, s - attention_mask.shape[1]), jnp.int32)
+      attention_mask = jnp.concatenate(
+          [extra, jnp.asarray(attention_mask).astype(jnp.int32)], axis=1)
     # [B, 1, 1, S] additive bias over keys, fp32 regardless of compute dtype.
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
                           _MASK_VALUE).astype(jnp.float32)

@@ -1,0 +1,178 @@
+"""Export a trained run: `python -m ftjax.export --workdir DIR --out OUT --format hf|peft
+[--checkpoint latest|best|base|STEP]`.
+
+`--format hf` merges the method into plain weights (`method.merge`) and writes what
+`transformers.AutoModel*.from_pretrained(OUT)` loads: config.json, model.safetensors and the
+base checkpoint's tokenizer files. `--format peft` writes `adapter_config.json` +
+`adapter_model.safetensors` that `peft.PeftModel.from_pretrained(base_model, OUT)` loads (lora,
+dora, ia3, prompt_tuning, prefix_tuning).
+
+OUT is written atomically: everything goes to a temporary sibling directory that is renamed to
+OUT at the end, so OUT is either complete or absent. An existing non-empty OUT is an error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import shutil
+import sys
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+from ftjax.errors import UserError, exit_on_user_error
+
+FORMATS = ("hf", "peft")
+# Files of a checkpoint directory that make up its tokenizer.
+TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
+                      "merges.txt", "*.model", "spiece*", "chat_template*")
+
+flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).",
+                    required=True)
+flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).", required=True)
+flags.DEFINE_enum("format", "hf", FORMATS, "hf: merged transformers model; peft: PEFT adapter.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, base (step 0) or a step number.")
+FLAGS = flags.FLAGS
+
+
+def _fill(node, data: dict, prefix: str, free_form: bool = False) -> None:
+  """Copies JSON values into the base config `node`, refusing keys it does not have."""
+  from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  for key, value in data.items():
+    name = f"{prefix}{key}"
+    if key not in node:
+      if free_form:
+        node[key] = value
+        continue
+      raise config_lib._unknown_key_error(  # pylint: disable=protected-access
+          name, config_lib.flat_keys(config_lib.base_config()), "the workdir's config.json")
+    current = node[key]
+    if isinstance(current, config_lib.ConfigDict):
+      if not isinstance(value, dict):
+        raise UserError(f"config key '{name}' in the workdir's config.json must be a section")
+      _fill(current, value, name + ".", free_form=config_lib._is_free_form(name))  # pylint: disable=protected-access
+    elif isinstance(current, tuple) and isinstance(value, list):
+      node[key] = tuple(value)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      node[key] = float(value)
+    else:
+      try:
+        node[key] = value
+      except TypeError as e:
+        raise UserError(f"config key '{name}' in the workdir's config.json: {e}") from None
+
+
+def load_workdir_config(workdir):
+  """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
+  from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
+  file = pathlib.Path(workdir) / "config.json"
+  if not file.is_file():
+    raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
+  try:
+    data = json.loads(file.read_text())
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"invalid JSON in {file}: {e}") from e
+  cfg = config_lib.base_config()
+  _fill(cfg, data, "")
+  config_lib.validate(cfg)
+  cfg.lock()
+  return cfg
+
+
+def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
+  copied = []
+  for pattern in TOKENIZER_PATTERNS:
+    for file in sorted(src.glob(pattern)):
+      if file.is_file() and not (dst / file.name).exists():
+        shutil.copy2(file, dst / file.name)
+        copied.append(file.name)
+  return copied
+
+
+def _prepare_out(out: pathlib.Path) -> pathlib.Path:
+  if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    raise UserError(f"output '{out}' already exists and is not an empty directory")
+  try:
+    out.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create the parent of output '{out}': {e.strerror}") from None
+  tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  return tmp
+
+
+def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest") -> pathlib.Path:
+  """Exports the run in `workdir` to `out` as `fmt` ('hf' or 'peft'); returns `out`."""
+  from ftjax import train  # pylint: disable=g-import-not-at-top
+  from ftjax.models import registry  # pylint: disable=g-import-not-at-top
+
+  if fmt not in FORMATS:
+    raise UserError(f"unknown export format '{fmt}'; known: {', '.join(FORMATS)}")
+  cfg = load_workdir_config(workdir)
+  if checkpoint not in ("latest", "best", "base"):
+    try:
+      checkpoint = int(checkpoint)
+    except ValueError:
+      raise UserError(f"--checkpoint must be latest, best, base or a step, got '{checkpoint}'") from None
+  exp = train.build_experiment(cfg)
+  state, step = train.restore_state(exp, workdir, checkpoint)
+  model = train.model_from_state(exp, state)
+  method = exp.method
+
+  # Check what the method can do before writing anything.
+  if fmt == "hf":
+    model = method.merge(model)
+    if model is None:
+      raise UserError(f"method '{cfg.method.name}' cannot be merged into plain weights; "
+                      "export it with --format peft" + (
+                          "" if hasattr(method, "export_peft") else " (not supported either)"))
+  elif not hasattr(method, "export_peft"):
+    raise UserError(f"method '{cfg.method.name}' has no PEFT format; use --format hf")
+
+  out_path = pathlib.Path(out).expanduser()
+  tmp = _prepare_out(out_path)
+  try:
+    if fmt == "hf":
+      labels = getattr(exp.dataset, "label_names", None)
+      id2label = dict(enumerate(labels)) if labels and cfg.model.task == "classification" else None
+      registry.save_hf(model, tmp, id2label=id2label)
+      _copy_tokenizer(pathlib.Path(exp.model_path), tmp)
+    else:
+      method.export_peft(model, tmp, base_path=str(exp.model_path))
+    if out_path.exists():
+      out_path.rmdir()  # empty (checked above)
+    os.replace(tmp, out_path)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  print(f"ftjax: exported step {step} of {workdir} ({cfg.method.name}) as {fmt} to {out_path}",
+        flush=True)
+  return out_path
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("ftjax").setLevel(logging.WARNING)
+  with exit_on_user_error():
+    export(FLAGS.workdir, FLAGS.out, FLAGS.format, FLAGS.checkpoint)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+  run()

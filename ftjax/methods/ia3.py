@@ -1,0 +1,81 @@
+"""IA3 (Liu et al. 2022): learned rescaling of keys, values and feed-forward activations.
+
+PEFT's semantics: a targeted Linear that is not feed-forward has its *output* scaled,
+y = (x W + b) * l (l: [out]); a feed-forward one has its *input* scaled, y = (x * l) W + b
+(l: [in]). Vectors start at one (identity). Mergeable: W * l[None, :] and b * l, or
+W * l[:, None].
+
+Options (`config.method.ia3.*`):
+  targets: regex over module paths; the default is PEFT's for BERT (key, value, output.dense,
+    which includes attention.output.dense) and Llama (k_proj, v_proj, down_proj).
+  feedforward: regex over module paths; targets matching it scale their input.
+  train_head: also train the task head in full.
+
+Trainable parameters: sum over targets of out (or in, for feed-forward ones), plus the head.
+"""
+
+import re
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ftjax.methods import lora_layers
+from ftjax.methods.base import Method, path_string
+from ftjax.methods.lora import trainable_with_head
+from ftjax.methods.registry import register
+
+
+class IA3Linear(lora_layers.WrappedLinear):
+  """A Linear whose output (or, `feedforward`, input) is rescaled by a learned vector."""
+
+  def __init__(self, linear: nnx.Linear, *, feedforward: bool):
+    super().__init__(linear)
+    self.feedforward = feedforward
+    size = self.in_features if feedforward else self.out_features
+    self.ia3_l = lora_layers.AdapterParam(
+        jnp.ones((size,), self.param_dtype),
+        **lora_layers.axis_metadata(self.kernel, 0 if feedforward else 1))
+
+  def __call__(self, x):
+    scale = self.ia3_l[...]
+    if self.feedforward:
+      return self.base(x * scale.astype(x.dtype))
+    y = self.base(x)
+    return y * scale.astype(y.dtype)
+
+  def merged(self) -> nnx.Linear:
+    scale = self.ia3_l[...]
+    if self.feedforward:
+      return self.to_linear(self.kernel[...] * scale[:, None])
+    bias = self.bias[...] * scale if self.use_bias else None
+    return self.to_linear(self.kernel[...] * scale[None, :], bias)
+
+
+@register
+class IA3(Method):
+  name = "ia3"
+  defaults = {"targets": r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj)$",
+              "feedforward": r"(^|\.)(output\.dense|down_proj)$",
+              "train_head": True}
+
+  def apply(self, model, *, rngs):
+    del rngs
+    feedforward = re.compile(self.options["feedforward"])
+    for path, linear in lora_layers.find_linears(model, self.options["targets"],
+                                                 option="method.ia3.targets"):
+      is_ff = feedforward.search(path_string(path)) is not None
+      lora_layers.replace_module(model, path, IA3Linear(linear, feedforward=is_ff))
+    return model
+
+  def trainable(self):
+    return trainable_with_head(lora_layers.AdapterParam,
+                               self.options["train_head"])
+
+  def merge(self, model):
+    model = nnx.clone(model)
+    return lora_layers.merge_wrappers(model, IA3Linear, lambda w: w.merged())
+
+  def export_peft(self, model, out_dir, *, base_path: str):
+    """Writes a PEFT IA3 adapter."""
+    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
+    return peft_io.export_ia3(model, out_dir, base_path=base_path, linear_cls=IA3Linear)

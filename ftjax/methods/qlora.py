@@ -1,0 +1,108 @@
+"""QLoRA (Dettmers et al. 2023): LoRA on top of frozen base kernels stored quantized.
+
+Each targeted Linear's kernel is replaced by block-wise quantized storage (`quant.py`: NF4 or
+int8, per-block absmax scales, optional double quantization), dequantized on the fly in the
+forward pass; the LoRA update trains in full precision beside it. The quantized storage is an
+`nnx.Variable` that is not a `Param`, so no filter ever trains it. Merging dequantizes and folds
+the update in (full-precision plain Linear, like PEFT's merge_and_unload of a 4-bit model).
+
+Options: those of `lora` plus
+  quant: 'nf4' or 'int8'.
+  block_size: values per absmax scale (QLoRA: 64).
+  double_quant: also quantize the scales (int8 after centring, blocks of 256).
+
+Trainable parameters: as LoRA, sum over targets of rank * (in + out), plus the head.
+Storage per targeted kernel of n values: nf4 n/2 bytes + 4 n/block_size (fp32 scales) or
+n/block_size (+ 4 n/block_size/256 + 4) with double quantization; int8 n bytes + the same
+scales. `storage_bytes(model)` reports it.
+"""
+
+import jax.numpy as jnp
+from flax import nnx
+
+from ftjax.errors import UserError
+from ftjax.methods import lora_layers, quant
+from ftjax.methods.lora import LoRA, check_dropout
+from ftjax.methods.registry import register
+
+DOUBLE_QUANT_BLOCK = 256
+
+
+class QuantizedWeight(nnx.Variable):
+  """Frozen quantized storage (codes, scales); never a `Param`, so never trained."""
+
+
+class QLoRALinear(lora_layers.LoRALinear):
+  """`LoRALinear` whose base kernel is stored quantized and dequantized per call."""
+
+  def __init__(self, linear: nnx.Linear, *, rank: int, alpha: float, rslora: bool, dora: bool,
+               rngs: nnx.Rngs, kind: str, block_size: int, double_quant: bool):
+    if dora:
+      raise UserError("QLoRA with DoRA is not supported")
+    super().__init__(linear, rank=rank, alpha=alpha, rslora=rslora, dora=False, rngs=rngs)
+    self.kind, self.block_size = kind, block_size
+    self.kernel_shape = tuple(linear.kernel[...].shape)
+    self.kernel_meta = tuple(sorted(linear.kernel.get_metadata().items()))
+    q = quant.quantize(linear.kernel[...], kind, block_size, double_quant, DOUBLE_QUANT_BLOCK)
+    del self.kernel  # the full-precision kernel is gone: only the quantized copy stays
+    self.q_codes = QuantizedWeight(q.codes)
+    self.q_scales = QuantizedWeight(q.scales)
+    self.q_scales_scale = None if q.scales_scale is None else QuantizedWeight(q.scales_scale)
+    self.q_scales_mean = None if q.scales_mean is None else QuantizedWeight(q.scales_mean)
+
+  def quantized(self) -> quant.Quantized:
+    opt = lambda v: None if v is None else v[...]
+    return quant.Quantized(self.q_codes[...], self.q_scales[...], opt(self.q_scales_scale),
+                           opt(self.q_scales_mean))
+
+  def base_kernel(self):
+    return quant.dequantize(self.quantized(), self.kernel_shape, self.kind, self.block_size,
+                            DOUBLE_QUANT_BLOCK, dtype=self.param_dtype)
+
+  def kernel_metadata(self) -> dict:
+    return dict(self.kernel_meta)
+
+  def base(self, x):
+    kernel = self.base_kernel()
+    bias = self.bias[...] if self.use_bias else None
+    x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
+    y = jnp.dot(x, kernel, precision=self.precision)
+    return y + bias if bias is not None else y
+
+  def nbytes(self) -> tuple[int, int]:
+    """(bytes of the quantized storage, bytes the kernel takes in its param dtype)."""
+    n = 1
+    for d in self.kernel_shape:
+      n *= d
+    return quant.nbytes(self.quantized()), n * jnp.dtype(self.param_dtype).itemsize
+
+
+def storage_bytes(model) -> tuple[int, int]:
+  """Summed (quantized, full-precision) bytes of every quantized kernel of `model`."""
+  sizes = [w.nbytes() for _, w in lora_layers.iter_wrappers(model, QLoRALinear)]
+  return sum(q for q, _ in sizes), sum(f for _, f in sizes)
+
+
+@register
+class QLoRA(LoRA):
+  name = "qlora"
+  defaults = dict(LoRA.defaults, quant="nf4", block_size=64, double_quant=False)
+
+  def apply(self, model, *, rngs):
+    o = self.options
+    check_dropout(self.name, o)
+    if o["quant"] not in quant.KINDS:
+      raise UserError(f"config key 'method.qlora.quant' must be one of {', '.join(quant.KINDS)}, "
+                      f"got '{o['quant']}'")
+    if o["block_size"] <= 0 or o["block_size"] % 2:
+      raise UserError(f"config key 'method.qlora.block_size' must be a positive even number, "
+                      f"got {o['block_size']}")
+    return lora_layers.wrap_lora(
+        model, o["targets"], option="method.qlora.targets", rank=o["rank"], alpha=o["alpha"],
+        rslora=o["rslora"], dora=False, rngs=rngs, linear_cls=QLoRALinear, kind=o["quant"],
+        block_size=o["block_size"], double_quant=o["double_quant"])
+
+  def export_peft(self, model, out_dir, *, base_path: str):
+    """A PEFT LoRA adapter; apply it to the (quantized or not) base model."""
+    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
+    return peft_io.export_lora(model, self.options, out_dir, base_path=base_path)
