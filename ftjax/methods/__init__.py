@@ -14,3 +14,4 @@ from ftjax.methods import adapters  # noqa: F401,E402
 from ftjax.methods import prompt_tuning  # noqa: F401,E402
 from ftjax.methods import prefix_tuning  # noqa: F401,E402
 from ftjax.methods import qlora  # noqa: F401,E402
+from ftjax.methods import top_layers  # noqa: F401,E402
