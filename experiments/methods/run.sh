@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One command per method: MiniLM on Rotten Tomatoes under the quickstart's identical budget
+# (400 steps of batch 32, same schedule shape, seed and data order). Writes
+# runs/methods/METHOD/{summary.json,time.txt}; `python experiments/methods/table.py` prints the table.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for method in "${@:-full lora linear_probe}"; do
+  for m in $method; do
+    /usr/bin/time -v -o "runs/methods/$m.time.txt" \
+      python -m ftjax.main --config "configs/quickstart.py:$m" --workdir "runs/methods/$m"
+  done
+done
