@@ -435,7 +435,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   if cfg.data.test_split and cfg.data.test_split in exp.dataset.split_sizes:
     test_state = state
     if test_step != step:
-      test_state, _ = restore_state(exp, workdir, "best")
+      test_state, _ = restore_state(exp, workdir, "best", live=state)
     test_full = evaluate.evaluate_split(evaluator, exp, test_state, cfg.data.test_split)
     test_metrics = _scalars(test_full)
     writer.write(step, "test", test_metrics)
@@ -482,11 +482,14 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   return summary
 
 
-def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest") -> tuple[TrainState, int]:
+def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
+                  live: TrainState | None = None) -> tuple[TrainState, int]:
   """The train state of a workdir's checkpoint: `latest`, `best`, `base` or a step number.
 
   `base` is the untouched pretrained model (with its freshly initialised head), i.e. step 0.
-  `best` takes the trainable parameters from `checkpoints/best` (the frozen ones never change).
+  `best` takes the trainable parameters from `checkpoints/best` (the frozen ones never change)
+  and the rest from `live`, the training loop's current state (whose buffers are alive, unlike
+  `exp.state`'s once a step has donated them), or from `exp.state` outside a training loop.
   Returns the state and its step.
   """
   if checkpoint == "base":
@@ -499,10 +502,10 @@ def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest") ->
       step = best.best_step()
       if step is None:
         raise UserError(f"no best checkpoint in {directory / ckpt_lib.BEST_DIR}")
-      params = best.restore(step, ckpt_lib.abstract_like(exp.state.params))
+      params = best.restore(step, ckpt_lib.abstract_like((live or exp.state).params))
     finally:
       best.close()
-    return exp.state.replace(params=params), int(step)
+    return (live if live is not None else exp.state).replace(params=params), int(step)
   checkpointer = ckpt_lib.Checkpointer(directory, every_steps=1, keep=1 << 30)
   try:
     available = checkpointer.all_steps()

@@ -203,3 +203,16 @@ def test_second_writer_gets_a_clear_error(tmp_path, tiny_bert_dir, tiny_sentimen
   assert result.returncode == 2
   assert f"in use by another ftjax run (pid {os.getpid()}" in result.stderr
   assert not (workdir / "checkpoints").exists()
+
+
+def test_test_split_uses_the_best_checkpoint_with_frozen_params(tmp_path, tiny_bert_dir, tiny_sentiment_files):
+  # A method with frozen parameters whose best step is not the last: the test split is scored
+  # on the best checkpoint's parameters combined with the (donated, then live) frozen ones.
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, method="linear_probe")
+  with cfg.unlocked():
+    cfg.data.files.test = str(tiny_sentiment_files["validation"])
+    cfg.data.test_split = "test"
+    cfg.optimizer.lr = 1e-9  # accuracy never strictly improves: the best step stays 0
+  summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  assert summary["best_step"] == 0 and summary["test_step"] == 0 and summary["steps"] == 6
+  assert summary["test"]["accuracy"] == summary["initial_eval"]["accuracy"]
