@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import itertools
 import pathlib
-import sys
 
 import numpy as np
 
@@ -233,41 +232,33 @@ def write(workdir, dataset, tokenizer, cfg) -> dict | None:
 def _main_cli() -> None:
   """`python -m ftjax.data_report --config CFG [--out FILE] [--config.K=V ...]`."""
   import logging  # pylint: disable=g-import-not-at-top
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ftjax import main as main_lib  # pylint: disable=g-import-not-at-top  (--config, --workdir)
-  from ftjax.errors import UserError, exit_on_user_error  # pylint: disable=g-import-not-at-top
+  from ftjax.errors import UserError  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("out", None, "Write the JSON report here (the markdown goes to stdout).")
   flags.FLAGS.set_default("workdir", "")  # optional here: if given, also write the files there
-  argv, overrides = main_lib.split_overrides(sys.argv)
 
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("ftjax").setLevel(logging.WARNING)
-    with exit_on_user_error():
-      from ftjax import config as config_lib, sources, tasks  # pylint: disable=g-import-not-at-top
-      from ftjax.data.tokenization import load_tokenizer  # pylint: disable=g-import-not-at-top
-      cfg = config_lib.load_config(main_lib.FLAGS.config, overrides)
-      if cfg.model.task not in SECTIONS:
-        raise UserError(f"no data report for task '{cfg.model.task}' yet (config key model.task)")
-      tokenizer = load_tokenizer(sources.resolve(cfg.model.checkpoint))
-      dataset = tasks.get(cfg.model.task).load_data(cfg.data, tokenizer, seed=cfg.seed)
-      if main_lib.FLAGS.workdir:
-        report = write(main_lib.FLAGS.workdir, dataset, tokenizer, cfg)
-      else:
-        report = build(dataset, tokenizer, cfg)
-      if main_lib.FLAGS.out:
-        out = pathlib.Path(main_lib.FLAGS.out)
-        try:
-          write_json(out, report)
-        except OSError as e:
-          raise UserError(f"--out '{out}' is not writable: {e.strerror}") from None
-      print(markdown(report), end="")
+  def body(cfg):
+    from ftjax import sources, tasks  # pylint: disable=g-import-not-at-top
+    from ftjax.data.tokenization import load_tokenizer  # pylint: disable=g-import-not-at-top
+    if cfg.model.task not in SECTIONS:
+      raise UserError(f"no data report for task '{cfg.model.task}' yet (config key model.task)")
+    tokenizer = load_tokenizer(sources.resolve(cfg.model.checkpoint))
+    dataset = tasks.get(cfg.model.task).load_data(cfg.data, tokenizer, seed=cfg.seed)
+    if main_lib.FLAGS.workdir:
+      report = write(main_lib.FLAGS.workdir, dataset, tokenizer, cfg)
+    else:
+      report = build(dataset, tokenizer, cfg)
+    if main_lib.FLAGS.out:
+      out = pathlib.Path(main_lib.FLAGS.out)
+      try:
+        write_json(out, report)
+      except OSError as e:
+        raise UserError(f"--out '{out}' is not writable: {e.strerror}") from None
+    print(markdown(report), end="")
 
-  app.run(main, argv=argv, flags_parser=main_lib.parse_flags)
+  main_lib.run_config_command(body, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

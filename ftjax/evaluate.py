@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import pathlib
-import sys
 
 from ftjax import eval_slices
 from ftjax.errors import UserError
@@ -140,28 +139,18 @@ def format_table(result: dict) -> str:
 def _main_cli() -> None:
   """`python -m ftjax.evaluate`: the flags of ftjax.main plus --checkpoint and --split."""
   import logging  # pylint: disable=g-import-not-at-top
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ftjax import main as main_lib  # pylint: disable=g-import-not-at-top  (defines --config, --workdir)
-  from ftjax.errors import exit_on_user_error  # pylint: disable=g-import-not-at-top
 
   flags.DEFINE_string("checkpoint", "latest", "latest, best, base (the untrained model) or a step.")
   flags.DEFINE_string("split", None, "Split to evaluate; default: the config's data.eval_split.")
-  argv, overrides = main_lib.split_overrides(sys.argv)
 
-  def main(argv):
-    if len(argv) > 1:
-      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    absl_logging.set_verbosity(absl_logging.WARNING)
-    logging.getLogger("ftjax").setLevel(logging.WARNING)
-    with exit_on_user_error():
-      from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
-      cfg = config_lib.load_config(main_lib.FLAGS.config, overrides)
-      path, result = run(cfg, main_lib.FLAGS.workdir, main_lib.FLAGS.checkpoint, main_lib.FLAGS.split)
-      print(format_table(result))
-      print(f"wrote {path}")
+  def body(cfg):
+    path, result = run(cfg, main_lib.FLAGS.workdir, main_lib.FLAGS.checkpoint, main_lib.FLAGS.split)
+    print(format_table(result))
+    print(f"wrote {path}")
 
-  app.run(main, argv=argv, flags_parser=main_lib.parse_flags)
+  main_lib.run_config_command(body, log_level=logging.WARNING)
 
 
 if __name__ == "__main__":

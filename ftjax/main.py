@@ -36,19 +36,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def main(argv: list[str], overrides: list[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  # Orbax and TFDS log every step of every save at INFO; keep the console for ftjax's own lines.
-  absl_logging.set_verbosity(absl_logging.WARNING)
-  logging.getLogger("ftjax").setLevel(logging.INFO)
-  with exit_on_user_error():
-    from ftjax import config as config_lib, sharding, train  # pylint: disable=g-import-not-at-top
-    cfg = config_lib.load_config(FLAGS.config, overrides)
-    sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    train.train_and_evaluate(cfg, FLAGS.workdir)
-
-
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing, but a bad flag is a user error: one `error:` line and exit 2."""
   try:
@@ -58,9 +45,36 @@ def parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def run() -> None:
+def run_config_command(body, *, log_level: int = logging.INFO) -> None:
+  """The entry point of ftjax's config-driven commands (train, evaluate, data_report).
+
+  Parses `--config FILE[:ARG]`, the command's absl flags and `--config.KEY=VALUE` overrides,
+  keeps library logs quiet, loads and validates the config, and runs `body(cfg)`; a user error
+  anywhere is one `error:` line on stderr and exit status 2.
+  """
   argv, overrides = split_overrides(sys.argv)
-  app.run(lambda a: main(a, overrides), argv=argv, flags_parser=parse_flags)
+
+  def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # Orbax and TFDS log every step of every save at INFO; keep the console for ftjax's lines.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("ftjax").setLevel(log_level)
+    with exit_on_user_error():
+      from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
+      body(config_lib.load_config(FLAGS.config, overrides))
+
+  app.run(main, argv=argv, flags_parser=parse_flags)
+
+
+def _train(cfg) -> None:
+  from ftjax import sharding, train  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  train.train_and_evaluate(cfg, FLAGS.workdir)
+
+
+def run() -> None:
+  run_config_command(_train)
 
 
 if __name__ == "__main__":
