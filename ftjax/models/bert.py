@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.errors import UserError
+from ftjax.models import layers
 
 # Activation name in HF `config.json` -> function. `gelu` is exact (erf).
 ACTIVATIONS = {
@@ -125,23 +126,10 @@ def _embed(cfg, num, dtype, param_dtype, rngs):
       rngs=rngs)
 
 
-class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` with fp32 statistics whose output is cast to `out_dtype`.
-
-  A subclass (not a wrapper) so the params stay at `LayerNorm.scale/bias`.
-  """
-
-  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    super().__init__(
-        cfg.hidden_size, epsilon=cfg.layer_norm_eps, dtype=jnp.float32,
-        param_dtype=param_dtype,
-        scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
-        bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
-        rngs=rngs)
-    self.out_dtype = dtype
-
-  def __call__(self, x):
-    return super().__call__(x.astype(jnp.float32)).astype(self.out_dtype)
+def LayerNorm(cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):  # pylint: disable=invalid-name
+  """This family's LayerNorm: fp32 statistics, params at `<name>.scale` / `<name>.bias`."""
+  return layers.Fp32LayerNorm(cfg.hidden_size, cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
 
 
 def _dropout(rate: float, x, rngs):

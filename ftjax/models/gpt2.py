@@ -18,6 +18,7 @@ from flax import nnx
 import jax.numpy as jnp
 
 from ftjax.errors import UserError
+from ftjax.models import layers
 from ftjax.models import attention
 from ftjax.models import kv_cache as kv_cache_lib
 from ftjax.models.bert import ACTIVATIONS
@@ -101,20 +102,10 @@ def _embed(cfg, num, dtype, param_dtype, rngs, axes):
       rngs=rngs)
 
 
-class LayerNorm(nnx.LayerNorm):
-  """`nnx.LayerNorm` with fp32 statistics, output cast to the compute dtype."""
-
-  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
-    super().__init__(
-        cfg.n_embd, epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
-        param_dtype=param_dtype,
-        scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
-        bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
-        rngs=rngs)
-    self.out_dtype = dtype
-
-  def __call__(self, x):
-    return super().__call__(x.astype(jnp.float32)).astype(self.out_dtype)
+def LayerNorm(cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):  # pylint: disable=invalid-name
+  """This family's LayerNorm: fp32 statistics, params at `<name>.scale` / `<name>.bias`."""
+  return layers.Fp32LayerNorm(cfg.n_embd, cfg.layer_norm_epsilon, dtype=dtype, param_dtype=param_dtype,
+                              rngs=rngs)
 
 
 class GPT2Attention(nnx.Module):
@@ -230,12 +221,5 @@ class GPT2LMHeadModel(nnx.Module):
     layout, positions, new_cache = attention.make_layout(
         input_ids, attention_mask, positions, segment_ids, cache)
     x, kvs = self.transformer(input_ids, layout, positions, cache, rngs)
-    if self.lm_head is None:
-      table = self.transformer.wte.embedding[...].astype(self.dtype)
-      logits = jnp.einsum('bth,vh->btv', x, table,
-                          preferred_element_type=jnp.float32)
-    else:
-      kernel = self.lm_head.kernel[...].astype(self.dtype)
-      logits = jnp.einsum('bth,hv->btv', x, kernel,
-                          preferred_element_type=jnp.float32)
+    logits = layers.lm_logits(x, self.transformer.wte, self.lm_head, self.dtype)
     return finish(logits, kvs, new_cache)

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import attention
+from ftjax.models import layers
 from ftjax.models import kv_cache as kv_cache_lib
 from ftjax.models import rope as rope_lib
 
@@ -368,12 +369,5 @@ class LlamaForCausalLM(nnx.Module):
     layout, positions, new_cache = attention.make_layout(
         input_ids, attention_mask, positions, segment_ids, cache)
     x, kvs = self.model(input_ids, layout, positions, cache, rngs)
-    if self.lm_head is None:
-      table = self.model.embed_tokens.embedding[...].astype(self.dtype)
-      logits = jnp.einsum('bth,vh->btv', x, table,
-                          preferred_element_type=jnp.float32)
-    else:
-      kernel = self.lm_head.kernel[...].astype(self.dtype)
-      logits = jnp.einsum('bth,hv->btv', x, kernel,
-                          preferred_element_type=jnp.float32)
+    logits = layers.lm_logits(x, self.model.embed_tokens, self.lm_head, self.dtype)
     return finish(logits, kvs, new_cache)

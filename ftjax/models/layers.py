@@ -1,0 +1,31 @@
+"""Layers shared by the model families."""
+
+from flax import nnx
+import jax.numpy as jnp
+
+
+class Fp32LayerNorm(nnx.LayerNorm):
+  """`nnx.LayerNorm` with fp32 statistics, output cast back to the compute dtype.
+
+  A subclass (not a wrapper) so the parameters stay at `<name>.scale` / `<name>.bias`.
+  """
+
+  def __init__(self, features: int, epsilon: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+    super().__init__(
+        features, epsilon=epsilon, dtype=jnp.float32, param_dtype=param_dtype,
+        scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
+        rngs=rngs)
+    self.out_dtype = dtype
+
+  def __call__(self, x):
+    return super().__call__(x.astype(jnp.float32)).astype(self.out_dtype)
+
+
+def lm_logits(x, embed: nnx.Embed, lm_head: nnx.Linear | None, dtype):
+  """fp32 vocabulary logits from hidden states: a separate head, or the tied embedding table."""
+  if lm_head is None:
+    table = embed.embedding[...].astype(dtype)
+    return jnp.einsum('bth,vh->btv', x, table, preferred_element_type=jnp.float32)
+  kernel = lm_head.kernel[...].astype(dtype)
+  return jnp.einsum('bth,hv->btv', x, kernel, preferred_element_type=jnp.float32)
