@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import pathlib
 import time
 from typing import Any, Callable
@@ -248,7 +249,7 @@ def _prepare_workdir(workdir: str) -> pathlib.Path:
   path = pathlib.Path(workdir).expanduser()
   try:
     path.mkdir(parents=True, exist_ok=True)
-    probe = path / ".write_test"
+    probe = path / f".write_test.{os.getpid()}"  # per process: several may share a workdir
     probe.write_text("")
     probe.unlink()
   except OSError as e:

@@ -112,8 +112,8 @@ def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, tiny_sentiment_fi
       [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (out, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
+  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
   assert "ftjax: step 6: eval" in outputs[0][0]
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
