@@ -43,3 +43,18 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   # A no-op when the data is already prepared.
   builder.download_and_prepare(file_format="array_record")
   return builder
+
+
+def split_records(builder, split: str, *, train_split: str, max_train: int, seed: int):
+  """A split's records as a Grain MapDataset; the training split cut to `max_train` if set.
+
+  The cut is a seeded random subset, the same for every process and every run with this seed.
+  """
+  import grain  # pylint: disable=g-import-not-at-top
+  if split not in builder.info.splits:
+    raise UserError(f"split {split!r} not in dataset {builder.name} "
+                    f"(splits: {sorted(builder.info.splits)})")
+  records = grain.MapDataset.source(builder.as_data_source(split=split))
+  if split == train_split and 0 < max_train < len(records):
+    records = records.seed(seed).shuffle()[:max_train]
+  return records

@@ -67,13 +67,9 @@ class ChatData:
     self.packed_fill: float | None = None
 
   def _records(self, split: str) -> grain.MapDataset:
-    if split not in self._builder.info.splits:
-      raise UserError(f"split {split!r} not in dataset {self._builder.name} "
-                      f"(splits: {sorted(self._builder.info.splits)})")
-    records = grain.MapDataset.source(self._builder.as_data_source(split=split))
-    if split == self._train_split and 0 < self._max_train < len(records):
-      records = records.seed(self._subset_seed).shuffle()[:self._max_train]
-    return records
+    """The split's records; the training split cut to `max_train_examples` if set."""
+    return builders.split_records(self._builder, split, train_split=self._train_split,
+                                  max_train=self._max_train, seed=self._subset_seed)
 
   def conversations(self, split: str, shard_index: int = 0, shard_count: int = 1
                     ) -> list[list[dict]]:

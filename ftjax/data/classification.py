@@ -60,14 +60,8 @@ class ClassificationData:
 
   def _records(self, split: str) -> grain.MapDataset:
     """The split's records; the training split cut to `max_train_examples` if set."""
-    if split not in self._builder.info.splits:
-      raise UserError(f"split {split!r} not in dataset {self._builder.name} "
-                      f"(splits: {sorted(self._builder.info.splits)})")
-    records = grain.MapDataset.source(self._builder.as_data_source(split=split))
-    if split == self._train_split and 0 < self._max_train < len(records):
-      # A seeded random subset, the same for every process and every run with this seed.
-      records = records.seed(self._subset_seed).shuffle()[:self._max_train]
-    return records
+    return builders.split_records(self._builder, split, train_split=self._train_split,
+                                  max_train=self._max_train, seed=self._subset_seed)
 
   def _encoded(self, split: str, shard_index: int, shard_count: int):
     """Tokenises (once, then cached) the examples of one shard of a split."""
