@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Training-set-size sweep: the quickstart (MiniLM, full fine-tuning, 400 steps of batch 32) on a
+# deterministic subset of 100 and 1,000 training snippets (the full-data row is the quickstart),
+# evaluating every 50 steps to see where overfitting starts and what early stopping saves.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+for n in ${@:-100 1000}; do
+  python -m ftjax.main --config configs/quickstart.py --workdir "runs/size_sweep/n$n" \
+    --config.data.max_train_examples="$n" --config.eval.every_steps=50 --config.checkpoint.every_steps=400
+done
