@@ -21,8 +21,8 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for label, workdir in RUNS.items():
     path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-      continue
+    if not (pathlib.Path(workdir) / "summary.json").exists():
+      continue  # not run, or still running
     records = [json.loads(line) for line in path.read_text().splitlines()]
     evals = [r for r in records if r["split"] == "eval"]
     train = [r for r in records if r["split"] == "train" and r["step"] > evals[-1]["step"] - 50]
