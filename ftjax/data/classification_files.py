@@ -14,6 +14,7 @@ import json
 import tensorflow_datasets as tfds
 
 from ftjax.data import files_reader
+from ftjax import sources
 from ftjax.errors import UserError
 
 
@@ -26,14 +27,6 @@ class FilesConfig(tfds.core.BuilderConfig):
   text_pair_field: str = ""
   label_field: str = "label"
   label_names: Sequence[str] = ()
-
-
-def _sha256(path) -> str:
-  h = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def make_config(
@@ -66,7 +59,7 @@ def make_config(
   if len(set(label_names)) != len(label_names):
     raise UserError(f"data.label_names has duplicates: {label_names}")
   key = {
-      "files": {split: [str(p), _sha256(p)] for split, p in sorted(paths.items())},
+      "files": {split: [str(p), sources.file_sha256(p)] for split, p in sorted(paths.items())},
       "text_field": text_field,
       "text_pair_field": text_pair_field,
       "label_field": label_field,

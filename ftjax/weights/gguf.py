@@ -22,7 +22,6 @@ oracle in tests/weights/test_gguf.py):
 """
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -391,14 +390,6 @@ def _is_complete(out: pathlib.Path) -> bool:
     return False
 
 
-def _sha256(path: pathlib.Path) -> str:
-  digest = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 22), b''):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def is_gguf(path: PathLike) -> bool:
   """Whether `path` is a file named `*.gguf`."""
   path = pathlib.Path(path)
@@ -425,7 +416,7 @@ def resolve_checkpoint_dir(path: PathLike, *,
     raise UserError(f'checkpoint {path} is neither a directory nor a .gguf file'
                     if path.exists() else f'checkpoint {path} does not exist')
   root = sources.cache_root(cache_dir) / 'gguf'
-  out = root / _sha256(path)[:16]
+  out = root / sources.file_sha256(path)[:16]
   if _is_complete(out):
     return out
   (root / '.locks').mkdir(parents=True, exist_ok=True)
