@@ -32,3 +32,13 @@ def exit_on_user_error():
   except RunError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     sys.exit(EXIT_RUN_ERROR)
+
+
+def parse_absl_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing for `app.run(flags_parser=...)`: a bad flag is a user error (exit 2)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)

@@ -17,12 +17,11 @@ import logging
 import os
 import pathlib
 import shutil
-import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 
-from ftjax.errors import UserError, exit_on_user_error
+from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 
 FORMATS = ("hf", "peft")
 # Files of a checkpoint directory that make up its tokenizer.
@@ -126,16 +125,8 @@ def main(argv) -> None:
     export(FLAGS.workdir, FLAGS.out, FLAGS.format, FLAGS.checkpoint)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run() -> None:
-  app.run(main, flags_parser=_parse_flags)
+  app.run(main, flags_parser=parse_absl_flags)
 
 
 if __name__ == "__main__":

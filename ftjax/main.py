@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from ftjax.errors import exit_on_user_error
+from ftjax.errors import exit_on_user_error, parse_absl_flags
 
 flags.DEFINE_string("config", None, "Config file, `path/to/config.py[:arg]`.", required=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and summaries.", required=True)
@@ -36,15 +36,6 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
   return rest, overrides
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl flag parsing, but a bad flag is a user error: one `error:` line and exit 2."""
-  try:
-    return FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 def run_config_command(body, *, log_level: int = logging.INFO) -> None:
   """The entry point of ftjax's config-driven commands (train, evaluate, data_report).
 
@@ -64,7 +55,7 @@ def run_config_command(body, *, log_level: int = logging.INFO) -> None:
       from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
       body(config_lib.load_config(FLAGS.config, overrides))
 
-  app.run(main, argv=argv, flags_parser=parse_flags)
+  app.run(main, argv=argv, flags_parser=parse_absl_flags)
 
 
 def _train(cfg) -> None:
