@@ -32,8 +32,10 @@ def get_config(method: str = "full"):
   c.train.log_every_steps = 10
 
   # Full fine-tuning moves pretrained weights: a small LR. A fresh head alone takes a large one;
-  # parameter-efficient methods sit in between.
-  c.optimizer.lr = {"full": 1e-4, "linear_probe": 5e-3}.get(method, 1e-3)
+  # parameter-efficient methods sit in between. Soft prompts and prefixes move inputs, not
+  # weights, and are usually trained with a larger LR (Lester et al. 2021 use 0.3).
+  c.optimizer.lr = {"full": 1e-4, "linear_probe": 5e-3, "prompt_tuning": 1e-2,
+                    "prefix_tuning": 1e-2}.get(method, 1e-3)
   c.optimizer.schedule = "linear"
   c.optimizer.warmup_ratio = 0.1
   c.optimizer.weight_decay = 0.01
