@@ -164,11 +164,15 @@ def _cell(value) -> str:
   return "-" if value is None else f"{value:.4f}"
 
 
-def _matching_eval(evals, split, step=None, checkpoints=()) -> dict | None:
-  for r in evals:
-    if r["split"] == split and (r.get("step") == step or r.get("checkpoint") in checkpoints):
-      return r
-  return None
+def _matching_eval(evals, split, step=None, checkpoints=(), prefer=None) -> dict | None:
+  """The eval JSON of `split` at `step` (or of one of `checkpoints`).
+
+  When the final and best steps coincide, both JSONs match by step: `prefer` (the row's own
+  checkpoint name) keeps each row on its own file, so neither reappears as an extra row.
+  """
+  found = [r for r in evals
+           if r["split"] == split and (r.get("step") == step or r.get("checkpoint") in checkpoints)]
+  return next((r for r in found if r.get("checkpoint") == prefer), found[0] if found else None)
 
 
 def comparison_rows(summary: dict, evals: list[dict]) -> list[tuple[str, str, dict]]:
@@ -182,7 +186,7 @@ def comparison_rows(summary: dict, evals: list[dict]) -> list[tuple[str, str, di
   for what, key in (("base", "initial_eval"), ("final", "final_eval"), ("best", "best_eval")):
     record = summary.get(key)
     if record:
-      match = _matching_eval(evals, eval_split, record.get("step"))
+      match = _matching_eval(evals, eval_split, record.get("step"), prefer=what)
       if match:
         used.add(match["file"])
       rows.append((f"{what} (step {record.get('step')})", eval_split, {**record, **(match or {})}))

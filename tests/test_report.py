@@ -73,3 +73,18 @@ def test_report_without_eval_files_or_summary(tmp_path):
   (workdir / "summary.json").unlink()
   text = report.write(workdir).read_text()
   assert "has not finished" in text and is_png(workdir / "report_metrics.png")
+
+
+def test_final_and_best_at_the_same_step_each_keep_their_own_eval_file():
+  # The size-sweep/methods runs end on their best step: both eval JSONs match step 400, and
+  # the table must still show one row per checkpoint, none twice.
+  evals = [{"file": f"eval_validation_{name}.json", "split": "validation", "step": step,
+            "checkpoint": name, "accuracy": acc}
+           for name, step, acc in (("base", 0, 0.4), ("best", 400, 0.8), ("final", 400, 0.8))]
+  summary = {"eval_split": "validation", "initial_eval": {"step": 0, "accuracy": 0.4},
+             "final_eval": {"step": 400, "accuracy": 0.8},
+             "best_eval": {"step": 400, "accuracy": 0.8}}
+  rows = report.comparison_rows(summary, evals)
+  assert [what for what, _, _ in rows] == ["base (step 0)", "final (step 400)", "best (step 400)"]
+  assert [m["file"] for _, _, m in rows] == [
+      "eval_validation_base.json", "eval_validation_final.json", "eval_validation_best.json"]
