@@ -35,6 +35,12 @@ def base_config() -> ConfigDict:
   c.model.task = "classification"
   c.model.dtype = "float32"  # compute dtype; params stay in `param_dtype`
   c.model.param_dtype = "float32"
+  # Scaling: run the layer stack as one `lax.scan` over stacked layers (compiles the layer once;
+  # checkpoints convert between layouts on restore), and rematerialise each layer's activations
+  # in the backward pass: "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+  # "nothing_saveable" (= "full") or "save_qkv_proj" (see ftjax/models/layer_stack.py).
+  c.model.scan_layers = False
+  c.model.remat = "none"
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -292,6 +298,10 @@ def validate(cfg: ConfigDict) -> None:
   for key in ("model.dtype", "model.param_dtype"):
     value = cfg.model.dtype if key == "model.dtype" else cfg.model.param_dtype
     _require(value in COMPUTE_DTYPES, key, f"must be one of {COMPUTE_DTYPES}, got '{value}'")
+  from ftjax.models import layer_stack  # pylint: disable=g-import-not-at-top
+  layer_stack.check_remat(cfg.model.remat)
+  _require(isinstance(cfg.model.scan_layers, bool), "model.scan_layers",
+           f"must be true or false, got {cfg.model.scan_layers!r}")
   from ftjax import tasks  # pylint: disable=g-import-not-at-top
   _require(cfg.model.task in tasks.names(), "model.task",
            f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.names())}")

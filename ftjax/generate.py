@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ftjax.errors import UserError
+from ftjax.models import layer_stack
 
 
 def _sample(logits, key, *, greedy, temperature, top_k, top_p):
@@ -126,7 +127,8 @@ def generate(model: nnx.Module,
 
   Args:
     model: a causal LM with `init_cache` and the ftjax decoder call signature
-      (`LlamaForCausalLM`, `GPT2LMHeadModel`).
+      (`LlamaForCausalLM`, `GPT2LMHeadModel`); stacked layers
+      (`model.scan_layers`) are unstacked first.
     prompts: a list of token-id lists (any lengths), or an int array [B, L]
       with `attention_mask` (1 real, 0 padding; left or right padded).
     attention_mask: for array prompts only.
@@ -172,7 +174,8 @@ def generate(model: nnx.Module,
     ids[i, p - len(r):] = r
     mask[i, p - len(r):] = 1
   stop = np.asarray(list(stop_token_ids) or [-1], np.int32)
-  graphdef, state = nnx.split(model)
+  # The KV cache is per layer: decode a scanned (stacked) model as its layer list.
+  graphdef, state = nnx.split(layer_stack.unstack_layers(model))
   greedy = temperature == 0.0
   out, _ = _generate(
       graphdef, state, ids, mask, jax.random.key(seed), stop,

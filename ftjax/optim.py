@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import jax
 import optax
+from flax import nnx
 
 from ftjax.methods.base import keypath_string
+from ftjax.models import layer_stack
 
 
 def warmup_steps(opt_cfg, total_steps: int) -> int:
@@ -32,11 +34,20 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params):
-  """True for weight matrices; biases, norm scales and other vectors get no weight decay."""
+  """True for weight matrices; biases, norm scales and other vectors get no weight decay.
+
+  A stacked layer axis (`model.scan_layers`) does not count: a stack of vectors is no matrix.
+  """
   def decays(path, leaf):
     name = keypath_string(path).lower()
-    return leaf.ndim >= 2 and "norm" not in name and not name.endswith("bias")
-  return jax.tree_util.tree_map_with_path(decays, params)
+    return layer_stack.per_layer_ndim(leaf) >= 2 and "norm" not in name and not name.endswith("bias")
+
+  def mask(path, leaf):
+    if isinstance(leaf, nnx.Variable):  # one flag per variable, at its value's place
+      return jax.tree.map(lambda _: decays(path, leaf), leaf)
+    return decays(path, leaf)
+
+  return jax.tree_util.tree_map_with_path(mask, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:

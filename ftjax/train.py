@@ -30,6 +30,7 @@ from ftjax.early_stopping import EarlyStopping
 from ftjax.errors import RunError, UserError
 from ftjax.metric_writers import MetricWriter, write_json
 from ftjax.preemption import PreemptionGuard
+from ftjax.models import layer_stack
 from ftjax.models import registry as model_registry
 from ftjax.weights import gguf
 from ftjax.progress import Progress
@@ -58,9 +59,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   padding falls.
   """
 
+  def loss_fn(params, frozen, batch, key):
+    # One stream for the model's dropout sites and the method's own (`TrainRngs` layers).
+    rngs = nnx.Rngs(dropout=key)
+    model = methods.base.bind_train_rngs(nnx.merge(graphdef, params, frozen), rngs)
+    return task.train_loss(model, batch, rngs)
+
   def weighted_loss(params, frozen, batch, key):
-    model = nnx.merge(graphdef, params, frozen)
-    loss, aux = task.train_loss(model, batch, nnx.Rngs(dropout=key))
+    loss, aux = loss_fn(params, frozen, batch, key)
     aux = dict(aux)
     weight = aux.pop("loss_weight", jnp.ones((), jnp.float32))
     return loss * weight, (loss, weight, aux)
@@ -70,8 +76,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   def loss_and_grads(state, batch, key):
     if accum_steps == 1:
       def mean_loss(params):
-        model = nnx.merge(graphdef, params, state.frozen)
-        loss, aux = task.train_loss(model, batch, nnx.Rngs(dropout=key))
+        loss, aux = loss_fn(params, state.frozen, batch, key)
         aux = dict(aux)
         aux.pop("loss_weight", None)
         return loss, aux
@@ -190,8 +195,17 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   if newly_initialised:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(newly_initialised))
   method = methods.get(cfg.method.name, cfg.method)
+  method.check_config(cfg)
   model = method.apply(model, rngs=rngs)
-  graphdef, params, frozen = nnx.split(model, trainable_filter(method, cfg.method.freeze), ...)
+  # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
+  # with the trainable split decided on the unscanned paths.
+  layer_stack.set_remat(model, cfg.model.remat)
+  trainable = trainable_filter(method, cfg.method.freeze)
+  if cfg.model.scan_layers:
+    model, trainable = layer_stack.stack_with_filter(
+        model, trainable, why=f"method '{cfg.method.name}'"
+        + (f", method.freeze '{cfg.method.freeze}'" if cfg.method.freeze else ""))
+  graphdef, params, frozen = nnx.split(model, trainable, ...)
   del model  # its arrays now live in the state; the step donates them
 
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
@@ -523,5 +537,6 @@ def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
 
 
 def model_from_state(exp: Experiment, state: TrainState) -> nnx.Module:
-  """The NNX model (method applied) holding the state's parameters."""
-  return nnx.merge(exp.graphdef, state.params, state.frozen)
+  """The NNX model (method applied) holding the state's parameters, its layers unscanned (a list,
+  as methods, generation, weight tables and export expect) whatever `model.scan_layers` is."""
+  return layer_stack.unstack_layers(nnx.merge(exp.graphdef, state.params, state.frozen))

@@ -6,6 +6,14 @@ A method says three things about a model (DESIGN.md, principle 3):
   (c) `merge`: how to fold itself back into plain weights for export, when it can.
 The trainer, optimizer, sharding and checkpointing only ever see the split into trainable and
 frozen state, so a new method needs no edits anywhere else.
+
+Randomness: layers a method adds that draw their own (LoRA's dropout) subclass `TrainRngs`. They
+hold no RNG state (it would be checkpointed, and repeat its mask unless reseeded every step):
+the train step hands them its per-step `rngs` with `bind_train_rngs` on the model it merged, so
+they are random only there, with a fresh mask every step derived from the train state's rng and
+step, and deterministic everywhere else (eval, generation, merge, export). Inside a layer list
+(`models.layer_stack.run_layers`, scanned or not) a bound stream is swapped for that layer's own
+one, derived from the `rngs` the model is called with (none: no randomness).
 """
 
 from __future__ import annotations
@@ -41,6 +49,25 @@ def path_matches(pattern: str):
   return matches
 
 
+class TrainRngs:
+  """Mixin for method layers that draw randomness of their own; see the module docstring.
+
+  `train_rngs` is the train step's `nnx.Rngs` while the step runs, None everywhere else. A plain
+  class attribute, so an unbound layer adds nothing to the model's state or graph.
+  """
+
+  train_rngs = None
+
+
+def bind_train_rngs(model: nnx.Module, rngs: nnx.Rngs) -> nnx.Module:
+  """Hands `rngs` (the train step's, with a `dropout` stream) to every `TrainRngs` layer of
+  `model`, in place, and returns it. Call it only on a model merged inside the step."""
+  for _, module in nnx.iter_modules(model):
+    if isinstance(module, TrainRngs):
+      module.train_rngs = rngs
+  return model
+
+
 class Method:
   """Base class: subclasses set `name` and override what differs from full fine-tuning.
 
@@ -67,3 +94,8 @@ class Method:
   def merge(self, model: nnx.Module) -> nnx.Module | None:
     """Returns a plain model with the method folded in, or None if this method cannot merge."""
     return model
+
+  def check_config(self, cfg) -> None:
+    """Raises a UserError naming the key when the rest of `cfg` asks for something this method
+    cannot honour (e.g. prompt tuning with packed sequences). Default: everything goes."""
+    del cfg

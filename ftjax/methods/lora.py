@@ -2,7 +2,9 @@
 
 Options (`config.method.lora.*`):
   rank, alpha: the update is (alpha / rank) * x A B (alpha / sqrt(rank) with `rslora`).
-  dropout: must be 0 for now (see `check_dropout`).
+  dropout: dropout on the LoRA branch's input, PEFT's `lora_B(lora_A(dropout(x)))`, in the
+    train step only (a fresh mask every step from the train state's rng; none in eval,
+    generation, merge or export; see `lora_layers.LoRALinear`). In [0, 1).
   targets: regex (re.search) over module paths; the default covers BERT's query/value and
     Llama's q_proj/v_proj.
   rslora: rank-stabilised scaling alpha / sqrt(rank) (Kalajdzievski 2023).
@@ -22,13 +24,11 @@ from ftjax.methods.registry import register
 DEFAULT_TARGETS = r"(^|\.)(query|value|q_proj|v_proj)$"
 
 
-def check_dropout(name: str, options) -> None:
-  # Our models thread dropout rngs only to their own dropout sites, not into Linear calls, and
-  # the train step does not carry RNG state in the model; a layer-held stream would repeat the
-  # same mask every step. Refuse rather than silently train without dropout.
-  if options["dropout"]:
-    raise UserError(f"config key 'method.{name}.dropout' must be 0.0 for now: dropout inside "
-                    "wrapped layers needs per-step rngs that the train step does not pass yet")
+def check_dropout(name: str, options) -> float:
+  rate = options["dropout"]
+  if not 0.0 <= rate < 1.0:
+    raise UserError(f"config key 'method.{name}.dropout' must be in [0, 1), got {rate}")
+  return float(rate)
 
 
 def trainable_with_head(own, train_head: bool):
@@ -46,10 +46,9 @@ class LoRA(Method):
 
   def apply(self, model, *, rngs):
     o = self.options
-    check_dropout(self.name, o)
     return lora_layers.wrap_lora(model, o["targets"], option=f"method.{self.name}.targets",
                                  rank=o["rank"], alpha=o["alpha"], rslora=o["rslora"],
-                                 dora=self.dora, rngs=rngs)
+                                 dora=self.dora, dropout=check_dropout(self.name, o), rngs=rngs)
 
   def trainable(self):
     return trainable_with_head(lora_layers.LoRAParam, self.options["train_head"])

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ftjax.errors import UserError
-from ftjax.methods.base import HEAD_PATTERN, path_string
+from ftjax.methods.base import HEAD_PATTERN, TrainRngs, path_string
 
 
 class AdapterParam(nnx.Param):
@@ -144,22 +144,28 @@ def lora_scale(rank: int, alpha: float, rslora: bool) -> float:
   return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
-class LoRALinear(WrappedLinear):
+class LoRALinear(WrappedLinear, TrainRngs):
   """y = x W + b + scale * (x A) B, with A [in, r] random and B [r, out] zero (identity at init).
 
   With `dora=True` it is DoRA (Liu et al. 2024, as PEFT defines it): the adapted weight
   W' = W + scale * A B is renormalised per output feature and rescaled by a learned magnitude m,
   y = (m / ||W'||) * (x W') + b, with ||W'|| the norm over the input axis, treated as a
   constant in the backward pass (PEFT's and the paper's choice, section 4.3).
+
+  `dropout` > 0 drops the adapter branch's input in the train step only (PEFT's
+  `lora_B(lora_A(dropout(x)))`; for DoRA also the x W' it rescales, as PEFT's DoRA layer does in
+  training). The mask comes from the train step's rngs (`base.TrainRngs`): a fresh one every step
+  and every layer, none in eval, generation, merge or export.
   """
 
   def __init__(self, linear: nnx.Linear, *, rank: int, alpha: float, rslora: bool = False,
-               dora: bool = False, rngs: nnx.Rngs):
+               dora: bool = False, dropout: float = 0.0, rngs: nnx.Rngs):
     super().__init__(linear)
     if rank <= 0:
       raise UserError(f"LoRA rank must be > 0, got {rank}")
     self.rank = rank
     self.scale = lora_scale(rank, alpha, rslora)
+    self.dropout = float(dropout)
     dtype = self.param_dtype
     self.lora_a = LoRAParam(kaiming_uniform_a(rngs.params(), (self.in_features, rank), dtype),
                             **axis_metadata(self.kernel, 0, None))
@@ -185,16 +191,24 @@ class LoRALinear(WrappedLinear):
     dtype = self.dtype or jnp.result_type(x, a)
     return (x.astype(dtype) @ a.astype(dtype)) @ b.astype(dtype) * self.scale
 
+  def _adapter_input(self, x):
+    """x, dropped out when the train step has bound its rngs (`base.bind_train_rngs`)."""
+    if not self.dropout or self.train_rngs is None:
+      return x
+    return nnx.Dropout(self.dropout)(x, rngs=self.train_rngs)
+
   def __call__(self, x):
     y = self.base(x)
+    lora_x = self._adapter_input(x)
     if not self.dora:
-      return y + self._adapter_out(x).astype(y.dtype)
+      return y + self._adapter_out(lora_x).astype(y.dtype)
     kernel = self.base_kernel()
     norm = jax.lax.stop_gradient(self._column_norm(kernel + self.delta()))
     factor = (self.magnitude[...] / norm).astype(y.dtype)
-    x_w = y - self.bias[...] if self.use_bias else y
+    x_w = self.base(lora_x) if lora_x is not x else y
+    x_w = x_w - self.bias[...] if self.use_bias else x_w
     # PEFT's form: base + (factor - 1) x W + factor * scale x A B; exactly base at init.
-    return y + (factor - 1) * x_w + factor * self._adapter_out(x).astype(y.dtype)
+    return y + (factor - 1) * x_w + factor * self._adapter_out(lora_x).astype(y.dtype)
 
   def merged_kernel(self) -> jax.Array:
     kernel = self.base_kernel().astype(jnp.float32) + self.delta().astype(jnp.float32)
@@ -204,11 +218,12 @@ class LoRALinear(WrappedLinear):
 
 
 def wrap_lora(model: nnx.Module, targets: str, *, option: str, rank: int, alpha: float,
-              rslora: bool, dora: bool, rngs: nnx.Rngs, linear_cls=LoRALinear, **kwargs) -> nnx.Module:
+              rslora: bool, dora: bool, rngs: nnx.Rngs, dropout: float = 0.0,
+              linear_cls=LoRALinear, **kwargs) -> nnx.Module:
   """Wraps every targeted `nnx.Linear` of `model` in `linear_cls`, in place."""
   for path, linear in find_linears(model, targets, option=option):
     replace_module(model, path, linear_cls(linear, rank=rank, alpha=alpha, rslora=rslora,
-                                           dora=dora, rngs=rngs, **kwargs))
+                                           dora=dora, dropout=dropout, rngs=rngs, **kwargs))
   return model
 
 

@@ -2,18 +2,24 @@
 
 Every layer's attention sees `num_virtual_tokens` extra keys and values before the real ones
 (always attended), and the real tokens' positions start after them, exactly as PEFT's
-`PrefixTuningConfig` feeds them to an HF model as a KV cache. The prefixes of all layers are
-one table [n, layers * 2 * hidden] (layer i's key is slice 2i, its value 2i + 1), either learned
-directly or, with `prefix_projection`, produced by an MLP from an [n, hidden] embedding
-(the reparameterisation of the paper; tanh, `encoder_hidden_size` wide). Not mergeable;
-exported in PEFT's format (the table, after the MLP).
+`PrefixTuningConfig` feeds them to an HF model as a KV cache (`past_key_values`). The prefixes
+of all layers are one table [n, layers * 2 * D] (layer i's key is slice 2i, its value 2i + 1;
+D = kv_heads * head_dim, which is the hidden size without grouped-query attention), either
+learned directly or, with `prefix_projection`, produced by an MLP from an [n, D] embedding
+(the reparameterisation of the paper; tanh, `encoder_hidden_size` wide).
+- BERT family: each self-attention is wrapped to attend to its prefix first.
+- Decoders (Llama family, GPT-2): the prefix *is* the start of the model's own KV cache
+  (`prompt_layers.PrefilledDecoder`), keys used as stored (un-rotated, as PEFT's cache entries
+  are); the model returns logits for the real tokens only, and generation works as is. Packing
+  (`data.packing`) is refused.
+Not mergeable; exported in PEFT's format (the table, after the MLP).
 
 Options (`config.method.prefix_tuning.*`):
-  num_virtual_tokens, prefix_projection, encoder_hidden_size (0 = hidden size), train_head.
+  num_virtual_tokens, prefix_projection, encoder_hidden_size (0 = D), train_head.
 
-Trainable parameters: without projection n * layers * 2 * hidden; with it
-n * hidden + (hidden * e + e) + (e * layers * 2 * hidden + layers * 2 * hidden); plus the head.
-BERT-family models only for now.
+Trainable parameters: without projection n * layers * 2 * D; with it
+n * D + (D * e + e) + (e * layers * 2 * D + layers * 2 * D); plus the head (causal LMs have
+none).
 """
 
 import jax
@@ -22,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from ftjax.errors import UserError
-from ftjax.methods import lora_layers
+from ftjax.methods import lora_layers, prompt_layers
 from ftjax.methods.base import Method
 from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.prompt_tuning import find_embeddings
@@ -92,6 +98,25 @@ class PrefixSelfAttention(nnx.Module):
     return out.transpose(0, 2, 1, 3).reshape(b * s, n_heads * d)
 
 
+class PrefixTunedDecoder(prompt_layers.PrefilledDecoder):
+  """A decoder whose KV cache starts with the prefix table's keys and values."""
+
+  def __init__(self, model, prefix: PrefixEncoder, layout: tuple[int, int, int]):
+    super().__init__(model, prefix.embedding[...].shape[0])
+    self.prefix = prefix
+    self.layout = layout  # (layers, kv heads, head dim)
+
+  def prefill(self, cache, rngs):
+    del rngs
+    layers, kv_heads, head_dim = self.layout
+    n, b = self.num_virtual_tokens, cache.lengths.shape[0]
+    # PEFT's view: [n, layers * 2, kv_heads, head_dim]; layer i's key 2i, value 2i + 1.
+    table = self.prefix().reshape(n, layers, 2, kv_heads, head_dim)
+    per_layer = lambda j: [jnp.broadcast_to(table[None, :, i, j], (b, n, kv_heads, head_dim))
+                           for i in range(layers)]
+    return prompt_layers.write_entries(cache, per_layer(0), per_layer(1))
+
+
 @register
 class PrefixTuning(Method):
   name = "prefix_tuning"
@@ -103,6 +128,14 @@ class PrefixTuning(Method):
     n = o["num_virtual_tokens"]
     if n <= 0:
       raise UserError(f"config key 'method.prefix_tuning.num_virtual_tokens' must be > 0, got {n}")
+    if prompt_layers.is_decoder(model):
+      layout = prompt_layers.cache_layout(model)
+      layers, kv_heads, head_dim = layout
+      _, embed = prompt_layers.find_token_embedding(model, self.name)
+      prefix = PrefixEncoder(n, kv_heads * head_dim, layers, projection=o["prefix_projection"],
+                             encoder_hidden=o["encoder_hidden_size"],
+                             dtype=embed.embedding[...].dtype, rngs=rngs)
+      return PrefixTunedDecoder(model, prefix, layout)
     _, embeddings = find_embeddings(model, self.name)
     cfg = embeddings.cfg
     attentions = [(p, m) for p, m in nnx.iter_modules(model)
@@ -121,9 +154,21 @@ class PrefixTuning(Method):
   def merge(self, model):
     return None
 
+  def check_config(self, cfg):
+    prompt_layers.refuse_packing(self.name, cfg)
+
   def export_peft(self, model, out_dir, *, base_path: str):
     """Writes a PEFT prefix-tuning adapter holding the (projected) prefix table + the head."""
     from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
+    if isinstance(model, PrefixTunedDecoder):
+      table = np.asarray(jax.device_get(model.prefix()), np.float32)
+      layers, kv_heads, head_dim = model.layout
+      # PEFT's sizes for grouped-query attention: token_dim = kv_heads * head_dim, "heads" = kv.
+      return peft_io.export_prompt_learning(
+          model, out_dir, base_path=base_path, peft_type="PREFIX_TUNING", prompt_embeddings=table,
+          extra=dict(num_virtual_tokens=table.shape[0], token_dim=kv_heads * head_dim,
+                     num_attention_heads=kv_heads, num_layers=layers,
+                     encoder_hidden_size=kv_heads * head_dim, prefix_projection=False))
     _, embeddings = find_embeddings(model, self.name)
     cfg = embeddings.cfg
     layer = next(m for _, m in nnx.iter_modules(model) if isinstance(m, PrefixSelfAttention))

@@ -36,10 +36,12 @@ class QLoRALinear(lora_layers.LoRALinear):
   """`LoRALinear` whose base kernel is stored quantized and dequantized per call."""
 
   def __init__(self, linear: nnx.Linear, *, rank: int, alpha: float, rslora: bool, dora: bool,
-               rngs: nnx.Rngs, kind: str, block_size: int, double_quant: bool):
+               dropout: float = 0.0, rngs: nnx.Rngs, kind: str, block_size: int,
+               double_quant: bool):
     if dora:
       raise UserError("QLoRA with DoRA is not supported")
-    super().__init__(linear, rank=rank, alpha=alpha, rslora=rslora, dora=False, rngs=rngs)
+    super().__init__(linear, rank=rank, alpha=alpha, rslora=rslora, dora=False, dropout=dropout,
+                     rngs=rngs)
     self.kind, self.block_size = kind, block_size
     self.kernel_shape = tuple(linear.kernel[...].shape)
     self.kernel_meta = tuple(sorted(linear.kernel.get_metadata().items()))
@@ -90,7 +92,7 @@ class QLoRA(LoRA):
 
   def apply(self, model, *, rngs):
     o = self.options
-    check_dropout(self.name, o)
+    dropout = check_dropout(self.name, o)
     if o["quant"] not in quant.KINDS:
       raise UserError(f"config key 'method.qlora.quant' must be one of {', '.join(quant.KINDS)}, "
                       f"got '{o['quant']}'")
@@ -99,7 +101,7 @@ class QLoRA(LoRA):
                       f"got {o['block_size']}")
     return lora_layers.wrap_lora(
         model, o["targets"], option="method.qlora.targets", rank=o["rank"], alpha=o["alpha"],
-        rslora=o["rslora"], dora=False, rngs=rngs, linear_cls=QLoRALinear, kind=o["quant"],
+        rslora=o["rslora"], dora=False, dropout=dropout, rngs=rngs, linear_cls=QLoRALinear, kind=o["quant"],
         block_size=o["block_size"], double_quant=o["double_quant"])
 
   def export_peft(self, model, out_dir, *, base_path: str):

@@ -17,6 +17,8 @@ from ftjax.models import kv_cache as kv_cache_lib
 # Finite (fp32) so a query that sees no key (a padding row) gets a uniform
 # softmax instead of NaNs; its output is never used.
 MASK_VALUE = -1e9
+# A sliding window no position distance reaches: full attention as a number.
+NO_WINDOW = 2 ** 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,8 +36,12 @@ class Layout:
   k_pos: jax.Array
   k_slot: jax.Array
 
-  def mask(self, window: int | None = None) -> jax.Array:
-    """Boolean [B, 1, T, S]: which keys each query may attend to."""
+  def mask(self, window: int | jax.Array | None = None) -> jax.Array:
+    """Boolean [B, 1, T, S]: which keys each query may attend to.
+
+    `window` may be a traced int (a scanned layer stack reads it per layer);
+    `NO_WINDOW` then stands for full attention.
+    """
     same = self.q_seg[:, :, None] == self.k_seg[:, None, :]
     real = (self.k_seg != 0)[:, None, :]
     causal = (self.k_slot[None, :] <= self.q_slot[:, None])[None]
@@ -133,10 +139,10 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
   return out.reshape(b, t, n * d)
 
 
-def update_kv(cache: kv_cache_lib.KVCache | None, layer: int, k, v):
-  """Writes this layer's new k/v into the cache; returns the keys/values to
-  attend over (the whole cache, or just k/v without one)."""
+def update_kv(cache: kv_cache_lib.LayerCache | None, k, v):
+  """Writes this layer's new k/v into its cache slots; returns the keys/values to
+  attend over (the layer's whole cache, or just k/v without one)."""
   if cache is None:
     return k, v
-  return (kv_cache_lib.write(cache.k[layer], k, cache.index),
-          kv_cache_lib.write(cache.v[layer], v, cache.index))
+  return (kv_cache_lib.write(cache.k, k, cache.index),
+          kv_cache_lib.write(cache.v, v, cache.index))

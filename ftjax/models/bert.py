@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ftjax.errors import UserError
+from ftjax.models import layer_stack
 from ftjax.models import layers
 
 # Activation name in HF `config.json` -> function. `gelu` is exact (erf).
@@ -191,7 +192,8 @@ class BertSelfAttention(nnx.Module):
     n, d = self.cfg.num_attention_heads, self.cfg.head_dim
     # Heads-major [B, N, S, D] layout: XLA:CPU runs these batched matmuls
     # ~3x faster than contracting the [B, S, N, D] layout directly.
-    q, k, v = (proj(x).reshape(b, s, n, d).transpose(0, 2, 1, 3)
+    q, k, v = (layer_stack.name_qkv(proj(x)).reshape(b, s, n, d)
+               .transpose(0, 2, 1, 3)
                for proj in (self.query, self.key, self.value))
     # Scores and softmax in fp32 for bf16 stability; scale q before the matmul.
     scores = jnp.einsum('bnqd,bnkd->bnqk', q * (d ** -0.5), k,
@@ -256,15 +258,21 @@ class BertLayer(nnx.Module):
 
 
 class BertEncoder(nnx.Module):
+  """The layer stack, run through `layer_stack.run_layers` (so it can be stacked
+  and scanned); `remat` is the per-layer rematerialisation policy."""
 
   def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.remat = 'none'
     self.layer = nnx.List([
         BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for _ in range(cfg.num_hidden_layers)])
 
   def __call__(self, x, mask_bias, rngs=None):
-    for layer in self.layer:
-      x = layer(x, mask_bias, rngs)
+    def body(layer, x, unused_i, unused_x, rngs):
+      return layer(x, mask_bias, rngs), None
+
+    x, _ = layer_stack.run_layers(self.layer, body, x, rngs=rngs,
+                                  remat=self.remat)
     return x
 
 

@@ -18,6 +18,7 @@ from flax import nnx
 import jax.numpy as jnp
 
 from ftjax.errors import UserError
+from ftjax.models import layer_stack
 from ftjax.models import layers
 from ftjax.models import attention
 from ftjax.models import kv_cache as kv_cache_lib
@@ -111,26 +112,27 @@ def LayerNorm(cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):  # pylint
 class GPT2Attention(nnx.Module):
   """Fused q/k/v projection `c_attn` [H, 3H], output `c_proj`."""
 
-  def __init__(self, cfg: GPT2Config, layer: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.layer = layer
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ('embed', 'heads'),
                           **kw)
     self.c_proj = _linear(cfg, cfg.n_embd, cfg.n_embd, ('heads', 'embed'),
                           **kw)
 
-  def __call__(self, x, shape, layout, cache, rngs=None):
+  def __call__(self, x, shape, layout, cache, rngs=None, *, layer=0):
+    """x: [B*T, H] rows; cache: this layer's `kv_cache.LayerCache` or None;
+    layer: this block's index (an int, or traced when scanned)."""
     b, t = shape
     cfg = self.cfg
     n, d = cfg.n_head, cfg.head_dim
-    q, k, v = jnp.split(self.c_attn(x).reshape(b, t, 3, n, d), 3, axis=2)
+    qkv = layer_stack.name_qkv(self.c_attn(x))
+    q, k, v = jnp.split(qkv.reshape(b, t, 3, n, d), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
-    k, v = attention.update_kv(cache, self.layer, k, v)
+    k, v = attention.update_kv(cache, k, v)
     scale = d ** -0.5 if cfg.scale_attn_weights else 1.0
     if cfg.scale_attn_by_inverse_layer_idx:
-      scale /= self.layer + 1
+      scale = scale / (layer + 1)
     out = attention.attend(q, k, v, layout.mask(), scale=scale,
                            dropout_rate=cfg.attn_pdrop, rngs=rngs)
     out = self.c_proj(out.reshape(b * t, -1))
@@ -155,39 +157,49 @@ class GPT2MLP(nnx.Module):
 class GPT2Block(nnx.Module):
   """Pre-LayerNorm block."""
 
-  def __init__(self, cfg: GPT2Config, layer: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.ln_1 = LayerNorm(cfg, **kw)
-    self.attn = GPT2Attention(cfg, layer, **kw)
+    self.attn = GPT2Attention(cfg, **kw)
     self.ln_2 = LayerNorm(cfg, **kw)
     self.mlp = GPT2MLP(cfg, **kw)
 
-  def __call__(self, x, shape, layout, cache, rngs=None):
-    attn, kv = self.attn(self.ln_1(x), shape, layout, cache, rngs)
+  def __call__(self, x, shape, layout, cache, rngs=None, *, layer=0):
+    attn, kv = self.attn(self.ln_1(x), shape, layout, cache, rngs, layer=layer)
     x = x + attn
     return x + self.mlp(self.ln_2(x), rngs), kv
 
 
 class GPT2Model(nnx.Module):
-  """HF `GPT2Model`: embeddings, blocks, final LayerNorm."""
+  """HF `GPT2Model`: embeddings, blocks, final LayerNorm.
+
+  The blocks are identical modules (run through `layer_stack.run_layers`, so
+  they can be stacked and scanned); `remat` is the per-block policy.
+  """
 
   def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.remat = 'none'
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wte = _embed(cfg, cfg.vocab_size, axes=('vocab', 'embed'), **kw)
     self.wpe = _embed(cfg, cfg.n_positions, axes=(None, 'embed'), **kw)
-    self.h = nnx.List([GPT2Block(cfg, i, **kw) for i in range(cfg.n_layer)])
+    self.h = nnx.List([GPT2Block(cfg, **kw) for _ in range(cfg.n_layer)])
     self.ln_f = LayerNorm(cfg, **kw)
 
   def __call__(self, input_ids, layout, positions, cache, rngs=None):
     b, t = input_ids.shape
     x = self.wte(input_ids) + self.wpe(positions)
     x = attention.dropout(self.cfg.embd_pdrop, x, rngs).reshape(b * t, -1)
-    kvs = []
-    for block in self.h:
-      x, kv = block(x, (b, t), layout, cache, rngs)
-      kvs.append(kv)
+
+    def body(block, x, i, kv, rngs):
+      layer_cache = (None if cache is None
+                     else kv_cache_lib.LayerCache(*kv, cache.index))
+      x, kv = block(x, (b, t), layout, layer_cache, rngs, layer=i)
+      return x, (None if cache is None else kv)
+
+    x, kvs = layer_stack.run_layers(
+        self.h, body, x, None if cache is None else cache.per_layer(),
+        rngs=rngs, remat=self.remat)
     return self.ln_f(x).reshape(b, t, -1), kvs
 
 

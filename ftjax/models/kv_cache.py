@@ -21,6 +21,7 @@ the same ids on every later step.
 
 import dataclasses
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +43,17 @@ class KVCache:
   @property
   def max_length(self) -> int:
     return self.segment_ids.shape[1]
+
+  def per_layer(self) -> list[tuple[jax.Array, jax.Array]]:
+    """[(k, v)] of each layer: the per-layer inputs of `layer_stack.run_layers`."""
+    return list(zip(self.k, self.v))
+
+
+class LayerCache(NamedTuple):
+  """One layer's view of the cache: its k/v buffers and the slot to write next."""
+  k: jax.Array
+  v: jax.Array
+  index: jax.Array
 
 
 def init_cache(num_layers: int, batch_size: int, max_length: int,

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import attention
+from ftjax.models import layer_stack
 from ftjax.models import layers
 from ftjax.models import kv_cache as kv_cache_lib
 from ftjax.models import rope as rope_lib
@@ -208,10 +209,8 @@ class RMSNorm(nnx.Module):
 class LlamaAttention(nnx.Module):
   """GQA self-attention with RoPE; HF `LlamaAttention` (+ Qwen variants)."""
 
-  def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.layer = layer
     h, d = cfg.hidden_size, cfg.head_dim
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -228,22 +227,27 @@ class LlamaAttention(nnx.Module):
     else:
       self.q_norm = self.k_norm = None
 
-  def __call__(self, x, shape, layout, positions, cache, rngs=None):
-    """x: [B*T, H] rows. Returns ([B*T, H], (keys, values) attended over)."""
+  def __call__(self, x, shape, layout, positions, cache, rngs=None, *,
+               window=None):
+    """x: [B*T, H] rows; cache: this layer's `kv_cache.LayerCache` or None;
+    window: this layer's sliding window (None, an int, or a traced int with
+    `attention.NO_WINDOW` for none). Returns ([B*T, H], (keys, values)
+    attended over)."""
     b, t = shape
     cfg = self.cfg
     d = cfg.head_dim
-    q = self.q_proj(x).reshape(b, t, cfg.num_attention_heads, d)
-    k = self.k_proj(x).reshape(b, t, cfg.num_key_value_heads, d)
-    v = self.v_proj(x).reshape(b, t, cfg.num_key_value_heads, d)
+    qkv = layer_stack.name_qkv
+    q = qkv(self.q_proj(x)).reshape(b, t, cfg.num_attention_heads, d)
+    k = qkv(self.k_proj(x)).reshape(b, t, cfg.num_key_value_heads, d)
+    v = qkv(self.v_proj(x)).reshape(b, t, cfg.num_key_value_heads, d)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
     inv_freq = rope_lib.inverse_frequencies(cfg.rope, d)
     q = rope_lib.apply(q, positions, inv_freq)
     k = rope_lib.apply(k, positions, inv_freq)
-    k, v = attention.update_kv(cache, self.layer, k, v)
+    k, v = attention.update_kv(cache, k, v)
     out = attention.attend(
-        q, k, v, layout.mask(cfg.window(self.layer)), scale=d ** -0.5,
+        q, k, v, layout.mask(window), scale=d ** -0.5,
         dropout_rate=cfg.attention_dropout, rngs=rngs)
     return self.o_proj(out.reshape(b * t, -1)), (k, v)
 
@@ -266,28 +270,36 @@ class LlamaMLP(nnx.Module):
 class LlamaDecoderLayer(nnx.Module):
   """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-  def __init__(self, cfg: LlamaConfig, layer: int, *, dtype, param_dtype,
-               rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name='embed')
     self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **nkw)
-    self.self_attn = LlamaAttention(cfg, layer, **kw)
+    self.self_attn = LlamaAttention(cfg, **kw)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                             **nkw)
     self.mlp = LlamaMLP(cfg, **kw)
 
-  def __call__(self, x, shape, layout, positions, cache, rngs=None):
+  def __call__(self, x, shape, layout, positions, cache, rngs=None, *,
+               window=None):
     attn, kv = self.self_attn(self.input_layernorm(x), shape, layout,
-                              positions, cache, rngs)
+                              positions, cache, rngs, window=window)
     x = x + attn
     return x + self.mlp(self.post_attention_layernorm(x)), kv
 
 
 class LlamaModel(nnx.Module):
-  """Embeddings, decoder layers, final norm; HF `LlamaModel`."""
+  """Embeddings, decoder layers, final norm; HF `LlamaModel`.
+
+  The layers are identical modules (per-layer data such as the sliding window
+  is looked up by layer index), so `layer_stack.stack_layers` can stack them
+  and `run_layers` scans them; `remat` is the per-layer rematerialisation
+  policy (`layer_stack.REMAT_POLICIES`).
+  """
 
   def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+    self.cfg = cfg
     self.dtype = dtype
+    self.remat = 'none'
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nnx.initializers.normal(cfg.initializer_range),
@@ -295,9 +307,9 @@ class LlamaModel(nnx.Module):
                             'eager_sharding': False},
         rngs=rngs)
     self.layers = nnx.List([
-        LlamaDecoderLayer(cfg, i, dtype=dtype, param_dtype=param_dtype,
+        LlamaDecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype,
                           rngs=rngs)
-        for i in range(cfg.num_hidden_layers)])
+        for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
                         param_dtype=param_dtype, axis_name='embed')
 
@@ -306,11 +318,29 @@ class LlamaModel(nnx.Module):
     b, t = input_ids.shape
     # Layers work on [B*T, H] rows: XLA:CPU's fast 2-D matmul kernels.
     x = self.embed_tokens(input_ids).reshape(b * t, -1)
-    kvs = []
-    for layer in self.layers:
-      x, kv = layer(x, (b, t), layout, positions, cache, rngs)
-      kvs.append(kv)
+
+    def body(layer, x, i, kv, rngs):
+      layer_cache = (None if cache is None
+                     else kv_cache_lib.LayerCache(*kv, cache.index))
+      x, kv = layer(x, (b, t), layout, positions, layer_cache, rngs,
+                    window=self.window(i))
+      return x, (None if cache is None else kv)
+
+    x, kvs = layer_stack.run_layers(
+        self.layers, body, x, None if cache is None else cache.per_layer(),
+        rngs=rngs, remat=self.remat)
     return self.norm(x).reshape(b, t, -1), kvs
+
+  def window(self, i):
+    """Layer i's sliding window: None (full attention) or an int; a traced i
+    (scanned layers) gives a traced int when the layers' windows differ."""
+    windows = self.cfg.layer_windows
+    if not windows or isinstance(i, int):
+      return self.cfg.window(i)
+    if len(set(windows)) == 1:
+      return windows[0]
+    table = [attention.NO_WINDOW if w is None else w for w in windows]
+    return jnp.asarray(table, jnp.int32)[i]
 
 
 def finish(logits, kvs, cache):

@@ -37,8 +37,23 @@ PREFIX = "base_model.model."
 TASK_TYPES = {"classification": "SEQ_CLS", "base": "FEATURE_EXTRACTION", "causal_lm": "CAUSAL_LM"}
 
 
+def _family_of(model: nnx.Module):
+  """(family, task) of a model, seeing through prompt-learning decoder wrappers
+  (`prompt_layers.PrefilledDecoder.wrapped_class`) to the model class they adopted."""
+  wrapped = getattr(model, "wrapped_class", None)
+  if wrapped is None:
+    return registry._family_of(model)  # pylint: disable=protected-access
+  families = registry._FAMILIES  # pylint: disable=protected-access
+  model_type = getattr(model.config, "model_type", None)
+  for family in [families[model_type]] if model_type in families else list(families.values()):
+    for task, (cls, _, _) in family.classes.items():
+      if cls is wrapped:
+        return family, task
+  raise UserError(f"cannot export a model wrapping {wrapped.__name__}: not a registered class")
+
+
 def _table(model: nnx.Module):
-  family, task = registry._family_of(model)  # pylint: disable=protected-access
+  family, task = _family_of(model)
   _, table, _ = family.classes[task]
   if not isinstance(table, safetensors_io.WeightTable):  # chosen by the config (tied heads)
     table = table(model.config)
@@ -109,7 +124,7 @@ def export_lora(model: nnx.Module, options, out_dir, *, base_path: str) -> pathl
   config = _base_config("LORA", task, base_path, head_modules)
   config.update(r=int(options["rank"]), lora_alpha=float(options["alpha"]),
                 use_rslora=bool(options["rslora"]), use_dora=dora == {True},
-                lora_dropout=0.0, target_modules=sorted(modules), bias="none",
+                lora_dropout=float(options["dropout"]), target_modules=sorted(modules), bias="none",
                 fan_in_fan_out=False, init_lora_weights=True, lora_bias=False,
                 rank_pattern={}, alpha_pattern={}, layers_to_transform=None,
                 layers_pattern=None)

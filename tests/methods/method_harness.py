@@ -44,6 +44,31 @@ def tiny_config(model_dir, files, *, method, steps=6, lr=1e-2, **options):
   return c
 
 
+def tiny_llama_config(model_dir, files, *, method, steps=6, lr=1e-2, **options):
+  """The tiny Llama (`tiny_assets.make_tiny_llama`) on tiny chat data (causal LM), unpacked."""
+  c = base_config()
+  c.model.checkpoint = str(model_dir)
+  c.model.task = "causal_lm"
+  c.method.name = method
+  for key, value in options.items():
+    c.method[method][key] = value
+  c.data.name = "chat_files"
+  c.data.files.train = str(files["train"])
+  c.data.files.validation = str(files["validation"])
+  c.data.test_split = ""
+  c.data.max_length = 24
+  c.data.bucket_boundaries = (24,)
+  c.data.padding = "max_length"  # one shape: one compilation
+  c.train.steps = steps
+  c.train.batch_size = 8
+  c.eval.batch_size = 8
+  c.eval.metric = "loss"
+  c.eval.mode = "min"
+  c.optimizer.lr = lr
+  c.optimizer.schedule = "constant"
+  return c
+
+
 def names(tree) -> set[str]:
   return {methods_base.keypath_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
 

@@ -56,11 +56,12 @@ def test_head_is_never_wrapped(tiny_bert_dir):
   assert isinstance(model.bert.pooler.dense, lora_layers.LoRALinear)
 
 
-def test_dropout_is_refused_for_now(tiny_bert_dir):
+@pytest.mark.parametrize("rate", [-0.1, 1.0])
+def test_dropout_outside_0_1_is_an_error(tiny_bert_dir, rate):
   model, _ = registry.build_model(tiny_bert_dir, task="classification", num_labels=2,
                                   rngs=nnx.Rngs(0))
-  options = dict(methods.get("lora").defaults, dropout=0.1)
-  with pytest.raises(UserError, match="method.lora.dropout"):
+  options = dict(methods.get("lora").defaults, dropout=rate)
+  with pytest.raises(UserError, match=r"method\.lora\.dropout.*\[0, 1\)"):
     methods.registry._METHODS["lora"](options).apply(model, rngs=nnx.Rngs(0))
 
 
