@@ -207,6 +207,10 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
         + (f", method.freeze '{cfg.method.freeze}'" if cfg.method.freeze else ""))
   graphdef, params, frozen = nnx.split(model, trainable, ...)
   del model  # its arrays now live in the state; the step donates them
+  if not jax.tree.leaves(params):  # e.g. linear_probe on a causal LM: no classifier head
+    raise UserError(f"method '{cfg.method.name}' trains no parameters of this "
+                    f"{task.MODEL_TASK} model" + (f" after method.freeze '{cfg.method.freeze}'"
+                                                  if cfg.method.freeze else ""))
 
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)

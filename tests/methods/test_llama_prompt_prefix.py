@@ -159,3 +159,11 @@ def test_methods_find_their_hooks(llama_dir):
   cache = model.init_cache(2, 5)
   assert cache.max_length == 5 + N and int(cache.index) == N
   np.testing.assert_array_equal(np.asarray(cache.segment_ids)[:, :N], 1)
+
+
+def test_a_method_that_trains_nothing_is_refused(llama_dir, chat_files):
+  # A causal LM has no classifier head, so a linear probe would train no parameter at all.
+  cfg = tiny_llama_config(llama_dir, chat_files, method="linear_probe")
+  with pytest.raises(UserError, match=r"method 'linear_probe' trains no parameters of this "
+                                      r"causal_lm model"):
+    train.build_experiment(cfg)
