@@ -1,6 +1,10 @@
 """Picks and prepares the TFDS builder named by a data config (`data.name`)."""
 
+import hashlib
+import pathlib
+
 from absl import logging
+import filelock
 import tensorflow_datasets as tfds
 
 from ftjax.data import chat_files
@@ -36,12 +40,23 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
 
 
 def prepare(data_cfg) -> tfds.core.DatasetBuilder:
-  """Builds the dataset as ArrayRecord unless already prepared; returns its builder."""
+  """Builds the dataset as ArrayRecord unless already prepared; returns its builder.
+
+  Independent runs (two experiments, or the 1- and 8-device workers of a test) may prepare the
+  same dataset at once; TFDS's final rename of the second one would fail. A file lock per
+  dataset version lets one build while the others wait, then read what it built.
+  """
   builder = get_builder(data_cfg)
-  if not builder.is_prepared():
-    logging.info("Preparing %s into %s", builder.name, builder.data_dir)
-  # A no-op when the data is already prepared.
-  builder.download_and_prepare(file_format="array_record")
+  if builder.is_prepared():
+    return builder
+  locks = pathlib.Path(paths.data_dir_or_default(data_cfg.data_dir)) / ".locks"
+  locks.mkdir(parents=True, exist_ok=True)
+  key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:16]
+  with filelock.FileLock(str(locks / f"{builder.name}-{key}.lock")):
+    builder = get_builder(data_cfg)  # fresh: another process may have prepared it meanwhile
+    if not builder.is_prepared():
+      logging.info("Preparing %s into %s", builder.name, builder.data_dir)
+      builder.download_and_prepare(file_format="array_record")
   return builder
 
 

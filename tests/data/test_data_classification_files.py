@@ -129,3 +129,22 @@ def test_failed_build_is_not_served(tmp_path, make_data_cfg, write_jsonl, monkey
   monkeypatch.undo()
   builder = builders.prepare(cfg)
   assert builder.info.splits["train"].num_examples == 3
+
+
+def test_concurrent_runs_prepare_the_same_data_once(tmp_path, make_data_cfg, write_jsonl):
+  # Two experiments (or the 1- and 8-device workers of a test) starting together on the same
+  # files: without a lock the slower TFDS build fails renaming onto the faster one's result.
+  import json, subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  train = write_jsonl(tmp_path / "train.jsonl", ROWS * 50)
+  cfg = make_data_cfg(files={"train": train})
+  script = ("import json, sys, ml_collections\n"
+            "from ftjax.data import builders\n"
+            "b = builders.prepare(ml_collections.ConfigDict(json.loads(sys.argv[1])))\n"
+            "print('EXAMPLES', b.info.splits['train'].num_examples)\n")
+  procs = [subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg.to_dict())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(3)]
+  outputs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-2000:]
+    assert "EXAMPLES 150" in out, out
