@@ -23,49 +23,43 @@ HIDDEN, INTERMEDIATE, LAYERS, LABELS = 32, 64, 2, 2
 HEAD = HIDDEN * LABELS + LABELS
 
 
-def tiny_config(model_dir, files, *, method, steps=6, lr=1e-2, **options):
+def _files_config(model_dir, files, *, data, method, steps, lr, max_length, batch_size, options):
+  """A method on local train/validation files, one padded shape (one compilation)."""
   c = base_config()
   c.model.checkpoint = str(model_dir)
   c.method.name = method
   for key, value in options.items():
     c.method[method][key] = value
-  c.data.name = "files"
+  c.data.name = data
   c.data.files.train = str(files["train"])
   c.data.files.validation = str(files["validation"])
   c.data.test_split = ""
-  c.data.max_length = 16
-  c.data.bucket_boundaries = (16,)
-  c.data.padding = "max_length"  # one shape: one compilation
+  c.data.max_length = max_length
+  c.data.bucket_boundaries = (max_length,)
+  c.data.padding = "max_length"
   c.train.steps = steps
-  c.train.batch_size = 16
-  c.eval.batch_size = 40
+  c.train.batch_size = batch_size
   c.optimizer.lr = lr
   c.optimizer.schedule = "constant"
   return c
 
 
+def tiny_config(model_dir, files, *, method, steps=6, lr=1e-2, **options):
+  """The tiny BERT on tiny sentiment files (classification)."""
+  c = _files_config(model_dir, files, data="files", method=method, steps=steps, lr=lr,
+                    max_length=16, batch_size=16, options=options)
+  c.eval.batch_size = 40
+  return c
+
+
 def tiny_llama_config(model_dir, files, *, method, steps=6, lr=1e-2, **options):
   """The tiny Llama (`tiny_assets.make_tiny_llama`) on tiny chat data (causal LM), unpacked."""
-  c = base_config()
-  c.model.checkpoint = str(model_dir)
+  c = _files_config(model_dir, files, data="chat_files", method=method, steps=steps, lr=lr,
+                    max_length=24, batch_size=8, options=options)
   c.model.task = "causal_lm"
-  c.method.name = method
-  for key, value in options.items():
-    c.method[method][key] = value
-  c.data.name = "chat_files"
-  c.data.files.train = str(files["train"])
-  c.data.files.validation = str(files["validation"])
-  c.data.test_split = ""
-  c.data.max_length = 24
-  c.data.bucket_boundaries = (24,)
-  c.data.padding = "max_length"  # one shape: one compilation
-  c.train.steps = steps
-  c.train.batch_size = 8
   c.eval.batch_size = 8
   c.eval.metric = "loss"
   c.eval.mode = "min"
-  c.optimizer.lr = lr
-  c.optimizer.schedule = "constant"
   return c
 
 
