@@ -125,7 +125,8 @@ def _matmul_params(model: str) -> dict:
             "trained_head": h * 2,  # PEFT/ftjax LoRA train the classifier, not the pooler
             "lora": layers * 2 * r * (h + h),
             "attn_heads": c["num_attention_heads"], "head_dim": h // c["num_attention_heads"]}
-  d, n, kv, m = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"], c["intermediate_size"]
+  d, n, kv = c["head_dim"], c["num_attention_heads"], c["num_key_value_heads"]
+  m = c["intermediate_size"]
   per_layer = h * n * d * 2 + h * kv * d * 2 + 3 * h * m  # q, o, k, v, gate/up/down
   return {"body": layers * per_layer + h * c["vocab_size"],  # + LM head (tied embedding)
           "head": 0, "trained_head": 0,

@@ -90,8 +90,10 @@ def train_rows(results, peak):
         row[f] = {"tok_s": flops["tokens"] / r["median_s"], "step_ms": 1e3 * r["median_s"],
                   "mfu": flops["flops"] / r["median_s"] / (peak * 1e9) if peak else None,
                   "rss": r["rss_peak_mib"], "rss_run": r["rss_run_mib"],
-                  "compile_s": r.get("lower_s", 0) + r.get("compile_s", 0) if f == "ftjax" else None,
-                  "first_step_s": r["first_step_s"], "xla_flops": None if scanned else r.get("xla_flops"),  # a scan body counts once
+                  "compile_s": (r.get("lower_s", 0) + r.get("compile_s", 0)
+                                if f == "ftjax" else None),
+                  "first_step_s": r["first_step_s"],
+                  "xla_flops": None if scanned else r.get("xla_flops"),  # a scan body counts once
                   "xla_mib": _xla_mib(r)}
     rows.append(row)
   return rows
@@ -107,7 +109,7 @@ def gen_rows(results):
       r = _get(results, name, f)
       if r:
         row[f] = {"tok_s": w.batch * w.new_tokens / r["median_s"], "call_s": r["median_s"],
-                  "ms_per_token": 1e3 * r["median_s"] / w.new_tokens,
+                  "ms_per_step": 1e3 * r["median_s"] / w.new_tokens,  # one token for every row
                   "compile_s": r.get("compile_s"), "first_s": r["first_call_s"],
                   "rss": r["rss_peak_mib"]}
     rows.append(row)
@@ -134,16 +136,16 @@ def train_table(rows) -> str:
 
 
 def gen_table(rows) -> str:
-  head = ("| workload | ftjax tok/s | transformers tok/s | ftjax / transformers | ftjax ms/token | "
-          "transformers ms/token | ftjax compile (s) | ftjax peak RSS (MiB) | "
+  head = ("| workload | ftjax tok/s | transformers tok/s | ftjax / transformers | ftjax ms/step | "
+          "transformers ms/step | ftjax compile (s) | ftjax peak RSS (MiB) | "
           "transformers peak RSS (MiB) |")
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for row in rows:
     j, t = row.get("ftjax", {}), row.get("torch", {})
     lines.append("| " + " | ".join([
         row["workload"], _fmt(j.get("tok_s"), ".1f"), _fmt(t.get("tok_s"), ".1f"),
-        _fmt(_ratio(j.get("tok_s"), t.get("tok_s")), ".2f"), _fmt(j.get("ms_per_token"), ".1f"),
-        _fmt(t.get("ms_per_token"), ".1f"), _fmt(j.get("compile_s"), ".1f"), _fmt(j.get("rss")),
+        _fmt(_ratio(j.get("tok_s"), t.get("tok_s")), ".2f"), _fmt(j.get("ms_per_step"), ".1f"),
+        _fmt(t.get("ms_per_step"), ".1f"), _fmt(j.get("compile_s"), ".1f"), _fmt(j.get("rss")),
         _fmt(t.get("rss"))]) + " |")
   return "\n".join(lines)
 
@@ -172,7 +174,8 @@ def targets(train, gen) -> list[tuple[str, str, str, bool | None]]:
       if l.get("xla_mib") and f.get("xla_mib"):
         xla = l["xla_mib"] / f["xla_mib"]
         out.append((f"{model}: ftjax LoRA step memory / full (XLA arguments + temp)",
-                    f"<= {common.LORA_MEMORY_RATIO}", f"{xla:.2f}", xla <= common.LORA_MEMORY_RATIO))
+                    f"<= {common.LORA_MEMORY_RATIO}", f"{xla:.2f}",
+                    xla <= common.LORA_MEMORY_RATIO))
   for r in gen:
     ratio = _ratio(r.get("ftjax", {}).get("tok_s"), r.get("torch", {}).get("tok_s"))
     out.append((f"{r['workload']}: ftjax / transformers tokens/s", f">= {common.GEN_SPEEDUP}",
@@ -183,15 +186,18 @@ def targets(train, gen) -> list[tuple[str, str, str, bool | None]]:
 def targets_table(rows) -> str:
   lines = ["| target | required | measured | met |", "|---|---|---|---|"]
   for name, need, got, met in rows:
-    lines.append(f"| {name} | {need} | {got} | {'–' if met is None else ('yes' if met else 'NO')} |")
+    verdict = "–" if met is None else ("yes" if met else "NO")
+    lines.append(f"| {name} | {need} | {got} | {verdict} |")
   return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------ main
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(common.WORKLOADS)}")
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--only", default="",
+                 help=f"comma-separated subset of: {', '.join(common.WORKLOADS)}")
   p.add_argument("--frameworks", default="ftjax,torch")
   p.add_argument("--steps", type=int, default=7, help="timed training steps (median reported)")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps / generate calls first")
@@ -200,7 +206,8 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
   p.add_argument("--torch_adamw", default="fused", choices=("fused", "foreach", "loop"))
   p.add_argument("--skip_peak", action="store_true", help="no matmul peak (no MFU)")
-  p.add_argument("--workdir", default=None, help="checkpoints and logs (default $FTJAX_CACHE/bench)")
+  p.add_argument("--workdir", default=None,
+                 help="checkpoints and logs (default $FTJAX_CACHE/bench)")
   p.add_argument("--timeout", type=float, default=None, help="seconds per worker process")
   p.add_argument("--ftjax_config", action="append", default=[],
                  help="KEY=VALUE ftjax config override for the training rows (repeatable), e.g. "
@@ -235,11 +242,13 @@ def main(argv=None) -> int:
   setup = run_worker(["--setup", "--workdir", str(workdir), "--models", ",".join(models)],
                      logs / "setup.log", args.timeout)
   if "error" in setup:
-    print(f"error: checkpoint setup failed: {setup['error']}\n{setup.get('tail', '')}", file=sys.stderr)
+    print(f"error: checkpoint setup failed: {setup['error']}\n{setup.get('tail', '')}",
+          file=sys.stderr)
     return 1
   print(f"checkpoints in {workdir}: {setup['setup']}", flush=True)
 
-  common_args = ["--workdir", str(workdir), "--steps", str(args.steps), "--warmup", str(args.warmup),
+  common_args = ["--workdir", str(workdir), "--steps", str(args.steps),
+                 "--warmup", str(args.warmup),
                  "--gen_repeats", str(args.gen_repeats), "--dtype", args.dtype,
                  "--threads", str(args.threads), "--torch_adamw", args.torch_adamw]
   # The matmul peaks are measured first and last; the best of the two is the peak.
@@ -253,7 +262,8 @@ def main(argv=None) -> int:
                      logs / f"peak_end.{framework}.log", args.timeout)
       results[(name, framework)] = r
       if "error" not in r:
-        print(f"  {'peak (end)':14s} {framework:6s} {r['gflops']:.0f} GFLOP/s fp32 matmul", flush=True)
+        print(f"  {'peak (end)':14s} {framework:6s} {r['gflops']:.0f} GFLOP/s fp32 matmul",
+              flush=True)
       continue
     extra = []
     if framework == "ftjax":
@@ -292,7 +302,8 @@ def main(argv=None) -> int:
       versions[pkg] = md.version(pkg)
     except md.PackageNotFoundError:
       versions[pkg] = None
-  threads = next((r.get("threads") for (n, f), r in results.items() if f == "torch" and r.get("threads")), None)
+  threads = next((r["threads"] for (_, f), r in results.items()
+                  if f == "torch" and r.get("threads")), None)
   header = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
             f"dtype {args.dtype}; PyTorch eager, torch.set_num_threads({threads}), AdamW "
             f"{args.torch_adamw}; XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}'; "
@@ -308,10 +319,13 @@ def main(argv=None) -> int:
             train_table(train), ""]
   if gen:
     out += [f"Generation: prompt 32 tokens, 128 new tokens forced (greedy), median of "
-            f"{args.gen_repeats} calls after {args.warmup} warm-up call(s).", "", gen_table(gen), ""]
+            f"{args.gen_repeats} calls after {args.warmup} warm-up call(s); ms/step = call time / "
+            "128 (prefill included; one step makes one token for every row).", "",
+            gen_table(gen), ""]
   if goals:
     out += [targets_table(goals), ""]
-  out.append(f"bench wall time: {wall / 60:.1f} min; 1-minute load average {_fmt(load_start, '.1f')} "
+  out.append(f"bench wall time: {wall / 60:.1f} min; 1-minute load average "
+             f"{_fmt(load_start, '.1f')} "
              f"at the start, {_fmt(load_end, '.1f')} at the end (a quiet machine is ~0; the bench "
              "itself adds ~1-2).")
   text = "\n".join(out)

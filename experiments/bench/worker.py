@@ -449,7 +449,8 @@ def torch_generate(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
 # ------------------------------------------------------------------------------------ main
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--setup", action="store_true", help="write the checkpoints and exit")
   p.add_argument("--models", default="minilm,smollm2", help="with --setup")
   p.add_argument("--workload", help=f"peak or one of {', '.join(common.WORKLOADS)}")
@@ -462,7 +463,8 @@ def main(argv=None) -> None:
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--torch_device", default="auto")
   p.add_argument("--torch_adamw", default="fused", choices=("fused", "foreach", "loop"))
-  p.add_argument("--profile_dir", default="", help="ftjax training: jax.profiler trace of the timed steps")
+  p.add_argument("--profile_dir", default="",
+                 help="ftjax training: jax.profiler trace of the timed steps")
   p.add_argument("--ftjax_config", action="append", default=[],
                  help="KEY=VALUE override of the ftjax config (repeatable), e.g. model.remat=full")
   p.add_argument("--preload", default="", help="a Python file run first in ftjax workers (A/B "
