@@ -114,12 +114,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     params = optax.apply_updates(state.params, updates)
     # A non-finite loss or gradient never reaches the parameters: the update is dropped here,
     # counted, and the host halts or carries on per `train.on_nan`.
+    # `lax.cond`, not a `where` per leaf: a select reads both trees and writes a third (a pass
+    # over params + both Adam moments every step); the branch picks the buffers without a copy.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    params, opt_state = jax.lax.cond(finite, lambda: (params, opt_state),
+                                     lambda: (state.params, state.opt_state))
     metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), **aux}
     return state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        opt_state=keep(opt_state, state.opt_state),
+        step=state.step + 1, params=params, opt_state=opt_state,
         nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
         first_nonfinite=jnp.where(~finite & (state.first_nonfinite < 0), state.step,
                                   state.first_nonfinite)), metrics

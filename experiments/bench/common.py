@@ -84,7 +84,12 @@ WORKLOADS = {w.name: w for w in [
     Workload("smollm2_lora", "smollm2", "train", 4, 256, method="lora"),
     Workload("gen_b1", "smollm2", "generate", 1, 32, new_tokens=128),
     Workload("gen_b8", "smollm2", "generate", 8, 32, new_tokens=128),
+    # Accelerator-sized rows (not in the default set: minutes per step on a 2-core CPU).
+    Workload("smollm2_full_16x1024", "smollm2", "train", 16, 1024, method="full"),
+    Workload("smollm2_lora_16x1024", "smollm2", "train", 16, 1024, method="lora"),
+    Workload("gen_b64", "smollm2", "generate", 64, 32, new_tokens=128),
 ]}
+DEFAULT = ("minilm_full", "minilm_lora", "smollm2_full", "smollm2_lora", "gen_b1", "gen_b8")
 
 # The targets (CPU, 2 cores).
 TRAIN_SPEEDUP = 1.3  # ftjax tokens/s over PyTorch's, every training row

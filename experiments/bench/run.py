@@ -5,7 +5,7 @@
   python experiments/bench/run.py --only=gen_b1 --frameworks=ftjax --out=/tmp/gen.json
 
 Each (workload, framework) runs in its own `worker.py` process (own peak RSS, clean allocator),
-one after the other; the matmul peaks (`jnp.dot` and `torch.mm`, 4096^2 fp32) are measured in the
+one after the other; the matmul peaks (`jnp.dot` and `torch.mm`, n^3 in --dtype) are measured in the
 same run. Prints markdown tables (training, generation, targets) and writes every raw number to
 `--out` (JSON). See README.md for what each column means and the formulas.
 """
@@ -94,7 +94,7 @@ def train_rows(results, peak):
                                 if f == "ftjax" else None),
                   "first_step_s": r["first_step_s"],
                   "xla_flops": None if scanned else r.get("xla_flops"),  # a scan body counts once
-                  "xla_mib": _xla_mib(r)}
+                  "xla_mib": _xla_mib(r), "device_mib": r.get("device_peak_mib")}
     rows.append(row)
   return rows
 
@@ -117,9 +117,13 @@ def gen_rows(results):
 
 
 def train_table(rows) -> str:
+  # On an accelerator the memory that matters is the device's: each side's peak, as its
+  # allocator reports it (JAX's peak_bytes_in_use, torch.cuda.max_memory_allocated).
+  device = any(row.get(f, {}).get("device_mib") for row in rows for f in FRAMEWORKS)
   head = ("| workload | ftjax tok/s | PyTorch tok/s | ftjax / PyTorch | ftjax step (ms) | "
           "PyTorch step (ms) | ftjax compile (s) | model GFLOP / step (XLA) | ftjax MFU | "
-          "PyTorch MFU | ftjax peak RSS (MiB) | PyTorch peak RSS (MiB) | ftjax step memory (MiB) |")
+          "PyTorch MFU | ftjax peak RSS (MiB) | PyTorch peak RSS (MiB) | ftjax step memory (MiB) |"
+          + (" ftjax device peak (MiB) | PyTorch device peak (MiB) |" if device else ""))
   lines = [head, "|" + "---|" * (head.count("|") - 1)]
   for row in rows:
     j, t = row.get("ftjax", {}), row.get("torch", {})
@@ -131,7 +135,8 @@ def train_table(rows) -> str:
         f"{row['flops']['flops'] / 1e9:.1f} ({_fmt(xla and xla / 1e9, '.1f')})",
         _fmt(j.get("mfu") and 100 * j["mfu"], ".1f") + ("%" if j.get("mfu") else ""),
         _fmt(t.get("mfu") and 100 * t["mfu"], ".1f") + ("%" if t.get("mfu") else ""),
-        _fmt(j.get("rss")), _fmt(t.get("rss")), _fmt(j.get("xla_mib"))]) + " |")
+        _fmt(j.get("rss")), _fmt(t.get("rss")), _fmt(j.get("xla_mib"))]
+        + ([_fmt(j.get("device_mib")), _fmt(t.get("device_mib"))] if device else [])) + " |")
   return "\n".join(lines)
 
 
@@ -206,6 +211,8 @@ def main(argv=None) -> int:
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads")
   p.add_argument("--torch_adamw", default="fused", choices=("fused", "foreach", "loop"))
   p.add_argument("--skip_peak", action="store_true", help="no matmul peak (no MFU)")
+  p.add_argument("--peak_n", type=int, default=4096,
+                 help="matmul peak: n x n by n x n in --dtype (8192 on a GPU)")
   p.add_argument("--workdir", default=None,
                  help="checkpoints and logs (default $FTJAX_CACHE/bench)")
   p.add_argument("--timeout", type=float, default=None, help="seconds per worker process")
@@ -217,7 +224,7 @@ def main(argv=None) -> int:
   p.add_argument("--out", default="", help="write all results as JSON here")
   args = p.parse_args(argv)
 
-  names = [n for n in args.only.split(",") if n] or list(common.WORKLOADS)
+  names = [n for n in args.only.split(",") if n] or list(common.DEFAULT)
   unknown = [n for n in names if n not in common.WORKLOADS]
   if unknown:
     print(f"error: unknown workload(s) {', '.join(unknown)}; choose from "
@@ -250,7 +257,8 @@ def main(argv=None) -> int:
   common_args = ["--workdir", str(workdir), "--steps", str(args.steps),
                  "--warmup", str(args.warmup),
                  "--gen_repeats", str(args.gen_repeats), "--dtype", args.dtype,
-                 "--threads", str(args.threads), "--torch_adamw", args.torch_adamw]
+                 "--threads", str(args.threads), "--torch_adamw", args.torch_adamw,
+                 "--peak_n", str(args.peak_n)]
   # The matmul peaks are measured first and last; the best of the two is the peak.
   jobs = [] if args.skip_peak else [("peak", f) for f in FRAMEWORKS]
   jobs += [(n, f) for n in names for f in frameworks]
@@ -262,7 +270,7 @@ def main(argv=None) -> int:
                      logs / f"peak_end.{framework}.log", args.timeout)
       results[(name, framework)] = r
       if "error" not in r:
-        print(f"  {'peak (end)':14s} {framework:6s} {r['gflops']:.0f} GFLOP/s fp32 matmul",
+        print(f"  {'peak (end)':14s} {framework:6s} {r['gflops']:.0f} GFLOP/s {args.dtype} matmul",
               flush=True)
       continue
     extra = []
@@ -274,10 +282,13 @@ def main(argv=None) -> int:
     r = run_worker(["--workload", name, "--framework", framework, *common_args, *extra],
                    logs / f"{name}.{framework}.log", args.timeout)
     results[(name, framework)] = r
+    if args.out:  # what a run cut short still leaves behind
+      pathlib.Path(args.out + ".partial").write_text(json.dumps(
+          [{"workload": n, "framework": f, **x} for (n, f), x in results.items()]) + "\n")
     if "error" in r:
       print(f"  {name:14s} {framework:6s} FAILED: {r['error']}\n{r['tail']}", flush=True)
     elif name == "peak":
-      print(f"  {name:14s} {framework:6s} {r['gflops']:.0f} GFLOP/s fp32 matmul", flush=True)
+      print(f"  {name:14s} {framework:6s} {r['gflops']:.0f} GFLOP/s {args.dtype} matmul", flush=True)
     else:
       print(f"  {name:14s} {framework:6s} median {r['median_s'] * 1e3:.0f} ms "
             f"(min {r['min_s'] * 1e3:.0f}, max {r['max_s'] * 1e3:.0f}), peak RSS "
@@ -310,7 +321,7 @@ def main(argv=None) -> int:
             + (f"ftjax preload {args.preload}; " if args.preload else "")
             + (f"ftjax config {' '.join(args.ftjax_config)}; " if args.ftjax_config else "")
             + ", ".join(f"{k} {v}" for k, v in versions.items() if v))
-  peaks = (f"matmul peak (4096^2 fp32, best of 5 at the start and 5 at the end): jnp.dot "
+  peaks = (f"matmul peak ({args.peak_n}^2 {args.dtype}, best of 5 at the start and 5 at the end): jnp.dot "
            f"{_fmt(peak, '.0f')} GFLOP/s, torch.mm {_fmt(peak_torch, '.0f')} GFLOP/s; MFU (both "
            "columns) is against jnp.dot's.")
   out = [header, "", peaks, ""]

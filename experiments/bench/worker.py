@@ -103,11 +103,11 @@ def setup(workdir: pathlib.Path, models: list[str]) -> dict:
 
 # ------------------------------------------------------------------------------------ peaks
 
-def peak_ftjax(n: int = 4096, repeats: int = 5) -> dict:
+def peak_ftjax(n: int = 4096, repeats: int = 5, dtype: str = "float32") -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32).astype(dtype)
   dot = jax.jit(jnp.dot)
   dot(a, b).block_until_ready()
   times = []
@@ -116,13 +116,14 @@ def peak_ftjax(n: int = 4096, repeats: int = 5) -> dict:
     dot(a, b).block_until_ready()
     times.append(time.perf_counter() - t)
   return {"gflops": 2 * n ** 3 / min(times) / 1e9, "n": n, **summarize(times),
-          "device": str(jax.devices()[0])}
+          "device": str(jax.devices()[0]), "peak_dtype": dtype}
 
 
-def peak_torch(n: int = 4096, repeats: int = 5, device: str = "cpu") -> dict:
+def peak_torch(n: int = 4096, repeats: int = 5, device: str = "cpu",
+               dtype: str = "float32") -> dict:
   import torch  # pylint: disable=g-import-not-at-top
-  a = torch.randn(n, n, device=device)
-  b = torch.randn(n, n, device=device)
+  a = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
+  b = torch.randn(n, n, device=device, dtype=getattr(torch, dtype))
   sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
   a @ b
   sync()
@@ -132,7 +133,8 @@ def peak_torch(n: int = 4096, repeats: int = 5, device: str = "cpu") -> dict:
     a @ b
     sync()
     times.append(time.perf_counter() - t)
-  return {"gflops": 2 * n ** 3 / min(times) / 1e9, "n": n, **summarize(times), "device": device}
+  return {"gflops": 2 * n ** 3 / min(times) / 1e9, "n": n, **summarize(times), "device": device,
+          "peak_dtype": dtype}
 
 
 # ------------------------------------------------------------------------------------ ftjax
@@ -250,6 +252,7 @@ def ftjax_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
 
   rss_compile = peak_rss_mib()
   reset_peak_rss()
+  device_mem = _jax_device_peak_mib()
 
   def run_step():
     nonlocal state
@@ -279,7 +282,15 @@ def ftjax_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
           "rss_load_mib": rss_load,
           "rss_compile_mib": rss_compile,
           "rss_reset": reset, "device": str(jax.devices()[0]),
+          "device_peak_mib": _jax_device_peak_mib() if device_mem is not None else None,
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
+
+
+def _jax_device_peak_mib():
+  """Peak device memory of the process on an accelerator (None on CPU, which keeps no stats)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats["peak_bytes_in_use"] / 2 ** 20 if "peak_bytes_in_use" in stats else None
 
 
 def ftjax_generate(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
@@ -377,6 +388,9 @@ def torch_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
   batch = {k: v.to(device) for k, v in batch.items()}
   rss_load = peak_rss_mib()
   reset = reset_peak_rss()
+  cuda = device.startswith("cuda")
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
 
   def run_step():
     optimizer.zero_grad(set_to_none=True)
@@ -405,6 +419,7 @@ def torch_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
                      "total": sum(p.numel() for p in model.parameters())},
           "rss_load_mib": rss_load, "rss_reset": reset, "device": device,
           "threads": torch.get_num_threads(), "adamw": args.torch_adamw,
+          "device_peak_mib": torch.cuda.max_memory_allocated() / 2 ** 20 if cuda else None,
           "attn_implementation": getattr(base.config, "_attn_implementation", None)}
 
 
@@ -462,6 +477,7 @@ def main(argv=None) -> None:
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--threads", type=int, default=os.cpu_count())
   p.add_argument("--torch_device", default="auto")
+  p.add_argument("--peak_n", type=int, default=4096, help="matmul peak: n x n x n, --dtype")
   p.add_argument("--torch_adamw", default="fused", choices=("fused", "foreach", "loop"))
   p.add_argument("--profile_dir", default="",
                  help="ftjax training: jax.profiler trace of the timed steps")
@@ -480,8 +496,8 @@ def main(argv=None) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     result = {"setup": setup(workdir, args.models.split(","))}
   elif args.workload == "peak":
-    result = (peak_ftjax() if args.framework == "ftjax"
-              else peak_torch(device=_torch_setup(args)[1]))
+    result = (peak_ftjax(args.peak_n, dtype=args.dtype) if args.framework == "ftjax"
+              else peak_torch(args.peak_n, device=_torch_setup(args)[1], dtype=args.dtype))
     if args.framework == "torch":
       import torch  # pylint: disable=g-import-not-at-top
       result["threads"] = torch.get_num_threads()

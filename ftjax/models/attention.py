@@ -127,16 +127,21 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
     [B, T, N * D] in v's dtype.
   """
   b, t, n, d = q.shape
-  kv = k.shape[2]
-  q = q.reshape(b, t, kv, n // kv, d)
-  # Scores and softmax in fp32; no materialised repeat of k/v for GQA.
-  scores = jnp.einsum('btkgd,bskd->bkgts', q * jnp.asarray(scale, q.dtype), k,
-                      preferred_element_type=jnp.float32)
-  scores = jnp.where(mask[:, :, None], scores, MASK_VALUE)
+  s, kv = k.shape[1], k.shape[2]
+  g = n // kv
+  # Heads-major: one transpose in, one out, and both einsums are plain batched matmuls over
+  # (B, KV) with the G query heads of a group stacked along M (no materialised repeat of k/v).
+  # A [B, T, KV, G, D] layout made XLA transpose around every dot, forward and backward.
+  q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4)
+  q = q.reshape(b, kv, g * t, d)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
+  # Scores and softmax in fp32.
+  scores = jnp.einsum('bkmd,bksd->bkms', q, k, preferred_element_type=jnp.float32)
+  scores = jnp.where(mask[:, :, None], scores.reshape(b, kv, g, t, s), MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)
-  probs = dropout(dropout_rate, probs, rngs)
-  out = jnp.einsum('bkgts,bskd->btkgd', probs.astype(v.dtype), v)
-  return out.reshape(b, t, n * d)
+  probs = dropout(dropout_rate, probs, rngs).reshape(b, kv, g * t, s)
+  out = jnp.einsum('bkms,bksd->bkmd', probs.astype(v.dtype), v)
+  return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, n * d)
 
 
 def update_kv(cache: kv_cache_lib.LayerCache | None, k, v):

@@ -37,7 +37,7 @@ from ftjax.models import layers
 
 # Activation name in HF `config.json` -> function. `gelu` is exact (erf).
 ACTIVATIONS = {
-    'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+    'gelu': layers.gelu_exact,
     'gelu_new': lambda x: jax.nn.gelu(x, approximate=True),
     'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True),
     'relu': jax.nn.relu,

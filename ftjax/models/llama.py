@@ -33,7 +33,7 @@ from ftjax.models import kv_cache as kv_cache_lib
 from ftjax.models import rope as rope_lib
 
 ACTIVATIONS = {'silu': jax.nn.silu, 'swish': jax.nn.silu,
-               'gelu': lambda x: jax.nn.gelu(x, approximate=False),
+               'gelu': layers.gelu_exact,
                'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True)}
 
 MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')

@@ -56,7 +56,10 @@ def token_losses(out, targets):
   out = out.astype(jnp.float32)
   log_z = jax.nn.logsumexp(out, axis=-1)
   target_logit = jnp.take_along_axis(out, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
-  return log_z - target_logit, (out.argmax(-1) == targets).astype(jnp.float32)
+  # Correct when the target's logit is the largest: a max (which logsumexp already reduces)
+  # instead of an argmax pass over [B, T, V]. A tie for the top counts as correct.
+  correct = target_logit >= out.max(axis=-1)
+  return log_z - target_logit, correct.astype(jnp.float32)
 
 
 def train_loss(model, batch, rngs):
