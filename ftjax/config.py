@@ -41,6 +41,9 @@ def base_config() -> ConfigDict:
   # "nothing_saveable" (= "full") or "save_qkv_proj" (see ftjax/models/layer_stack.py).
   c.model.scan_layers = False
   c.model.remat = "none"
+  # Decoder attention: "xla" (portable) or "cudnn" (fused flash attention on NVIDIA GPUs, needs
+  # model.dtype bfloat16; saves the [B, heads, T, T] probabilities a backward pass otherwise keeps).
+  c.model.attention = "xla"
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -302,6 +305,12 @@ def validate(cfg: ConfigDict) -> None:
   layer_stack.check_remat(cfg.model.remat)
   _require(isinstance(cfg.model.scan_layers, bool), "model.scan_layers",
            f"must be true or false, got {cfg.model.scan_layers!r}")
+  from ftjax.models import attention  # pylint: disable=g-import-not-at-top
+  impl = cfg.model.get("attention", "xla")
+  _require(impl in attention.IMPLEMENTATIONS, "model.attention",
+           f"must be one of {attention.IMPLEMENTATIONS}, got '{impl}'")
+  _require(impl != "cudnn" or cfg.model.dtype == "bfloat16", "model.attention",
+           f"'cudnn' runs in bfloat16 only; set model.dtype=bfloat16 (got '{cfg.model.dtype}')")
   from ftjax import tasks  # pylint: disable=g-import-not-at-top
   _require(cfg.model.task in tasks.names(), "model.task",
            f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.names())}")

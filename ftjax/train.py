@@ -30,6 +30,7 @@ from ftjax.early_stopping import EarlyStopping
 from ftjax.errors import RunError, UserError
 from ftjax.metric_writers import MetricWriter, write_json
 from ftjax.preemption import PreemptionGuard
+from ftjax.models import attention
 from ftjax.models import layer_stack
 from ftjax.models import registry as model_registry
 from ftjax.weights import gguf
@@ -202,6 +203,11 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
   # with the trainable split decided on the unscanned paths.
   layer_stack.set_remat(model, cfg.model.remat)
+  attention_impl = cfg.model.get("attention", "xla")
+  if attention.set_implementation(model, attention_impl) == 0 and attention_impl != "xla":
+    raise UserError(f"config key 'model.attention' = '{attention_impl}': "
+                    f"{type(model).__name__} has no decoder attention (only Llama-family and "
+                    "GPT-2 models run it); use 'xla'")
   trainable = trainable_filter(method, cfg.method.freeze)
   if cfg.model.scan_layers:
     model, trainable = layer_stack.stack_with_filter(

@@ -112,8 +112,27 @@ def dropout(rate: float, x, rngs):
   return nnx.Dropout(rate, deterministic=False)(x, rngs=rngs)
 
 
+# `model.attention` values: "xla" is the einsum attention below, compiled by XLA on any backend
+# (it keeps the [B, N, T, S] probabilities for the backward pass); "cudnn" is cuDNN's fused
+# flash attention through `jax.nn.dot_product_attention` (NVIDIA GPUs, bf16/fp16, head dim
+# <= 128), which never materialises them.
+IMPLEMENTATIONS = ('xla', 'cudnn')
+
+
+def set_implementation(model, impl: str) -> int:
+  """Sets `attention_impl` on every attention module of `model` (in place); returns how many."""
+  if impl not in IMPLEMENTATIONS:
+    raise ValueError(f'attention implementation {impl!r}; known: {", ".join(IMPLEMENTATIONS)}')
+  found = 0
+  for _, module in nnx.iter_graph(model):
+    if isinstance(module, nnx.Module) and hasattr(module, 'attention_impl'):
+      module.attention_impl = impl
+      found += 1
+  return found
+
+
 def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
-           rngs=None):
+           rngs=None, impl: str = 'xla'):
   """Grouped-query attention.
 
   Args:
@@ -122,10 +141,14 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
     mask: boolean [B, 1, T, S] from `Layout.mask`.
     scale: multiplies the scores (1/sqrt(D) usually).
     dropout_rate: attention-probability dropout, applied only with `rngs`.
+    impl: one of `IMPLEMENTATIONS`. Attention-probability dropout always runs
+      the "xla" path (the fused kernel's dropout stream is its own).
 
   Returns:
     [B, T, N * D] in v's dtype.
   """
+  if impl != 'xla' and not (rngs is not None and dropout_rate > 0.0):
+    return fused(q, k, v, mask, scale=scale, implementation=impl)
   b, t, n, d = q.shape
   s, kv = k.shape[1], k.shape[2]
   g = n // kv
@@ -142,6 +165,18 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
   probs = dropout(dropout_rate, probs, rngs).reshape(b, kv, g * t, s)
   out = jnp.einsum('bkms,bksd->bkmd', probs.astype(v.dtype), v)
   return out.reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4).reshape(b, t, n * d)
+
+
+def fused(q, k, v, mask, *, scale: float, implementation: str):
+  """`attend` through `jax.nn.dot_product_attention` (same shapes and GQA head mapping).
+
+  The boolean mask becomes a finite large-negative bias inside, so a query that sees no key (a
+  padding row) gets a uniform softmax, as in `attend`.
+  """
+  b, t, n, d = q.shape
+  out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                     implementation=implementation)
+  return out.reshape(b, t, n * d)
 
 
 def update_kv(cache: kv_cache_lib.LayerCache | None, k, v):

@@ -114,6 +114,7 @@ class GPT2Attention(nnx.Module):
 
   def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.attention_impl = 'xla'  # `attention.set_implementation` (config `model.attention`)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ('embed', 'heads'),
                           **kw)
@@ -134,7 +135,8 @@ class GPT2Attention(nnx.Module):
     if cfg.scale_attn_by_inverse_layer_idx:
       scale = scale / (layer + 1)
     out = attention.attend(q, k, v, layout.mask(), scale=scale,
-                           dropout_rate=cfg.attn_pdrop, rngs=rngs)
+                           dropout_rate=cfg.attn_pdrop, rngs=rngs,
+                           impl=self.attention_impl if cache is None else 'xla')
     out = self.c_proj(out.reshape(b * t, -1))
     return attention.dropout(cfg.resid_pdrop, out, rngs), (k, v)
 

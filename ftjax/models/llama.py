@@ -211,6 +211,7 @@ class LlamaAttention(nnx.Module):
 
   def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.attention_impl = 'xla'  # `attention.set_implementation` (config `model.attention`)
     h, d = cfg.hidden_size, cfg.head_dim
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -248,7 +249,8 @@ class LlamaAttention(nnx.Module):
     k, v = attention.update_kv(cache, k, v)
     out = attention.attend(
         q, k, v, layout.mask(window), scale=d ** -0.5,
-        dropout_rate=cfg.attention_dropout, rngs=rngs)
+        dropout_rate=cfg.attention_dropout, rngs=rngs,
+        impl=self.attention_impl if cache is None else 'xla')  # decoding: tiny T, no backward
     return self.o_proj(out.reshape(b * t, -1)), (k, v)
 
 
