@@ -48,7 +48,9 @@ def prepare(data_cfg) -> tfds.core.DatasetBuilder:
   """
   builder = get_builder(data_cfg)
   if builder.is_prepared():
-    return builder
+    # Another process may have finished the build between this builder's construction (which
+    # then found no dataset info on disk) and the check: a new builder reads the finished info.
+    return builder if builder.info.splits else get_builder(data_cfg)
   locks = pathlib.Path(paths.data_dir_or_default(data_cfg.data_dir)) / ".locks"
   locks.mkdir(parents=True, exist_ok=True)
   key = hashlib.sha256(str(builder.data_dir).encode()).hexdigest()[:16]

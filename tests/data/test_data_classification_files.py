@@ -148,3 +148,17 @@ def test_concurrent_runs_prepare_the_same_data_once(tmp_path, make_data_cfg, wri
   for p, (out, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-2000:]
     assert "EXAMPLES 150" in out, out
+
+
+def test_a_builder_made_before_another_process_finished_is_not_returned(
+    tmp_path, make_data_cfg, write_jsonl, monkeypatch):
+  # The race behind a flaky concurrent run: this process makes its builder while the dataset is
+  # not on disk yet (so the builder has no split info), another process finishes the build, and
+  # the check then finds the dataset prepared. `prepare` must not hand out the empty builder.
+  cfg = make_data_cfg(files={"train": write_jsonl(tmp_path / "train.jsonl", ROWS * 2)})
+  stale = builders.get_builder(cfg)
+  builders.get_builder(cfg).download_and_prepare(file_format="array_record")  # "the other process"
+  assert stale.is_prepared() and not stale.info.splits
+  original, handed = builders.get_builder, iter([stale])
+  monkeypatch.setattr(builders, "get_builder", lambda c: next(handed, None) or original(c))
+  assert builders.prepare(cfg).info.splits["train"].num_examples == 6
