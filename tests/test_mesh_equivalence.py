@@ -310,6 +310,10 @@ def test_every_method_on_a_2x2x2_mesh_matches_1_device(results, model, method):
              else "params/model.layers.0.self_attn.q_proj")
     assert specs[f"{query}.lora_a"] == ["fsdp", None], specs
     assert specs[f"{query}.lora_b"] == [None, "tensor"], specs
+  if method == "qlora":  # the quantized base is stored in row blocks along the kernel's fsdp axis
+    stored = query.replace("params/", "frozen/", 1)
+    assert specs[f"{stored}.q_codes"] == ["fsdp"], specs
+    assert specs[f"{stored}.q_scales"] == ["fsdp"], specs
 
 
 def test_every_case_ran(results):

@@ -47,10 +47,14 @@ class QLoRALinear(lora_layers.LoRALinear):
     self.kernel_meta = tuple(sorted(linear.kernel.get_metadata().items()))
     q = quant.quantize(linear.kernel[...], kind, block_size, double_quant, DOUBLE_QUANT_BLOCK)
     del self.kernel  # the full-precision kernel is gone: only the quantized copy stays
-    self.q_codes = QuantizedWeight(q.codes)
-    self.q_scales = QuantizedWeight(q.scales)
-    self.q_scales_scale = None if q.scales_scale is None else QuantizedWeight(q.scales_scale)
-    self.q_scales_mean = None if q.scales_mean is None else QuantizedWeight(q.scales_mean)
+    # Codes and scales are flat in the kernel's row-major order, so a contiguous chunk is a block
+    # of rows: they shard like the kernel's input axis (`embed` -> `fsdp` by default), and FSDP
+    # keeps 1/N of the quantized base per device. A length the axis does not divide stays whole.
+    rows = (dict(self.kernel_meta).get('out_sharding') or (None,))[0]
+    store = lambda x: None if x is None else QuantizedWeight(
+        x, out_sharding=(rows,), eager_sharding=False)
+    self.q_codes, self.q_scales = store(q.codes), store(q.scales)
+    self.q_scales_scale, self.q_scales_mean = store(q.scales_scale), store(q.scales_mean)
 
   def quantized(self) -> quant.Quantized:
     opt = lambda v: None if v is None else v[...]
