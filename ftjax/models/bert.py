@@ -169,8 +169,8 @@ class BertEmbeddings(nnx.Module):
           + ' exceeds max_position_embeddings '
           f'{self.cfg.max_position_embeddings} of the BERT model')
     x = (inputs_embeds
-         + self.position_embeddings(jnp.arange(offset, offset + seq_len))[None]
-         + self.token_type_embeddings(token_type_ids))
+         + layers.embed_rows(self.position_embeddings, offset, seq_len)[None]
+         + layers.embed_few(self.token_type_embeddings, token_type_ids))
     x = self.LayerNorm(x)
     return _dropout(self.cfg.hidden_dropout_prob, x, rngs)
 

@@ -14,6 +14,31 @@ def gelu_exact(x):
   return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(0.7071067811865476, x.dtype)))
 
 
+def _table(embed: nnx.Embed):
+  table = embed.embedding[...]
+  return table.astype(embed.dtype) if embed.dtype is not None else table
+
+
+def embed_rows(embed: nnx.Embed, start: int, length: int):
+  """Rows start .. start + length - 1 of an embedding table, [length, H].
+
+  A slice, not a gather of `arange` indices: its gradient is a pad where the gather's is a
+  scatter-add.
+  """
+  return jax.lax.slice_in_dim(_table(embed), start, start + length, axis=0)
+
+
+def embed_few(embed: nnx.Embed, ids):
+  """Lookup in a table of a few rows (BERT's token types) as an exact one-hot contraction.
+
+  A gather's gradient is a scatter-add whose B * T updates all land on those few rows: on a GPU
+  that serialises on atomics. The contraction's gradient is one small matmul.
+  """
+  table = _table(embed)
+  one_hot = jax.nn.one_hot(ids, table.shape[0], dtype=table.dtype)
+  return jnp.einsum('...v,vh->...h', one_hot, table, precision=jax.lax.Precision.HIGHEST)
+
+
 class Fp32LayerNorm(nnx.LayerNorm):
   """`nnx.LayerNorm` with fp32 statistics, output cast back to the compute dtype.
 
