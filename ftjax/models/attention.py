@@ -141,13 +141,15 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
     mask: boolean [B, 1, T, S] from `Layout.mask`.
     scale: multiplies the scores (1/sqrt(D) usually).
     dropout_rate: attention-probability dropout, applied only with `rngs`.
-    impl: one of `IMPLEMENTATIONS`. Attention-probability dropout always runs
-      the "xla" path (the fused kernel's dropout stream is its own).
+    impl: one of `IMPLEMENTATIONS`. Attention-probability dropout, and a
+      traced scale (GPT-2's per-layer scaling in a scanned stack; the fused
+      kernel takes a constant), run the "xla" path.
 
   Returns:
     [B, T, N * D] in v's dtype.
   """
-  if impl != 'xla' and not (rngs is not None and dropout_rate > 0.0):
+  if (impl != 'xla' and not (rngs is not None and dropout_rate > 0.0)
+      and isinstance(scale, (int, float))):
     return fused(q, k, v, mask, scale=scale, implementation=impl)
   b, t, n, d = q.shape
   s, kv = k.shape[1], k.shape[2]
