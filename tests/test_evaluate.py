@@ -11,7 +11,7 @@ import pytest
 from ftjax import eval_slices, evaluate, train
 from ftjax.config import base_config
 from ftjax.errors import UserError
-from tiny_assets import make_sentiment_rows, write_jsonl
+from tiny_assets import files_config, make_sentiment_rows, write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,12 +28,7 @@ def files(tmp_path_factory):
 
 
 def tiny_config(model_dir, files, cache):
-  c = base_config()
-  c.model.checkpoint = str(model_dir)
-  c.data.name = "files"
-  c.data.files.train = str(files["train"])
-  c.data.files.validation = str(files["validation"])
-  c.data.test_split = ""
+  c = files_config(model_dir, files)
   c.data.max_length = 16
   c.data.bucket_boundaries = (8, 16)
   c.data.data_dir = str(cache)

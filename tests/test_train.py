@@ -6,17 +6,12 @@ import pytest
 
 from ftjax import checkpoint as ckpt_lib
 from ftjax import train
-from ftjax.config import base_config
+from tiny_assets import files_config
 
 
 def tiny_config(model_dir, files, *, steps=6, method="full"):
-  c = base_config()
-  c.model.checkpoint = str(model_dir)
+  c = files_config(model_dir, files)
   c.method.name = method
-  c.data.name = "files"
-  c.data.files.train = str(files["train"])
-  c.data.files.validation = str(files["validation"])
-  c.data.test_split = ""
   c.data.max_length = 16
   c.data.bucket_boundaries = (8, 16)
   c.train.steps = steps

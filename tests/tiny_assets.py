@@ -9,6 +9,18 @@ POSITIVE = ("good", "great", "fine", "superb", "lovely")
 NEGATIVE = ("bad", "awful", "poor", "dull", "boring")
 
 
+def files_config(model_dir, files):
+  """The trainer's base config on local train/validation files (`data.name=files`), no test split."""
+  from ftjax.config import base_config  # pylint: disable=g-import-not-at-top
+  c = base_config()
+  c.model.checkpoint = str(model_dir)
+  c.data.name = "files"
+  c.data.files.train = str(files["train"])
+  c.data.files.validation = str(files["validation"])
+  c.data.test_split = ""
+  return c
+
+
 def save_wordpiece_tokenizer(path: pathlib.Path, words) -> dict[str, int]:
   """A BERT-style fast tokenizer ([CLS] a [SEP] b [SEP], type ids) saved to `path`."""
   from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors  # pylint: disable=g-import-not-at-top

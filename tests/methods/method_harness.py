@@ -15,9 +15,9 @@ import numpy as np
 from flax import nnx
 
 from ftjax import sharding, train
-from ftjax.config import base_config
 from ftjax.methods import base as methods_base
 from ftjax.models import registry
+from tiny_assets import files_config
 
 HIDDEN, INTERMEDIATE, LAYERS, LABELS = 32, 64, 2, 2
 HEAD = HIDDEN * LABELS + LABELS
@@ -25,15 +25,11 @@ HEAD = HIDDEN * LABELS + LABELS
 
 def _files_config(model_dir, files, *, data, method, steps, lr, max_length, batch_size, options):
   """A method on local train/validation files, one padded shape (one compilation)."""
-  c = base_config()
-  c.model.checkpoint = str(model_dir)
+  c = files_config(model_dir, files)
   c.method.name = method
   for key, value in options.items():
     c.method[method][key] = value
   c.data.name = data
-  c.data.files.train = str(files["train"])
-  c.data.files.validation = str(files["validation"])
-  c.data.test_split = ""
   c.data.max_length = max_length
   c.data.bucket_boundaries = (max_length,)
   c.data.padding = "max_length"

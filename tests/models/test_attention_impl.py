@@ -14,20 +14,15 @@ import torch
 import transformers
 
 from ftjax import generate, train
-from ftjax.config import base_config, validate
+from ftjax.config import validate
 from ftjax.errors import UserError
 from ftjax.models import attention
 from ftjax.models import registry
-
+from tiny_assets import files_config
 
 
 def _bert_config(model_dir, files):
-  cfg = base_config()
-  cfg.model.checkpoint = str(model_dir)
-  cfg.data.name = "files"
-  cfg.data.files.train = str(files["train"])
-  cfg.data.files.validation = str(files["validation"])
-  cfg.data.test_split = ""
+  cfg = files_config(model_dir, files)
   cfg.model.attention = "cudnn"
   return cfg
 
