@@ -50,7 +50,7 @@ def main() -> int:
 
   w = common.WORKLOADS["smollm2_full"]
   ckpt = pathlib.Path(args.workdir) / w.model
-  results = {}
+  results = []  # per implementation: {batch name: (loss, grad norm)}
   impls = args.impls.split(",")
   for impl in impls:
     step, state, batch, _ = worker.build_ftjax_train(w, ckpt, "bfloat16",
@@ -59,9 +59,9 @@ def main() -> int:
     packed = sharding.put_batch(packed_batch(w.batch, w.seq, common.MODELS[w.model]["vocab_size"]),
                                 jax.tree.leaves(batch)[0].sharding)
     _, pad = step(state, packed)
-    results[len(results)] = {name: (float(m["loss"]), float(m["grad_norm"]))
-                     for name, m in (("full rows", full), ("packed + padded", pad))}
-    print(impl, results[len(results) - 1], flush=True)
+    results.append({name: (float(m["loss"]), float(m["grad_norm"]))
+                    for name, m in (("full rows", full), ("packed + padded", pad))})
+    print(impl, results[-1], flush=True)
   bad = 0
   for name in results[0]:
     (lx, gx), (lc, gc) = results[0][name], results[1][name]

@@ -252,7 +252,6 @@ def ftjax_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
 
   rss_compile = peak_rss_mib()
   reset_peak_rss()
-  device_mem = _jax_device_peak_mib()
 
   def run_step():
     nonlocal state
@@ -282,7 +281,7 @@ def ftjax_train(w: common.Workload, ckpt: pathlib.Path, args) -> dict:
           "rss_load_mib": rss_load,
           "rss_compile_mib": rss_compile,
           "rss_reset": reset, "device": str(jax.devices()[0]),
-          "device_peak_mib": _jax_device_peak_mib() if device_mem is not None else None,
+          "device_peak_mib": _jax_device_peak_mib(),
           "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
