@@ -69,15 +69,16 @@ def find_token_embedding(model: nnx.Module, method: str) -> tuple[tuple[Any, ...
 
 def cache_layout(model: nnx.Module) -> tuple[int, int, int]:
   """(layers, kv heads, head dim) of the model's KV cache, read from its shapes."""
-  keys = jax.eval_shape(lambda: model.init_cache(1, 1)).k  # one [B, S, kv, d] per layer
-  return (len(keys),) + tuple(keys[0].shape[2:])
+  keys = jax.eval_shape(lambda: model.init_cache(1, 1)).k  # one [B, kv, S, d] per layer
+  _, kv_heads, _, head_dim = keys[0].shape
+  return len(keys), kv_heads, head_dim
 
 
 def write_entries(cache: kv_cache_lib.KVCache, keys, values) -> kv_cache_lib.KVCache:
   """Writes n entries (per layer keys/values [B, n, kv, d]) at the cache's index as real tokens
   of segment 1 at positions 0..n-1; every later token of segment 1 attends to them."""
   b, n = keys[0].shape[:2]
-  put = lambda buffers, new: tuple(kv_cache_lib.write(buf, x, cache.index)
+  put = lambda buffers, new: tuple(kv_cache_lib.write_kv(buf, x, cache.index)
                                    for buf, x in zip(buffers, new))
   positions = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   return dataclasses.replace(

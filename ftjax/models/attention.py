@@ -136,8 +136,9 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
   """Grouped-query attention.
 
   Args:
-    q: [B, T, N, D] queries; k, v: [B, S, KV, D] with N a multiple of KV
-      (query head h reads kv head h // (N // KV), as HF's `repeat_kv`).
+    q: [B, T, N, D] queries; k, v: heads-major [B, KV, S, D] (from
+      `update_kv`) with N a multiple of KV (query head h reads kv head
+      h // (N // KV), as HF's `repeat_kv`).
     mask: boolean [B, 1, T, S] from `Layout.mask`.
     scale: multiplies the scores (1/sqrt(D) usually).
     dropout_rate: attention-probability dropout, applied only with `rngs`.
@@ -152,14 +153,13 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
       and isinstance(scale, (int, float))):
     return fused(q, k, v, mask, scale=scale, implementation=impl)
   b, t, n, d = q.shape
-  s, kv = k.shape[1], k.shape[2]
+  kv, s = k.shape[1], k.shape[2]
   g = n // kv
   # Heads-major: one transpose in, one out, and both einsums are plain batched matmuls over
   # (B, KV) with the G query heads of a group stacked along M (no materialised repeat of k/v).
   # A [B, T, KV, G, D] layout made XLA transpose around every dot, forward and backward.
   q = (q * jnp.asarray(scale, q.dtype)).reshape(b, t, kv, g, d).transpose(0, 2, 3, 1, 4)
   q = q.reshape(b, kv, g * t, d)
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, S, D]
   # Scores and softmax in fp32.
   scores = jnp.einsum('bkmd,bksd->bkms', q, k, preferred_element_type=jnp.float32)
   scores = jnp.where(mask[:, :, None], scores.reshape(b, kv, g, t, s), MASK_VALUE)
@@ -176,15 +176,18 @@ def fused(q, k, v, mask, *, scale: float, implementation: str):
   padding row) gets a uniform softmax, as in `attend`.
   """
   b, t, n, d = q.shape
+  # The kernel takes [B, S, KV, D]; XLA folds this transpose into `update_kv`'s.
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
                                      implementation=implementation)
   return out.reshape(b, t, n * d)
 
 
 def update_kv(cache: kv_cache_lib.LayerCache | None, k, v):
-  """Writes this layer's new k/v into its cache slots; returns the keys/values to
-  attend over (the layer's whole cache, or just k/v without one)."""
+  """Writes this layer's new k/v [B, T, KV, D] into its cache slots; returns the
+  heads-major [B, KV, S, D] keys/values to attend over (the layer's whole cache,
+  or just k/v without one)."""
   if cache is None:
-    return k, v
-  return (kv_cache_lib.write(cache.k, k, cache.index),
-          kv_cache_lib.write(cache.v, v, cache.index))
+    return k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  return (kv_cache_lib.write_kv(cache.k, k, cache.index),
+          kv_cache_lib.write_kv(cache.v, v, cache.index))

@@ -4,7 +4,9 @@ Every array has a fixed shape, so prefill (T prompt tokens) and each decode
 step (T=1) reuse one compiled function per T: nothing grows per token.
 
 Layout (all rows share one write index because generation left-pads):
-  k, v:        per layer [B, max_len, kv_heads, head_dim], compute dtype.
+  k, v:        per layer [B, kv_heads, max_len, head_dim], compute dtype:
+               heads-major, the layout of attention's batched matmuls, so a
+               decode step reads the cache without transposing all of it.
   segment_ids: [B, max_len] int32; 0 = unwritten slot or padding, else the
                segment (1 for plain sequences). Keys attend only within the
                same non-zero segment.
@@ -59,7 +61,7 @@ class LayerCache(NamedTuple):
 def init_cache(num_layers: int, batch_size: int, max_length: int,
                kv_heads: int, head_dim: int, dtype) -> KVCache:
   """An empty cache: no slot written."""
-  shape = (batch_size, max_length, kv_heads, head_dim)
+  shape = (batch_size, kv_heads, max_length, head_dim)
   return KVCache(
       k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
       v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
@@ -73,3 +75,10 @@ def write(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
   """Writes `new` [B, T, ...] into `buffer` [B, S, ...] at slot `index`."""
   start = (0, index) + (0,) * (buffer.ndim - 2)
   return jax.lax.dynamic_update_slice(buffer, new.astype(buffer.dtype), start)
+
+
+def write_kv(buffer: jax.Array, new: jax.Array, index: jax.Array) -> jax.Array:
+  """Writes keys or values `new` [B, T, kv_heads, D] into a layer's heads-major
+  `buffer` [B, kv_heads, S, D] at slot `index`."""
+  return jax.lax.dynamic_update_slice(
+      buffer, new.transpose(0, 2, 1, 3).astype(buffer.dtype), (0, 0, index, 0))

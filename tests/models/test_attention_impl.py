@@ -42,6 +42,7 @@ def test_fused_matches_einsum_attention(window):
   segments = jnp.array([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 2, 2, 2, 2]])
   layout, _, _ = attention.make_layout(ids, mask, segment_ids=segments)
   m = layout.mask(window)
+  k, v = attention.update_kv(None, k, v)  # the heads-major keys/values both paths take
   ours = attention.attend(q, k, v, m, scale=0.3)
   fused = attention.fused(q, k, v, m, scale=0.3, implementation="xla")
   np.testing.assert_allclose(np.asarray(fused), np.asarray(ours), atol=1e-5)
