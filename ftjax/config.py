@@ -44,6 +44,10 @@ def base_config() -> ConfigDict:
   # Decoder attention: "xla" (portable) or "cudnn" (fused flash attention on NVIDIA GPUs, needs
   # model.dtype bfloat16; saves the [B, heads, T, T] probabilities a backward pass otherwise keeps).
   c.model.attention = "xla"
+  # Causal LMs: compute the loss over chunks of this many sequence positions, so the fp32
+  # [batch, positions, vocab] logits exist one chunk at a time (recomputed in the backward pass:
+  # one more LM-head matmul per step). 0 = all positions at once.
+  c.model.logits_chunk = 0
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -314,6 +318,11 @@ def validate(cfg: ConfigDict) -> None:
   from ftjax import tasks  # pylint: disable=g-import-not-at-top
   _require(cfg.model.task in tasks.names(), "model.task",
            f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.names())}")
+  chunk = cfg.model.get("logits_chunk", 0)
+  _require(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
+           "model.logits_chunk", f"must be an integer >= 0, got {chunk!r}")
+  _require(chunk == 0 or cfg.model.task == "causal_lm", "model.logits_chunk",
+           f"applies to model.task 'causal_lm' only (got task '{cfg.model.task}'); set it to 0")
   if cfg.method.freeze:
     try:
       re.compile(cfg.method.freeze)

@@ -203,6 +203,8 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
   # with the trainable split decided on the unscanned paths.
   layer_stack.set_remat(model, cfg.model.remat)
+  if cfg.model.get("logits_chunk", 0):  # read by the causal-LM task's loss (validated a causal LM)
+    model.logits_chunk = cfg.model.logits_chunk
   attention_impl = cfg.model.get("attention", "xla")
   if attention.set_implementation(model, attention_impl) == 0 and attention_impl != "xla":
     raise UserError(f"config key 'model.attention' = '{attention_impl}': "

@@ -108,20 +108,23 @@ class PrefilledDecoder(nnx.Module):
     return self.prefill(cache, rngs)
 
   def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
-               cache=None, rngs=None):
+               cache=None, rngs=None, return_hidden=False):
     """The wrapped decoder's call; without a cache, the real tokens come after the virtual ones
-    (positions shifted by n) and only their logits are returned."""
+    (positions shifted by n) and only their logits (or hidden states) are returned."""
     call = self.wrapped_class.__call__
     if cache is not None:  # generation: `init_cache` already holds the virtual entries
       return call(self, input_ids, attention_mask, positions=positions, segment_ids=segment_ids,
-                  cache=cache, rngs=rngs)
+                  cache=cache, rngs=rngs, return_hidden=return_hidden)
     b, t = jnp.shape(input_ids)
     cache = self.init_cache(b, t, rngs=rngs)
     if positions is not None:
       positions = jnp.asarray(positions) + self.num_virtual_tokens
-    logits, _ = call(self, input_ids, attention_mask, positions=positions,
-                     segment_ids=segment_ids, cache=cache, rngs=rngs)
-    return logits
+    out, _ = call(self, input_ids, attention_mask, positions=positions,
+                  segment_ids=segment_ids, cache=cache, rngs=rngs, return_hidden=return_hidden)
+    return out
+
+  def lm_logits(self, hidden):
+    return self.wrapped_class.lm_logits(self, hidden)
 
 
 def refuse_packing(method: str, cfg) -> None:

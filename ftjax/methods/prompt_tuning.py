@@ -90,7 +90,7 @@ class PromptTunedDecoder(prompt_layers.PrefilledDecoder):
     b = cache.lengths.shape[0]
     n = self.num_virtual_tokens
     ids = jnp.broadcast_to(self.vocab_size + jnp.arange(n, dtype=jnp.int32), (b, n))
-    _, cache = self.wrapped_class.__call__(self, ids, cache=cache, rngs=rngs)
+    _, cache = self.wrapped_class.__call__(self, ids, cache=cache, rngs=rngs, return_hidden=True)
     return cache
 
 

@@ -212,6 +212,7 @@ class GPT2LMHeadModel(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.config = config
     self.dtype = dtype
+    self.logits_chunk = 0  # config `model.logits_chunk`, read by the causal-LM loss
     self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype,
                                  rngs=rngs)
     self.lm_head = None if config.tie_word_embeddings else _linear(
@@ -228,12 +229,16 @@ class GPT2LMHeadModel(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, *, positions=None,
                segment_ids=None, cache: kv_cache_lib.KVCache | None = None,
-               rngs: nnx.Rngs | None = None):
-    """Same contract as `LlamaForCausalLM.__call__`: fp32 logits [B, T, V],
-    or (logits, new cache) when `cache` is given."""
+               rngs: nnx.Rngs | None = None, return_hidden: bool = False):
+    """Same contract as `LlamaForCausalLM.__call__`: fp32 logits [B, T, V]
+    (hidden states [B, T, H] with `return_hidden`), or (that, new cache) when
+    `cache` is given."""
     input_ids = jnp.asarray(input_ids)
     layout, positions, new_cache = attention.make_layout(
         input_ids, attention_mask, positions, segment_ids, cache)
     x, kvs = self.transformer(input_ids, layout, positions, cache, rngs)
-    logits = layers.lm_logits(x, self.transformer.wte, self.lm_head, self.dtype)
-    return finish(logits, kvs, new_cache)
+    return finish(x if return_hidden else self.lm_logits(x), kvs, new_cache)
+
+  def lm_logits(self, hidden):
+    """fp32 logits [B, T, vocab] of final hidden states [B, T, H]."""
+    return layers.lm_logits(hidden, self.transformer.wte, self.lm_head, self.dtype)

@@ -345,12 +345,12 @@ class LlamaModel(nnx.Module):
     return jnp.asarray(table, jnp.int32)[i]
 
 
-def finish(logits, kvs, cache):
-  """Assembles the (logits, new_cache) output of a cached forward."""
+def finish(out, kvs, cache):
+  """Assembles the (logits or hidden states, new_cache) output of a cached forward."""
   if cache is None:
-    return logits
+    return out
   ks, vs = zip(*kvs)
-  return logits, dataclasses.replace(cache, k=tuple(ks), v=tuple(vs))
+  return out, dataclasses.replace(cache, k=tuple(ks), v=tuple(vs))
 
 
 class LlamaForCausalLM(nnx.Module):
@@ -361,6 +361,7 @@ class LlamaForCausalLM(nnx.Module):
                param_dtype=jnp.float32, rngs: nnx.Rngs):
     self.config = config
     self.dtype = dtype
+    self.logits_chunk = 0  # config `model.logits_chunk`, read by the causal-LM loss
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
                             rngs=rngs)
     if config.tie_word_embeddings:
@@ -380,7 +381,7 @@ class LlamaForCausalLM(nnx.Module):
 
   def __call__(self, input_ids, attention_mask=None, *, positions=None,
                segment_ids=None, cache: kv_cache_lib.KVCache | None = None,
-               rngs: nnx.Rngs | None = None):
+               rngs: nnx.Rngs | None = None, return_hidden: bool = False):
     """Next-token logits.
 
     Args:
@@ -393,6 +394,8 @@ class LlamaForCausalLM(nnx.Module):
       cache: a `KVCache` from `init_cache`; the tokens are written at its
         index and attend to everything written before.
       rngs: an `nnx.Rngs` with a `dropout` stream enables dropout.
+      return_hidden: return the final hidden states [B, T, H] instead of the
+        logits (`lm_logits` maps them; the chunked loss calls it per chunk).
 
     Returns:
       fp32 logits [B, T, vocab], or (logits, new cache) when `cache` is given.
@@ -401,5 +404,8 @@ class LlamaForCausalLM(nnx.Module):
     layout, positions, new_cache = attention.make_layout(
         input_ids, attention_mask, positions, segment_ids, cache)
     x, kvs = self.model(input_ids, layout, positions, cache, rngs)
-    logits = layers.lm_logits(x, self.model.embed_tokens, self.lm_head, self.dtype)
-    return finish(logits, kvs, new_cache)
+    return finish(x if return_hidden else self.lm_logits(x), kvs, new_cache)
+
+  def lm_logits(self, hidden):
+    """fp32 logits [B, T, vocab] of final hidden states [B, T, H]."""
+    return layers.lm_logits(hidden, self.model.embed_tokens, self.lm_head, self.dtype)

@@ -40,18 +40,45 @@ def batch_counts(local_batch) -> tuple[int, int]:
   return int(np.unique(keys).size), int(np.asarray(local_batch["attention_mask"]).sum())
 
 
-def logits(model, batch, rngs=None):
+def logits(model, batch, rngs=None, **kw):
   return model(batch["input_ids"], batch["attention_mask"], positions=batch["positions"],
-               segment_ids=batch["segment_ids"], rngs=rngs)
+               segment_ids=batch["segment_ids"], rngs=rngs, **kw)
+
+
+def model_token_losses(model, batch, rngs=None):
+  """`token_losses` of the model on the batch, in chunks of `model.logits_chunk` positions
+  when the model has that set (config `model.logits_chunk`)."""
+  chunk = getattr(model, "logits_chunk", 0)
+  if not chunk:
+    return token_losses(logits(model, batch, rngs), batch["targets"])
+  hidden = logits(model, batch, rngs, return_hidden=True)
+  return chunked_token_losses(hidden, batch["targets"], model.lm_logits, chunk)
+
+
+def chunked_token_losses(hidden, targets, lm_logits, chunk: int):
+  """`token_losses(lm_logits(hidden), targets)` with only [B, chunk, V] fp32 logits live at a
+  time: a `lax.map` over chunks of `chunk` sequence positions (every row in each chunk, so a
+  batch sharded over rows stays so), each under `jax.checkpoint`, so the backward pass
+  recomputes a chunk's logits instead of keeping them (MaxText's and Liger's chunked
+  cross-entropy). [B, T, V] fp32 logits are 3.2 GB at 16 x 1024 x 49k; chunks of 128 positions
+  hold 0.4 GB. Costs one more LM-head matmul per step (the recomputation).
+  """
+  b, t, h = hidden.shape
+  n = -(-t // chunk)
+  pad = n * chunk - t  # padded positions get target 0 and are cut off below
+  xs = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, n, chunk, h).swapaxes(0, 1)
+  ys = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, n, chunk).swapaxes(0, 1)
+  one_chunk = jax.checkpoint(lambda xy: token_losses(lm_logits(xy[0]), xy[1]))
+  losses, correct = jax.lax.map(one_chunk, (xs, ys))  # each [n, B, chunk]
+  unchunk = lambda z: z.swapaxes(0, 1).reshape(b, n * chunk)[:, :t]
+  return unchunk(losses), unchunk(correct)
 
 
 def token_losses(out, targets):
   """Per-token cross-entropy and correctness, computed in float32. Shapes [B, T].
 
-  This materialises the [B, T, V] logits in float32 (B*T*V*4 bytes: 0.8 GB at 16 x 256 x 49k).
-  For bigger vocabularies or batches, compute the loss from the final hidden states in chunks
-  of T under `jax.checkpoint` / `jax.lax.map` (lm_head matmul + logsumexp per chunk), so only
-  one chunk of fp32 logits is ever live, as MaxText's and Liger's chunked cross-entropy do.
+  This materialises the [B, T, V] logits in float32 (B*T*V*4 bytes: 0.8 GB at 16 x 256 x 49k);
+  `chunked_token_losses` bounds that.
   """
   out = out.astype(jnp.float32)
   log_z = jax.nn.logsumexp(out, axis=-1)
@@ -68,7 +95,7 @@ def train_loss(model, batch, rngs):
   `aux["loss_weight"]` is the number of loss tokens the mean is over, so gradient accumulation
   weights microbatches exactly (the trainer pops it from the logged metrics).
   """
-  losses, correct = token_losses(logits(model, batch, rngs), batch["targets"])
+  losses, correct = model_token_losses(model, batch, rngs)
   weights = batch["loss_mask"].astype(jnp.float32)
   denominator = jnp.maximum(weights.sum(), 1.0)
   # `where`, not a product: a non-finite logit at a masked position must not poison the sum.
@@ -80,7 +107,7 @@ def train_loss(model, batch, rngs):
 def eval_sums(model, batch, dataset):
   """Summed loss, loss-token count and correctly predicted loss tokens of one batch."""
   del dataset
-  losses, correct = token_losses(logits(model, batch), batch["targets"])
+  losses, correct = model_token_losses(model, batch)
   weights = batch["loss_mask"].astype(jnp.float32)
   return {
       "loss_sum": jnp.where(weights > 0, losses * weights, 0.0).sum(),
