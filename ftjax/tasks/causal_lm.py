@@ -40,7 +40,9 @@ def batch_counts(local_batch) -> tuple[int, int]:
   return int(np.unique(keys).size), int(np.asarray(local_batch["attention_mask"]).sum())
 
 
-def logits(model, batch, rngs=None, **kw):
+def logits(model, batch, rngs=None, *, return_hidden=False):
+  """The model's fp32 logits [B, T, V] on the batch (final hidden states with `return_hidden`)."""
+  kw = {"return_hidden": True} if return_hidden else {}  # models without the option still work
   return model(batch["input_ids"], batch["attention_mask"], positions=batch["positions"],
                segment_ids=batch["segment_ids"], rngs=rngs, **kw)
 
