@@ -5,7 +5,8 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
 (trainable and frozen) of 1 device within 1e-5.
 
 - A tiny Llama (causal LM on tiny chat data; dims divisible by 8 so that every logical-axis
-  rule really shards) under full fine-tuning on all four meshes.
+  rule really shards) under full fine-tuning on all four meshes, and on the mixed mesh once more
+  with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
   tiny Llama, on the mixed (2,2,2) mesh. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -40,7 +41,11 @@ from ftjax.methods import registry as method_registry
 STEPS = 3
 ATOL = 1e-5
 ONE = (1, 1, 1)
-MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mixed": (2, 2, 2)}
+MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mixed": (2, 2, 2),
+          # The mixed mesh with the causal-LM loss in chunks (`model.logits_chunk`), against the
+          # unchunked 1-device run: chunking keeps the sharded batch axis whole.
+          "mixed_logits_chunk": (2, 2, 2)}
+LOGITS_CHUNK = 8  # positions per chunk: 3 chunks of the tiny Llama's 24
 MODELS = ("bert", "llama")
 METHODS = method_registry.names()  # a new method is covered without touching this file
 # Small options keep every case cheap; everything else is the method's default.
@@ -159,6 +164,8 @@ def config_for(model, method, mesh_name, assets):
   c.train.batch_size = 8
   c.optimizer.lr = 1e-3
   c.mesh.shape = mesh_shape(mesh_name)
+  if mesh_name.endswith("_logits_chunk"):
+    c.model.logits_chunk = LOGITS_CHUNK
   return c
 
 
@@ -283,11 +290,11 @@ def test_llama_full_fine_tuning_on_8_devices_matches_1(results, mesh_name):
   fsdp, tensor = sharded_along(specs, "fsdp"), sharded_along(specs, "tensor")
   if mesh_name == "data":
     assert not fsdp and not tensor, specs
-  if mesh_name in ("fsdp", "mixed"):
+  if mesh_name in ("fsdp", "mixed", "mixed_logits_chunk"):
     for key in ("params/model.embed_tokens.embedding", "params/model.layers.0.self_attn.q_proj.kernel",
                 "params/model.layers.1.mlp.down_proj.kernel"):
       assert key in fsdp, (key, specs)
-  if mesh_name in ("tensor", "mixed"):
+  if mesh_name in ("tensor", "mixed", "mixed_logits_chunk"):
     for key in ("params/model.embed_tokens.embedding", "params/model.layers.0.self_attn.q_proj.kernel",
                 "params/model.layers.0.self_attn.k_proj.bias", "params/model.layers.1.mlp.down_proj.kernel"):
       assert key in tensor, (key, specs)
