@@ -1,265 +1,47 @@
-"""Data quality report: counts, label balance, empty rows, duplicates, leakage, token lengths.
+"""Data quality report of a config's dataset (library: `ftjax.reports.data_quality`).
 
   python -m ftjax.data_report --config configs/quickstart.py [--out report.json] [--workdir DIR] \
       [--config.K=V ...]
 
-prints the report as markdown (and writes the JSON to `--out`, and both files to `--workdir`). The trainer calls
-`write(workdir, dataset, tokenizer, cfg)` at the start of a run, which writes
-`WORKDIR/data_report.json` and `WORKDIR/data_report.md` (included in `report.md`).
-
-A report is `{"task": ..., "max_length": ..., "splits": {split: stats}, "leakage": [...],
-"warnings": [...]}`. Each task registers a function in `SECTIONS` that turns its dataset into
-that shape; the statistics and the markdown are shared, so a chat section only has to say
-what its texts, labels (if any) and token lengths are.
+prints the report as markdown, writes the JSON to `--out`, and both files to `--workdir`.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
+import logging
 import pathlib
 
-import numpy as np
+from absl import flags
 
-from ftjax.data import text_norm
+from ftjax import cli, sources, tasks
+from ftjax.data.tokenization import load_tokenizer
+from ftjax.errors import UserError
 from ftjax.metric_writers import write_json
+from ftjax.reports import data_quality
 
-JSON_FILE = "data_report.json"
-MARKDOWN_FILE = "data_report.md"
-TRUNCATION_WARNING = 0.05  # warn when more than this share of a split is truncated
-IMBALANCE_WARNING = 3.0  # warn when the largest class is this many times the smallest
-_CHUNK = 2048
-
-
-def token_lengths(tokenizer, texts, pairs=None) -> np.ndarray:
-  """Untruncated token counts, special tokens included."""
-  out = []
-  for start in range(0, len(texts), _CHUNK):
-    enc = tokenizer(list(texts[start:start + _CHUNK]),
-                    list(pairs[start:start + _CHUNK]) if pairs is not None else None,
-                    truncation=False, padding=False, return_attention_mask=False,
-                    return_token_type_ids=False, verbose=False)
-    out.extend(len(ids) for ids in enc["input_ids"])
-  return np.asarray(out, np.int64)
-
-
-def length_stats(lengths: np.ndarray, max_length: int) -> dict:
-  if len(lengths) == 0:
-    return {"count": 0}
-  truncated = int((lengths > max_length).sum())
-  return {
-      "min": int(lengths.min()), "median": float(np.median(lengths)),
-      "p90": float(np.percentile(lengths, 90)), "p99": float(np.percentile(lengths, 99)),
-      "max": int(lengths.max()), "mean": float(lengths.mean()),
-      "truncated": truncated, "truncated_share": truncated / len(lengths),
-  }
+def _report(cfg) -> None:
+  if cfg.model.task not in data_quality.SECTIONS:
+    raise UserError(f"no data report for task '{cfg.model.task}' yet (config key model.task)")
+  tokenizer = load_tokenizer(sources.resolve(cfg.model.checkpoint))
+  dataset = tasks.get(cfg.model.task).load_data(cfg.data, tokenizer, seed=cfg.seed)
+  if cli.FLAGS.workdir:
+    report = data_quality.write(cli.FLAGS.workdir, dataset, tokenizer, cfg)
+  else:
+    report = data_quality.build(dataset, tokenizer, cfg)
+  if cli.FLAGS.out:
+    out = pathlib.Path(cli.FLAGS.out)
+    try:
+      write_json(out, report)
+    except OSError as e:
+      raise UserError(f"--out '{out}' is not writable: {e.strerror}") from None
+  print(data_quality.markdown(report), end="")
 
 
-def split_stats(keys: list[str], labels: list[int] | None, label_names, lengths: np.ndarray,
-                max_length: int) -> dict:
-  """Statistics of one split. `keys` are the texts (a pair joined by a separator)."""
-  normalized = [text_norm.normalize(k) for k in keys]
-  stats = {
-      "count": len(keys),
-      "empty": sum(1 for k in keys if not k.strip()),
-      "duplicates_exact": len(keys) - len(set(keys)),
-      "duplicates_normalized": len(keys) - len(set(normalized)),
-      "tokens": length_stats(lengths, max_length),
-  }
-  if labels is not None:
-    counts = collections.Counter(labels)
-    by_name = {str(name): counts.get(i, 0) for i, name in enumerate(label_names)}
-    stats["labels"] = by_name
-    stats["label_shares"] = {k: v / max(len(keys), 1) for k, v in by_name.items()}
-    labels_of = collections.defaultdict(set)
-    for key, label in zip(normalized, labels):
-      labels_of[key].add(label)
-    stats["conflicting_label_texts"] = sum(1 for s in labels_of.values() if len(s) > 1)
-  return stats
-
-
-def leakage(keys_by_split: dict[str, list[str]], order: list[str]) -> list[dict]:
-  """For each pair of splits (a before b): rows of b whose text also occurs in a."""
-  out = []
-  for a, b in itertools.combinations(order, 2):
-    exact_a = set(keys_by_split[a])
-    normalized_a = {text_norm.normalize(k) for k in exact_a}
-    out.append({
-        "split": b, "seen_in": a, "rows": len(keys_by_split[b]),
-        "exact": sum(1 for k in keys_by_split[b] if k in exact_a),
-        "normalized": sum(1 for k in keys_by_split[b] if text_norm.normalize(k) in normalized_a),
-    })
-  return out
-
-
-def split_order(splits, data_cfg) -> list[str]:
-  """Training split first, then eval, then test, then the rest alphabetically."""
-  preferred = [data_cfg.train_split, data_cfg.eval_split, data_cfg.test_split]
-  first = [s for s in preferred if s and s in splits]
-  return list(dict.fromkeys(first + sorted(s for s in splits if s not in first)))
-
-
-def warnings_of(report: dict) -> list[str]:
-  out = []
-  for split, s in report["splits"].items():
-    if s.get("empty"):
-      out.append(f"{split}: {s['empty']} empty rows")
-    if s.get("duplicates_normalized"):
-      out.append(f"{split}: {s['duplicates_normalized']} duplicate rows (normalised text)")
-    if s.get("conflicting_label_texts"):
-      out.append(f"{split}: {s['conflicting_label_texts']} texts appear with different labels")
-    share = s["tokens"].get("truncated_share", 0.0)
-    if share > TRUNCATION_WARNING:
-      out.append(f"{split}: {share:.1%} of rows are longer than data.max_length="
-                 f"{report['max_length']} tokens and get truncated")
-    counts = [c for c in s.get("labels", {}).values()]
-    if counts and min(counts) == 0:
-      empty = [k for k, c in s["labels"].items() if c == 0]
-      out.append(f"{split}: no examples of class(es) {', '.join(empty)}")
-    elif counts and max(counts) / min(counts) > IMBALANCE_WARNING:
-      out.append(f"{split}: label imbalance {max(counts) / min(counts):.1f}:1")
-  for leak in report["leakage"]:
-    if leak["normalized"]:
-      out.append(f"leakage: {leak['normalized']} of {leak['rows']} {leak['split']} rows also occur "
-                 f"in {leak['seen_in']} ({leak['exact']} exactly)")
-  return out
-
-
-def classification_section(dataset, tokenizer, cfg) -> dict:
-  """The report of a `ClassificationData` (needs its `rows(split)` and `label_names`)."""
-  order = split_order(dataset.split_sizes, cfg.data)
-  splits, keys_by_split = {}, {}
-  for split in order:
-    rows = dataset.rows(split)
-    texts = [r["text"] for r in rows]
-    pairs = [r["text_pair"] for r in rows] if rows and "text_pair" in rows[0] else None
-    keys = texts if pairs is None else [f"{t} || {p}" for t, p in zip(texts, pairs)]
-    lengths = token_lengths(tokenizer, texts, pairs)
-    splits[split] = split_stats(keys, [r["label"] for r in rows], dataset.label_names, lengths,
-                                cfg.data.max_length)
-    keys_by_split[split] = keys
-  return {"splits": splits, "leakage": leakage(keys_by_split, order),
-          "label_names": list(dataset.label_names)}
-
-
-def chat_section(dataset, tokenizer, cfg) -> dict:
-  """The report of a `ChatData`: conversations, skipped ones, rendered token lengths, leakage."""
-  del tokenizer  # the dataset renders with its own chat template
-  order = split_order(dataset.split_sizes, cfg.data)
-  splits, keys_by_split = {}, {}
-  for split in order:
-    keys = dataset.texts(split)
-    splits[split] = split_stats(keys, None, (), np.asarray(dataset.token_lengths(split)),
-                                cfg.data.max_length)
-    splits[split]["assistant_turns"] = sum(
-        sum(1 for m in c if m["role"] == "assistant") for c in dataset.conversations(split))
-    keys_by_split[split] = keys
-  return {"splits": splits, "leakage": leakage(keys_by_split, order),
-          "skipped_without_assistant_turn": dict(getattr(dataset, "skipped", {}) or {})}
-
-
-SECTIONS = {"classification": classification_section, "causal_lm": chat_section}
-
-
-def build(dataset, tokenizer, cfg) -> dict:
-  """The data report of `dataset` (as the trainer loaded it) for config `cfg`."""
-  report = {"task": cfg.model.task, "data": cfg.data.name, "max_length": int(cfg.data.max_length)}
-  report.update(SECTIONS[cfg.model.task](dataset, tokenizer, cfg))
-  removed = getattr(dataset, "duplicates_removed", None)
-  if removed:
-    report["duplicates_removed_at_build"] = removed
-  report["warnings"] = warnings_of(report)
-  return report
-
-
-def _fmt(value) -> str:
-  if isinstance(value, float):
-    return f"{value:.1f}" if value >= 10 or value == int(value) else f"{value:.3g}"
-  return str(value)
-
-
-def markdown(report: dict, heading: str = "##") -> str:
-  """The report as a markdown section (tables for splits, labels, lengths and leakage)."""
-  lines = [f"{heading} Data", "",
-           f"Data `{report['data']}` ({report['task']}), `data.max_length` = {report['max_length']}.", ""]
-  splits = report["splits"]
-  lines += ["| split | rows | empty | duplicates (exact) | duplicates (normalised) | conflicting labels |",
-            "|---|---:|---:|---:|---:|---:|"]
-  for name, s in splits.items():
-    lines.append(f"| {name} | {s['count']} | {s['empty']} | {s['duplicates_exact']} | "
-                 f"{s['duplicates_normalized']} | {s.get('conflicting_label_texts', '-')} |")
-  if any("labels" in s for s in splits.values()):
-    names = report.get("label_names") or sorted({k for s in splits.values() for k in s["labels"]})
-    lines += ["", "| split | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
-    for name, s in splits.items():
-      cells = [f"{s['labels'][n]} ({s['label_shares'][n]:.1%})" for n in names]
-      lines.append(f"| {name} | " + " | ".join(cells) + " |")
-  lines += ["", "Token lengths (special tokens included, before truncation):", "",
-            "| split | min | median | p90 | p99 | max | truncated |", "|---|---:|---:|---:|---:|---:|---:|"]
-  for name, s in splits.items():
-    t = s["tokens"]
-    if t.get("count", 1):
-      lines.append(f"| {name} | {t['min']} | {_fmt(t['median'])} | {_fmt(t['p90'])} | {_fmt(t['p99'])} "
-                   f"| {t['max']} | {t['truncated']} ({t['truncated_share']:.1%}) |")
-  if report["leakage"]:
-    lines += ["", "Leakage (rows of a split whose text also occurs in an earlier split):", "",
-              "| split | seen in | rows | exact | normalised |", "|---|---|---:|---:|---:|"]
-    for leak in report["leakage"]:
-      lines.append(f"| {leak['split']} | {leak['seen_in']} | {leak['rows']} | {leak['exact']} | "
-                   f"{leak['normalized']} |")
-  if report.get("duplicates_removed_at_build"):
-    removed = report["duplicates_removed_at_build"]
-    lines += ["", "Removed when the dataset was built: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + "."]
-  lines += ["", "Warnings:" if report["warnings"] else "No warnings.", ""]
-  lines += [f"- {w}" for w in report["warnings"]]
-  return "\n".join(lines).rstrip() + "\n"
-
-
-def write(workdir, dataset, tokenizer, cfg) -> dict | None:
-  """Writes `WORKDIR/data_report.json` and `WORKDIR/data_report.md`; returns the report.
-
-  Does nothing (returns None) for a task without a section in `SECTIONS` yet.
-  """
-  if cfg.model.task not in SECTIONS:
-    return None
-  report = build(dataset, tokenizer, cfg)
-  workdir = pathlib.Path(workdir)
-  write_json(workdir / JSON_FILE, report)
-  (workdir / MARKDOWN_FILE).write_text(markdown(report))
-  return report
-
-
-def _main_cli() -> None:
-  """`python -m ftjax.data_report --config CFG [--out FILE] [--config.K=V ...]`."""
-  import logging  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ftjax import main as main_lib  # pylint: disable=g-import-not-at-top  (--config, --workdir)
-  from ftjax.errors import UserError  # pylint: disable=g-import-not-at-top
-
+def run() -> None:
   flags.DEFINE_string("out", None, "Write the JSON report here (the markdown goes to stdout).")
-  flags.FLAGS.set_default("workdir", "")  # optional here: if given, also write the files there
-
-  def body(cfg):
-    from ftjax import sources, tasks  # pylint: disable=g-import-not-at-top
-    from ftjax.data.tokenization import load_tokenizer  # pylint: disable=g-import-not-at-top
-    if cfg.model.task not in SECTIONS:
-      raise UserError(f"no data report for task '{cfg.model.task}' yet (config key model.task)")
-    tokenizer = load_tokenizer(sources.resolve(cfg.model.checkpoint))
-    dataset = tasks.get(cfg.model.task).load_data(cfg.data, tokenizer, seed=cfg.seed)
-    if main_lib.FLAGS.workdir:
-      report = write(main_lib.FLAGS.workdir, dataset, tokenizer, cfg)
-    else:
-      report = build(dataset, tokenizer, cfg)
-    if main_lib.FLAGS.out:
-      out = pathlib.Path(main_lib.FLAGS.out)
-      try:
-        write_json(out, report)
-      except OSError as e:
-        raise UserError(f"--out '{out}' is not writable: {e.strerror}") from None
-    print(markdown(report), end="")
-
-  main_lib.run_config_command(body, log_level=logging.WARNING)
+  cli.run_config_command(_report, log_level=logging.WARNING,
+                         optional_workdir=True)  # if given, the files are written there too
 
 
 if __name__ == "__main__":
-  _main_cli()
+  run()

@@ -1,4 +1,4 @@
-"""Evaluate a checkpoint (or the untouched base model) on a split, with slices; a CLI and a library.
+"""Evaluate a checkpoint (or the untouched base model) on a split, with slices.
 
   python -m ftjax.evaluate --config configs/quickstart.py --workdir runs/quickstart \
       [--checkpoint latest|best|base|STEP] [--split validation|test|...] [--config.K=V ...]
@@ -6,88 +6,23 @@
 writes `WORKDIR/eval_<split>_<checkpoint>.json` (every metric: loss, accuracy, macro-F1,
 per-class precision/recall/F1, confusion matrix, calibration error and its reliability bins,
 and per-slice metrics when `eval.slice_by` is set) and prints a short table.
-
-The trainer uses the library part: `configure(exp)` once after `train.build_experiment`, and
-`name_slices` / `slice_scalars` / `write_result` around its own evaluations.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import pathlib
 
-from ftjax import eval_slices
+from absl import flags
+
+from ftjax import cli, train
 from ftjax.errors import UserError
-from ftjax.metric_writers import write_json
-
-CHECKPOINTS = ("latest", "best", "base")
-
-
-def configure(exp) -> None:
-  """Applies `cfg.eval` (ECE bins, slicing) to the experiment's dataset; before the first eval."""
-  cfg = exp.cfg
-  exp.dataset.ece_bins = int(cfg.eval.ece_bins)
-  if tuple(cfg.eval.slice_by):
-    if not hasattr(exp.dataset, "eval_slices"):
-      raise UserError(f"config key 'eval.slice_by' is not supported for task '{cfg.model.task}' yet")
-    exp.dataset.eval_slices = eval_slices.Slicer(exp.dataset, cfg.eval, cfg.data)
-
-
-def name_slices(metrics: dict, dataset, split: str) -> dict:
-  """Replaces the list of per-slice metrics by a dict keyed by slice name (e.g. `length:1-12`)."""
-  if "slices" not in metrics or getattr(dataset, "eval_slices", None) is None:
-    return metrics
-  names = dataset.eval_slices.names(split)
-  return {**metrics, "slices": dict(zip(names, metrics["slices"]))}
-
-
-def evaluate_split(evaluator, exp, state, split: str) -> dict:
-  """`evaluator(state, split)` (a `train.Evaluator`) with the slices named: every metric."""
-  return name_slices(evaluator(state, split), exp.dataset, split)
-
-
-def slice_scalars(metrics: dict, keys=("accuracy", "loss", "macro_f1", "num_examples")) -> dict:
-  """Flat `slice/<name>/<metric>` scalars of named slices, for metrics.jsonl and TensorBoard."""
-  return {f"slice/{name}/{k}": values[k]
-          for name, values in metrics.get("slices", {}).items() for k in keys if k in values}
-
-
-def result_path(workdir, split: str, checkpoint) -> pathlib.Path:
-  return pathlib.Path(workdir) / f"eval_{split}_{checkpoint}.json"
-
-
-def write_result(workdir, split: str, checkpoint, metrics: dict, *, step: int,
-                 label_names=None) -> pathlib.Path:
-  """Writes `eval_<split>_<checkpoint>.json`: the metrics plus split, checkpoint and step."""
-  result = {"split": split, "checkpoint": str(checkpoint), "step": int(step), **metrics}
-  if label_names is not None:
-    result["label_names"] = list(label_names)
-    if "per_class" in result:
-      result["per_class"] = {**result["per_class"], "label": list(label_names)}
-  path = result_path(workdir, split, checkpoint)
-  write_json(path, result)
-  return path
-
-
-def parse_checkpoint(text: str) -> str | int:
-  if text in CHECKPOINTS:
-    return text
-  try:
-    step = int(text)
-  except ValueError:
-    raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)} or a step number, "
-                    f"got '{text}'") from None
-  if step < 0:
-    raise UserError(f"--checkpoint step must be >= 0, got {step}")
-  return step
-
+from ftjax.reports import eval_results
 
 def run(cfg, workdir, checkpoint: str | int = "latest", split: str | None = None) -> tuple[pathlib.Path, dict]:
   """Evaluates `checkpoint` of `workdir` on `split` (default `data.eval_split`); writes the JSON."""
-  from ftjax import train  # pylint: disable=g-import-not-at-top  (jax: only when evaluating)
-
   workdir = pathlib.Path(workdir).expanduser()
-  checkpoint = parse_checkpoint(str(checkpoint))
+  checkpoint = train.parse_checkpoint(str(checkpoint))
   if checkpoint != "base" and not (workdir / "checkpoints").is_dir():
     raise UserError(f"workdir '{workdir}' has no checkpoints/ (use --checkpoint=base for the "
                     f"untrained model)")
@@ -96,62 +31,23 @@ def run(cfg, workdir, checkpoint: str | int = "latest", split: str | None = None
   if split not in exp.dataset.split_sizes:
     raise UserError(f"split '{split}' not in data '{cfg.data.name}' "
                     f"(splits: {', '.join(sorted(exp.dataset.split_sizes))})")
-  configure(exp)
+  eval_results.configure(exp)
   state, step = train.restore_state(exp, workdir, checkpoint)
-  metrics = evaluate_split(train.Evaluator(exp), exp, state, split)
+  metrics = eval_results.evaluate_split(train.Evaluator(exp), exp, state, split)
   workdir.mkdir(parents=True, exist_ok=True)
-  path = write_result(workdir, split, checkpoint, metrics, step=step,
-                      label_names=getattr(exp.dataset, "label_names", None))
+  path = eval_results.write_result(workdir, split, checkpoint, metrics, step=step,
+                                   label_names=getattr(exp.dataset, "label_names", None))
   return path, {"split": split, "checkpoint": str(checkpoint), "step": step, **metrics,
                 "label_names": list(getattr(exp.dataset, "label_names", []))}
 
 
-def _number(value) -> str:
-  if isinstance(value, float):
-    return "nan" if math.isnan(value) else f"{value:.4f}"
-  return str(value)
-
-
-def format_table(result: dict) -> str:
-  """A short plain-text summary: headline metrics, per class, per slice."""
-  lines = [f"{result['split']} @ {result['checkpoint']} (step {result['step']}): "
-           + ", ".join(f"{k} {_number(result[k])}"
-                       for k in ("accuracy", "macro_f1", "loss", "ece", "num_examples")
-                       if k in result)]
-  per_class = result.get("per_class")
-  if per_class:
-    labels = result.get("label_names") or [str(i) for i in range(len(per_class["f1"]))]
-    width = max(len("class"), *(len(str(l)) for l in labels))
-    lines.append(f"  {'class':<{width}}  precision  recall      f1  support")
-    for i, label in enumerate(labels):
-      lines.append(f"  {label:<{width}}  {per_class['precision'][i]:9.4f}  {per_class['recall'][i]:6.4f}"
-                   f"  {per_class['f1'][i]:6.4f}  {per_class['support'][i]:7d}")
-  slices = result.get("slices")
-  if isinstance(slices, dict) and slices:
-    width = max(len("slice"), *(len(n) for n in slices))
-    lines.append(f"  {'slice':<{width}}  accuracy  macro_f1    loss  examples")
-    for name, m in slices.items():
-      lines.append(f"  {name:<{width}}  {m['accuracy']:8.4f}  {m['macro_f1']:8.4f}"
-                   f"  {m['loss']:6.4f}  {m['num_examples']:8d}")
-  return "\n".join(lines)
-
-
-def _main_cli() -> None:
-  """`python -m ftjax.evaluate`: the flags of ftjax.main plus --checkpoint and --split."""
-  import logging  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ftjax import main as main_lib  # pylint: disable=g-import-not-at-top  (defines --config, --workdir)
-
-  flags.DEFINE_string("checkpoint", "latest", "latest, best, base (the untrained model) or a step.")
-  flags.DEFINE_string("split", None, "Split to evaluate; default: the config's data.eval_split.")
-
-  def body(cfg):
-    path, result = run(cfg, main_lib.FLAGS.workdir, main_lib.FLAGS.checkpoint, main_lib.FLAGS.split)
-    print(format_table(result))
-    print(f"wrote {path}")
-
-  main_lib.run_config_command(body, log_level=logging.WARNING)
+def _evaluate(cfg) -> None:
+  path, result = run(cfg, cli.FLAGS.workdir, cli.FLAGS.checkpoint, cli.FLAGS.split)
+  print(eval_results.format_table(result))
+  print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  _main_cli()
+  flags.DEFINE_string("checkpoint", "latest", "latest, best, base (the untrained model) or a step.")
+  flags.DEFINE_string("split", None, "Split to evaluate; default: the config's data.eval_split.")
+  cli.run_config_command(_evaluate, log_level=logging.WARNING)

@@ -21,24 +21,21 @@ import shutil
 from absl import app, flags
 from absl import logging as absl_logging
 
+from ftjax import config as config_lib
+from ftjax import train
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
+from ftjax.models import registry
 
 FORMATS = ("hf", "peft")
 # Files of a checkpoint directory that make up its tokenizer.
 TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.json", "vocab*",
                       "merges.txt", "*.model", "spiece*", "chat_template*")
 
-flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).",
-                    required=True)
-flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).", required=True)
-flags.DEFINE_enum("format", "hf", FORMATS, "hf: merged transformers model; peft: PEFT adapter.")
-flags.DEFINE_string("checkpoint", "latest", "latest, best, base (step 0) or a step number.")
 FLAGS = flags.FLAGS
 
 
 def load_workdir_config(workdir):
   """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
-  from ftjax import config as config_lib  # pylint: disable=g-import-not-at-top
   file = pathlib.Path(workdir) / "config.json"
   if not file.is_file():
     raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
@@ -70,17 +67,10 @@ def _prepare_out(out: pathlib.Path) -> pathlib.Path:
 
 def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest") -> pathlib.Path:
   """Exports the run in `workdir` to `out` as `fmt` ('hf' or 'peft'); returns `out`."""
-  from ftjax import train  # pylint: disable=g-import-not-at-top
-  from ftjax.models import registry  # pylint: disable=g-import-not-at-top
-
   if fmt not in FORMATS:
     raise UserError(f"unknown export format '{fmt}'; known: {', '.join(FORMATS)}")
   cfg = load_workdir_config(workdir)
-  if checkpoint not in ("latest", "best", "base"):
-    try:
-      checkpoint = int(checkpoint)
-    except ValueError:
-      raise UserError(f"--checkpoint must be latest, best, base or a step, got '{checkpoint}'") from None
+  checkpoint = train.parse_checkpoint(str(checkpoint))
   exp = train.build_experiment(cfg)
   state, step = train.restore_state(exp, workdir, checkpoint)
   model = train.model_from_state(exp, state)
@@ -126,6 +116,11 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  flags.DEFINE_string("workdir", None, "The run's workdir (holds config.json and checkpoints/).",
+                      required=True)
+  flags.DEFINE_string("out", None, "Output directory (must not exist or be empty).", required=True)
+  flags.DEFINE_enum("format", "hf", FORMATS, "hf: merged transformers model; peft: PEFT adapter.")
+  flags.DEFINE_string("checkpoint", "latest", "latest, best, base (step 0) or a step number.")
   app.run(main, flags_parser=parse_absl_flags)
 
 

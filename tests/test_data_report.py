@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ftjax import data_report
+from ftjax.reports import data_quality
 from ftjax.config import base_config
 from ftjax.data.classification import load_classification_data
 from ftjax.data.tokenization import load_tokenizer
@@ -49,7 +49,7 @@ def setup(tmp_path, tiny_bert_dir):
 
 def test_counts_duplicates_leakage_and_lengths(setup, tmp_path):
   cfg, dataset, tokenizer = setup
-  rep = data_report.write(tmp_path, dataset, tokenizer, cfg)
+  rep = data_quality.write(tmp_path, dataset, tokenizer, cfg)
   assert json.loads((tmp_path / "data_report.json").read_text()) == json.loads(json.dumps(rep))
   train, validation = rep["splits"]["train"], rep["splits"]["validation"]
   assert list(rep["splits"]) == ["train", "validation"]
@@ -73,7 +73,7 @@ def test_counts_duplicates_leakage_and_lengths(setup, tmp_path):
 
 def test_split_stats_reference():
   lengths = np.array([3, 5, 8, 13, 21, 34])
-  stats = data_report.split_stats(["a", " ", "b", "B", "a", ""], [0, 1, 0, 1, 0, 1], ["x", "y"],
+  stats = data_quality.split_stats(["a", " ", "b", "B", "a", ""], [0, 1, 0, 1, 0, 1], ["x", "y"],
                                   lengths, max_length=10)
   assert stats["empty"] == 2 and stats["duplicates_exact"] == 1 and stats["duplicates_normalized"] == 3
   assert stats["conflicting_label_texts"] == 1  # "b"/"B" carry both labels

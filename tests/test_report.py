@@ -1,8 +1,8 @@
-"""report.write from workdir files alone: tables, the base-vs-tuned row merge, legible PNGs."""
+"""run_report.write from workdir files alone: tables, the base-vs-tuned row merge, legible PNGs."""
 
 import json
 
-from ftjax import report
+from ftjax.reports import run_report
 
 
 def eval_result(split, checkpoint, step, accuracy):
@@ -49,7 +49,7 @@ def is_png(path):
 
 def test_report_from_workdir_files(tmp_path):
   workdir = make_workdir(tmp_path)
-  path = report.write(workdir)
+  path = run_report.write(workdir)
   text = path.read_text()
   assert path == workdir / "report.md"
   assert "| base (step 0) | validation | 0.3000 | 0.2900 |" in text  # completed by eval_validation_base.json
@@ -67,11 +67,11 @@ def test_report_from_workdir_files(tmp_path):
 
 def test_report_without_eval_files_or_summary(tmp_path):
   workdir = make_workdir(tmp_path, with_evals=False)
-  text = report.write(workdir).read_text()
+  text = run_report.write(workdir).read_text()
   assert "| final (step 20) | validation | 0.7000 |" in text and "python -m ftjax.evaluate" in text
   assert is_png(workdir / "report_loss.png") and not (workdir / "report_confusion_validation.png").exists()
   (workdir / "summary.json").unlink()
-  text = report.write(workdir).read_text()
+  text = run_report.write(workdir).read_text()
   assert "has not finished" in text and is_png(workdir / "report_metrics.png")
 
 
@@ -84,7 +84,7 @@ def test_final_and_best_at_the_same_step_each_keep_their_own_eval_file():
   summary = {"eval_split": "validation", "initial_eval": {"step": 0, "accuracy": 0.4},
              "final_eval": {"step": 400, "accuracy": 0.8},
              "best_eval": {"step": 400, "accuracy": 0.8}}
-  rows = report.comparison_rows(summary, evals)
+  rows = run_report.comparison_rows(summary, evals)
   assert [what for what, _, _ in rows] == ["base (step 0)", "final (step 400)", "best (step 400)"]
   assert [m["file"] for _, _, m in rows] == [
       "eval_validation_base.json", "eval_validation_final.json", "eval_validation_best.json"]

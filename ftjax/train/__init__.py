@@ -1,0 +1,16 @@
+"""Training: the state and its construction (`state`), the pure steps and the evaluator
+(`steps`), the loop (`loop`) and restoring a workdir's checkpoints (`restore`).
+
+The names below are the package's public API, used by the entry points and experiments.
+"""
+
+from ftjax.train.loop import train_and_evaluate
+from ftjax.train.restore import CHECKPOINTS, model_from_state, parse_checkpoint, restore_state
+from ftjax.train.state import (Experiment, TrainState, build_experiment, count_params,
+                               local_batch_size, trainable_filter)
+from ftjax.train.steps import Evaluator, make_eval_step, make_train_step
+
+__all__ = ["CHECKPOINTS", "Evaluator", "Experiment", "TrainState", "build_experiment",
+           "count_params", "local_batch_size", "make_eval_step", "make_train_step",
+           "model_from_state", "parse_checkpoint", "restore_state", "train_and_evaluate",
+           "trainable_filter"]

@@ -1,0 +1,264 @@
+"""The train-and-evaluate loop: resume, steps, logging, evaluations, checkpoints, early stopping,
+preemption, the test split on the best checkpoint, and the end-of-run files."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+from ftjax import checkpoint as ckpt_lib
+from ftjax import samples, sharding
+from ftjax.config import ConfigDict
+from ftjax.data.tokenization import load_tokenizer
+from ftjax.early_stopping import EarlyStopping
+from ftjax.errors import RunError, UserError
+from ftjax.metric_writers import MetricWriter, write_json
+from ftjax.preemption import PreemptionGuard
+from ftjax.progress import Progress
+from ftjax.reports import data_quality, eval_results, run_report
+from ftjax.train.restore import model_from_state, restore_state
+from ftjax.train.state import build_experiment, local_batch_size
+from ftjax.train.steps import Evaluator, make_train_step
+from ftjax.workdir_lock import WorkdirLock
+
+
+def _prepare_workdir(workdir: str) -> pathlib.Path:
+  path = pathlib.Path(workdir).expanduser()
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write_test.{os.getpid()}"  # per process: several may share a workdir
+    probe.write_text("")
+    probe.unlink()
+  except OSError as e:
+    raise UserError(f"workdir '{workdir}' is not writable: {e.strerror}") from None
+  return path
+
+
+def _scalars(metrics: dict) -> dict:
+  return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _headline(task, metrics: dict) -> str:
+  return ", ".join(f"{k} {metrics[k]:.4f}" for k in task.HEADLINE_METRICS if k in metrics)
+
+
+def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
+  """Trains and evaluates; rerun on the same workdir to resume. Returns the summary."""
+  workdir = _prepare_workdir(workdir)
+  lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock:
+    lock.acquire()
+  try:
+    return _train_and_evaluate(cfg, workdir)
+  finally:
+    if lock:
+      lock.release()
+
+
+def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
+  wall_start = time.time()
+  is_main = jax.process_index() == 0
+  exp = build_experiment(cfg)  # every input is checked before anything is written
+  eval_results.configure(exp)
+  if is_main:
+    write_json(workdir / "config.json", cfg.to_dict())
+    if not (workdir / data_quality.JSON_FILE).exists():
+      data_quality.write(workdir, exp.dataset, load_tokenizer(exp.model_path), cfg)
+  print(f"ftjax: method {cfg.method.name}, trainable parameters "
+        f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,} "
+        f"({100 * exp.param_counts['trainable'] / max(exp.param_counts['total'], 1):.3f}%)", flush=True)
+  print(f"ftjax: data '{cfg.data.name}': {exp.dataset.split_sizes}"
+        + (f", duplicates removed: {exp.dataset.duplicates_removed}"
+           if getattr(exp.dataset, "duplicates_removed", None) else ""), flush=True)
+
+  batch_size = local_batch_size(cfg.train.batch_size, exp.mesh, cfg.train.grad_accum_steps)
+  train_iter = exp.dataset.train_iterator(batch_size, seed=cfg.seed,
+                                          shard_index=jax.process_index(),
+                                          shard_count=jax.process_count())
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
+                                       keep=cfg.checkpoint.keep)
+  best_checkpointer = None
+  if cfg.checkpoint.keep_best:
+    best_checkpointer = ckpt_lib.BestCheckpointer(
+        workdir / "checkpoints" / ckpt_lib.BEST_DIR, metric=cfg.eval.metric, mode=cfg.eval.mode,
+        keep=cfg.checkpoint.keep_best)
+  writer = MetricWriter(workdir)
+  state = exp.state
+  history: list[dict] = []
+  start_step = 0
+  restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(state),
+                                              on_corrupt=cfg.checkpoint.on_corrupt)
+  if restored is not None:
+    start_step, state, data_state = restored
+    if data_state:
+      train_iter.set_state(data_state)
+    print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
+  # Records past the restored step (or all, on a fresh start) are produced again.
+  history = writer.truncate_after(start_step if restored is not None else -1)
+
+  evaluator = Evaluator(exp)
+  batch_sharding = sharding.batch_sharding(exp.mesh)
+  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task,
+                                       cfg.train.grad_accum_steps),
+                       in_shardings=(exp.state_shardings, batch_sharding),
+                       out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
+                       donate_argnums=0)
+
+  eval_split = cfg.data.eval_split
+  stopper = EarlyStopping(cfg.eval.metric, cfg.eval.mode, patience=cfg.eval.patience,
+                          min_delta=cfg.eval.min_delta)
+  evals = [r for r in history if r["split"] == "eval"]
+  for record in evals:
+    stopper.update(record)
+  full_evals: dict[int, dict] = {}  # this invocation's complete eval results, for the report
+
+  def run_eval(step: int) -> None:
+    full = eval_results.evaluate_split(evaluator, exp, state, eval_split)
+    metrics = _scalars(full)
+    writer.write(step, "eval", {**metrics, **eval_results.slice_scalars(full)})
+    full_evals[step] = full
+    record = {"step": step, **metrics}
+    evals.append(record)
+    is_best = stopper.update(record)
+    if is_best and best_checkpointer:
+      best_checkpointer.save(step, state.params, metrics)
+    print(f"ftjax: step {step}: eval on '{eval_split}': {_headline(exp.task, metrics)}"
+          + (" (best)" if is_best else ""), flush=True)
+
+  if start_step == 0 and cfg.eval.at_start:
+    run_eval(0)
+    if is_main:
+      samples.write(workdir, exp, model_from_state(exp, state), "base", 0)
+
+  progress = Progress(cfg.train.steps, start_step, enabled=is_main)
+  pending: list[dict] = []
+  interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
+  totals = {"examples": 0, "tokens": 0, "time": 0.0}
+  step = start_step
+  stop_reason = None
+
+  def paused(fn, *args):
+    """Runs eval or a checkpoint save outside the throughput clock."""
+    jax.block_until_ready(state)  # finish queued train steps on the clock first
+    t = time.time()
+    fn(*args)
+    interval["paused"] += time.time() - t
+
+  def check_finite() -> int:
+    """Halts (exit 1) on skipped non-finite updates per `train.on_nan`; returns their count."""
+    skipped, first = (int(x) for x in jax.device_get((state.nonfinite, state.first_nonfinite)))
+    limit = 0 if cfg.train.on_nan == "halt" else cfg.train.max_nonfinite
+    if skipped > limit:
+      raise RunError(
+          f"non-finite loss or gradients at step {first + 1} ({skipped} update(s) skipped, "
+          f"train.on_nan={cfg.train.on_nan}); the last checkpoint "
+          f"({checkpointer.latest_step()}) holds parameters from before it")
+    return skipped
+
+  with PreemptionGuard() as preemption:
+    try:
+      while step < cfg.train.steps:
+        local = next(train_iter)
+        state, metrics = train_step(state, sharding.put_batch(local, batch_sharding))
+        step += 1
+        examples, tokens = exp.task.batch_counts(local)
+        interval["examples"] += examples * jax.process_count()
+        interval["tokens"] += tokens * jax.process_count()
+        pending.append(metrics)
+        progress.update(step)
+        last = step == cfg.train.steps
+
+        if step % cfg.train.log_every_steps == 0 or last or preemption.requested:
+          fetched = jax.device_get(pending)  # one sync per logging interval, not per step
+          elapsed = time.time() - interval["start"] - interval["paused"]
+          for k in ("examples", "tokens"):
+            totals[k] += interval[k]
+          totals["time"] += elapsed
+          means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+          means.update(examples_per_sec=interval["examples"] / elapsed,
+                       tokens_per_sec=interval["tokens"] / elapsed, nonfinite_skipped=check_finite())
+          writer.write(step, "train", means)
+          progress.set_postfix(loss=means["loss"], ex_per_s=means["examples_per_sec"])
+          pending = []
+          interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
+
+        if step % cfg.eval.every_steps == 0 or last:
+          paused(run_eval, step)
+          if stopper.should_stop and not last:
+            stop_reason = "early_stopping"
+            print(f"ftjax: early stopping at step {step}: no improvement of {cfg.eval.metric} in "
+                  f"{cfg.eval.patience} evaluations (best {stopper.best[cfg.eval.metric]:.4f} at "
+                  f"step {stopper.best['step']})", flush=True)
+        if preemption.requested and stop_reason is None:
+          stop_reason = "preempted"
+        if checkpointer.should_save(step) or last or stop_reason:
+          check_finite()  # never checkpoint past a non-finite update under on_nan=halt
+          paused(checkpointer.save, step, state, train_iter.get_state())
+        if stop_reason:
+          break
+    finally:
+      progress.close()
+      checkpointer.close()
+      if best_checkpointer:
+        best_checkpointer.close()
+
+  if stop_reason == "preempted":
+    writer.close()
+    print(f"ftjax: preempted (signal {preemption.received}) at step {step}; checkpoint saved, "
+          "rerun the same command to resume", flush=True)
+    return {"steps": step, "preempted": True}
+
+  test_metrics = test_full = None
+  test_step = stopper.best["step"] if (best_checkpointer and stopper.best) else step
+  if cfg.data.test_split and cfg.data.test_split in exp.dataset.split_sizes:
+    test_state = state
+    if test_step != step:
+      test_state, _ = restore_state(exp, workdir, "best", live=state)
+    test_full = eval_results.evaluate_split(evaluator, exp, test_state, cfg.data.test_split)
+    test_metrics = _scalars(test_full)
+    writer.write(step, "test", test_metrics)
+    print(f"ftjax: test split '{cfg.data.test_split}' (checkpoint of step {test_step}): "
+          f"{_headline(exp.task, test_metrics)}", flush=True)
+  writer.close()
+  if is_main:
+    samples.write(workdir, exp, model_from_state(exp, state), "final", step)
+    names = getattr(exp.dataset, "label_names", None)
+    results = [("base", 0), ("final", step)]
+    if stopper.best:
+      results.append(("best", stopper.best["step"]))
+    for label, at in results:
+      if at in full_evals:
+        eval_results.write_result(workdir, eval_split, label, full_evals[at], step=at, label_names=names)
+    if test_full is not None:
+      eval_results.write_result(workdir, cfg.data.test_split, "best", test_full, step=test_step,
+                            label_names=names)
+
+  summary = {
+      "steps": step,
+      "stop_reason": stop_reason or "completed",
+      "resumed_from_step": start_step or None,
+      "method": cfg.method.name,
+      "params": exp.param_counts,
+      "initial_eval": next((r for r in evals if r["step"] == 0), None),
+      "final_eval": evals[-1] if evals else None,
+      "best_eval": stopper.best,
+      "best_step": stopper.best["step"] if stopper.best else None,
+      "best_metric": cfg.eval.metric,
+      "test": test_metrics,
+      "test_step": test_step if test_metrics else None,
+      "nonfinite_skipped": int(jax.device_get(state.nonfinite)),
+      "train_examples": totals["examples"],  # this invocation's, when resumed
+      "train_time_sec": totals["time"],  # step time only: evals and saves excluded
+      "examples_per_sec": totals["examples"] / totals["time"] if totals["time"] else None,
+      "tokens_per_sec": totals["tokens"] / totals["time"] if totals["time"] else None,
+      "wall_time_sec": time.time() - wall_start,
+      "split_sizes": exp.dataset.split_sizes,
+  }
+  if is_main:
+    write_json(workdir / "summary.json", summary)
+    run_report.write(workdir)
+  return summary

@@ -1,0 +1,72 @@
+"""A workdir's checkpoint back as a train state or a model: `latest`, `best`, `base` or a step."""
+
+from __future__ import annotations
+
+import pathlib
+
+from flax import nnx
+
+from ftjax import checkpoint as ckpt_lib
+from ftjax.errors import UserError
+from ftjax.models import layer_stack
+from ftjax.train.state import Experiment, TrainState
+
+CHECKPOINTS = ("latest", "best", "base")
+
+
+def parse_checkpoint(text: str) -> str | int:
+  """A `--checkpoint` flag's value: one of CHECKPOINTS or a step number."""
+  if text in CHECKPOINTS:
+    return text
+  try:
+    step = int(text)
+  except ValueError:
+    raise UserError(f"--checkpoint must be one of {', '.join(CHECKPOINTS)} or a step number, "
+                    f"got '{text}'") from None
+  if step < 0:
+    raise UserError(f"--checkpoint step must be >= 0, got {step}")
+  return step
+
+def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
+                  live: TrainState | None = None) -> tuple[TrainState, int]:
+  """The train state of a workdir's checkpoint: `latest`, `best`, `base` or a step number.
+
+  `base` is the untouched pretrained model (with its freshly initialised head), i.e. step 0.
+  `best` takes the trainable parameters from `checkpoints/best` (the frozen ones never change)
+  and the rest from `live`, the training loop's current state (whose buffers are alive, unlike
+  `exp.state`'s once a step has donated them), or from `exp.state` outside a training loop.
+  Returns the state and its step.
+  """
+  if checkpoint == "base":
+    return exp.state, 0
+  directory = pathlib.Path(workdir) / "checkpoints"
+  if checkpoint == "best":
+    best = ckpt_lib.BestCheckpointer(directory / ckpt_lib.BEST_DIR, metric=exp.cfg.eval.metric,
+                                     mode=exp.cfg.eval.mode, keep=max(exp.cfg.checkpoint.keep_best, 1))
+    try:
+      step = best.best_step()
+      if step is None:
+        raise UserError(f"no best checkpoint in {directory / ckpt_lib.BEST_DIR}")
+      params = best.restore(step, ckpt_lib.abstract_like((live or exp.state).params))
+    finally:
+      best.close()
+    return (live if live is not None else exp.state).replace(params=params), int(step)
+  checkpointer = ckpt_lib.Checkpointer(directory, every_steps=1, keep=1 << 30)
+  try:
+    available = checkpointer.all_steps()
+    step = checkpointer.latest_step() if checkpoint == "latest" else int(checkpoint)
+    if step is None or step not in available:
+      raise UserError(f"checkpoint '{checkpoint}' not found in {directory}; available steps: {available}")
+    try:
+      state, _ = checkpointer.restore(step, ckpt_lib.abstract_like(exp.state))
+    except ckpt_lib.CorruptCheckpointError as e:
+      raise UserError(str(e)) from None
+  finally:
+    checkpointer.close()
+  return state, int(step)
+
+
+def model_from_state(exp: Experiment, state: TrainState) -> nnx.Module:
+  """The NNX model (method applied) holding the state's parameters, its layers unscanned (a list,
+  as methods, generation, weight tables and export expect) whatever `model.scan_layers` is."""
+  return layer_stack.unstack_layers(nnx.merge(exp.graphdef, state.params, state.frozen))

@@ -1,0 +1,148 @@
+"""TrainState and the construction of an experiment: config -> mesh, data, model, method,
+optimizer and the sharded initial state. Shared by training, evaluation and export."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ftjax import methods, optim, sharding, sources, tasks
+from ftjax.config import ConfigDict
+from ftjax.data.tokenization import load_tokenizer
+from ftjax.errors import UserError
+from ftjax.models import attention
+from ftjax.models import layer_stack
+from ftjax.models import registry as model_registry
+from ftjax.weights import gguf
+
+log = logging.getLogger("ftjax")
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any  # trainable variables (nnx.State)
+  frozen: Any  # every other variable of the model (nnx.State)
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key; dropout keys are folded in per step
+  nonfinite: jax.Array  # updates skipped because the loss or gradients were not finite
+  first_nonfinite: jax.Array  # step of the first such update, -1 if none
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything a run builds before its first step; shared by training and evaluation."""
+  cfg: ConfigDict
+  task: Any  # a module of ftjax.tasks
+  mesh: jax.sharding.Mesh
+  dataset: Any
+  graphdef: Any
+  state: TrainState
+  state_shardings: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  method: methods.base.Method
+  model_path: pathlib.Path
+  param_counts: dict
+
+
+def count_params(tree) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def _check_vocab(model_path: pathlib.Path, tokenizer) -> None:
+  """A tokenizer that emits ids past the embedding table would index out of range silently."""
+  vocab_size = model_registry.read_hf_config(model_path).get("vocab_size")
+  if vocab_size is not None and len(tokenizer) > vocab_size:
+    raise UserError(f"tokenizer in '{model_path}' has {len(tokenizer)} tokens but the model's "
+                    f"config.json has vocab_size {vocab_size}")
+
+
+def trainable_filter(method, freeze: str):
+  """The method's trainable variables, minus any matching the `method.freeze` regex."""
+  if not freeze:
+    return method.trainable()
+  return nnx.All(method.trainable(), nnx.Not(methods.base.path_matches(freeze)))
+
+
+def build_experiment(cfg: ConfigDict) -> Experiment:
+  task = tasks.get(cfg.model.task)
+  if cfg.eval.metric not in task.METRICS:
+    raise UserError(f"config key 'eval.metric' names '{cfg.eval.metric}', which task "
+                    f"'{cfg.model.task}' does not report; choose from {', '.join(task.METRICS)}")
+  mesh = sharding.make_mesh(cfg.mesh.shape)
+  # A .gguf file is converted once into a cached HF-style directory (dequantized weights,
+  # tokenizer and chat template from its metadata); directories pass through.
+  model_path = sharding.process_zero_first(
+      lambda: gguf.resolve_checkpoint_dir(sources.resolve(cfg.model.checkpoint)), "checkpoint")
+  tokenizer = load_tokenizer(model_path)
+  _check_vocab(model_path, tokenizer)
+  dataset = sharding.process_zero_first(
+      lambda: task.load_data(cfg.data, tokenizer, seed=cfg.seed), "data")
+
+  rngs = nnx.Rngs(params=cfg.seed)
+  model, newly_initialised = model_registry.build_model(
+      model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
+      param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs, **task.model_kwargs(dataset))
+  if newly_initialised:
+    log.info("Newly initialised (not in the checkpoint): %s", ", ".join(newly_initialised))
+  method = methods.get(cfg.method.name, cfg.method)
+  method.check_config(cfg)
+  model = method.apply(model, rngs=rngs)
+  # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
+  # with the trainable split decided on the unscanned paths.
+  layer_stack.set_remat(model, cfg.model.remat)
+  if cfg.model.get("logits_chunk", 0):  # read by the causal-LM task's loss (validated a causal LM)
+    model.logits_chunk = cfg.model.logits_chunk
+  attention_impl = cfg.model.get("attention", "xla")
+  if attention.set_implementation(model, attention_impl) == 0 and attention_impl != "xla":
+    raise UserError(f"config key 'model.attention' = '{attention_impl}': "
+                    f"{type(model).__name__} has no decoder attention (only Llama-family and "
+                    "GPT-2 models run it); use 'xla'")
+  trainable = trainable_filter(method, cfg.method.freeze)
+  if cfg.model.scan_layers:
+    model, trainable = layer_stack.stack_with_filter(
+        model, trainable, why=f"method '{cfg.method.name}'"
+        + (f", method.freeze '{cfg.method.freeze}'" if cfg.method.freeze else ""))
+  graphdef, params, frozen = nnx.split(model, trainable, ...)
+  del model  # its arrays now live in the state; the step donates them
+  if not jax.tree.leaves(params):  # e.g. linear_probe on a causal LM: no classifier head
+    raise UserError(f"method '{cfg.method.name}' trains no parameters of this "
+                    f"{task.MODEL_TASK} model" + (f" after method.freeze '{cfg.method.freeze}'"
+                                                  if cfg.method.freeze else ""))
+
+  schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
+  tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
+  rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  param_shardings = sharding.variable_shardings(params, mesh, rules)
+  params = sharding.put_global(params, param_shardings)
+  frozen = sharding.put_global(frozen, sharding.variable_shardings(frozen, mesh, rules))
+  abstract_opt = jax.eval_shape(tx.init, params)
+  opt_shardings = sharding.follow_params(abstract_opt, params, param_shardings, mesh)
+  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  scalar = lambda x: sharding.put_global(x, sharding.replicated(mesh))
+  state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
+                     opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
+                     nonfinite=scalar(jnp.zeros((), jnp.int32)),
+                     first_nonfinite=scalar(jnp.full((), -1, jnp.int32)))
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
+  counts["total"] = counts["trainable"] + counts["frozen"]
+  return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
+                    model_path, counts)
+
+
+def local_batch_size(global_batch: int, mesh, accum_steps: int = 1) -> int:
+  divisor = sharding.batch_divisor(mesh) * accum_steps
+  if global_batch % divisor:
+    raise UserError(f"batch size {global_batch} is not divisible by the {divisor} data-parallel "
+                    f"devices x microbatches of mesh {dict(mesh.shape)}")
+  return global_batch // jax.process_count()
