@@ -1,5 +1,7 @@
 """The train loop in-process: exact resume, the methods' split into trainable/frozen, learning."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
@@ -58,6 +60,13 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, tiny_bert_dir, tiny_s
   b = restored_params(tmp_path / "interrupted", 6)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  # The step-4 train row's window (steps 3-4, log_every_steps=2) spans the resume at step 3: its
+  # metric means equal the uninterrupted run's bit for bit (the window is in the checkpoint).
+  def train_rows(workdir):
+    rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: r[k] for k in ("step", "loss", "accuracy", "grad_norm", "lr")}
+            for r in rows if r["split"] == "train"]
+  assert train_rows(tmp_path / "interrupted") == train_rows(tmp_path / "straight")
 
 
 def test_linear_probe_trains_only_the_head(tmp_path, tiny_bert_dir, tiny_sentiment_files):

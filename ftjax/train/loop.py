@@ -38,6 +38,25 @@ def _prepare_workdir(workdir: str) -> pathlib.Path:
   return path
 
 
+def _window_to_json(window: list[dict]) -> dict:
+  """The logging window's per-step metrics, kept exactly: values by key, with their dtype."""
+  if not window:
+    return {}
+  return {k: {"dtype": str(np.asarray(window[0][k]).dtype),
+              "values": [np.asarray(m[k]).item() for m in window]} for k in window[0]}
+
+
+def _split_loop_state(loop_state: dict | None) -> tuple[dict | None, list[dict]]:
+  """(iterator state, logging window) of a checkpoint's `data` item; checkpoints written before
+  the window was saved hold the iterator state alone (and resume with an empty window)."""
+  if not loop_state or "iterator" not in loop_state:
+    return loop_state, []
+  columns = loop_state.get("log_window") or {}
+  values = {k: np.asarray(c["values"], dtype=c["dtype"]) for k, c in columns.items()}
+  steps = len(next(iter(values.values()))) if values else 0
+  return loop_state["iterator"], [{k: v[i] for k, v in values.items()} for i in range(steps)]
+
+
 def _scalars(metrics: dict) -> dict:
   return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -92,10 +111,12 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   start_step = 0
   restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(state),
                                               on_corrupt=cfg.checkpoint.on_corrupt)
+  window = []  # this logging window's per-step metrics; checkpointed, so a resume keeps them
   if restored is not None:
-    start_step, state, data_state = restored
-    if data_state:
-      train_iter.set_state(data_state)
+    start_step, state, loop_state = restored
+    iterator_state, window = _split_loop_state(loop_state)
+    if iterator_state:
+      train_iter.set_state(iterator_state)
     print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
   # Records past the restored step (or all, on a fresh start) are produced again.
   history = writer.truncate_after(start_step if restored is not None else -1)
@@ -135,7 +156,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
       samples.write(workdir, exp, model_from_state(exp, state), "base", 0)
 
   progress = Progress(cfg.train.steps, start_step, enabled=is_main)
-  pending: list[dict] = []
+  pending: list[dict] = []  # device metrics of the steps since the last fetch
   interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
   totals = {"examples": 0, "tokens": 0, "time": 0.0}
   step = start_step
@@ -173,7 +194,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
         last = step == cfg.train.steps
 
         if step % cfg.train.log_every_steps == 0 or last or preemption.requested:
-          fetched = jax.device_get(pending)  # one sync per logging interval, not per step
+          fetched = window + jax.device_get(pending)  # one sync per logging interval
           elapsed = time.time() - interval["start"] - interval["paused"]
           for k in ("examples", "tokens"):
             totals[k] += interval[k]
@@ -183,7 +204,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
                        tokens_per_sec=interval["tokens"] / elapsed, nonfinite_skipped=check_finite())
           writer.write(step, "train", means)
           progress.set_postfix(loss=means["loss"], ex_per_s=means["examples_per_sec"])
-          pending = []
+          pending, window = [], []
           interval = {"examples": 0, "tokens": 0, "start": time.time(), "paused": 0.0}
 
         if step % cfg.eval.every_steps == 0 or last:
@@ -197,7 +218,9 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
           stop_reason = "preempted"
         if checkpointer.should_save(step) or last or stop_reason:
           check_finite()  # never checkpoint past a non-finite update under on_nan=halt
-          paused(checkpointer.save, step, state, train_iter.get_state())
+          window, pending = window + jax.device_get(pending), []
+          paused(checkpointer.save, step, state,
+                 {"iterator": train_iter.get_state(), "log_window": _window_to_json(window)})
         if stop_reason:
           break
     finally:
