@@ -17,6 +17,8 @@ A task is a module that provides (see `classification.py`, the reference):
 
 import importlib
 
+from ftjax.errors import UserError
+
 _TASKS = {
     "classification": "ftjax.tasks.classification",
     "causal_lm": "ftjax.tasks.causal_lm",
@@ -28,7 +30,6 @@ def names() -> list[str]:
 
 
 def get(name: str):
-  from ftjax.errors import UserError  # pylint: disable=g-import-not-at-top
   if name not in _TASKS:
     raise UserError(f"unknown task '{name}' (config key model.task); known: {', '.join(names())}")
   return importlib.import_module(_TASKS[name])
