@@ -9,6 +9,8 @@ train like one.
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -116,4 +118,45 @@ def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, tiny_sentiment_fi
     assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
   assert "ftjax: step 6: eval" in outputs[0][0]
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
+  assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
+
+
+def test_sigterm_to_one_process_saves_every_process_at_the_same_step(
+    tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+  workdir = tmp_path / "run"
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+             PYTHONUNBUFFERED="1")
+
+  def launch():
+    return [subprocess.Popen(
+        args(tiny_bert_dir, tiny_sentiment_files, workdir) +
+        [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)]
+
+  procs = launch()
+  # Process 1 prints its parameter count once both processes joined and built the model, before
+  # the train step compiles: a SIGTERM from then on lands inside the run, on process 1 alone.
+  seen = []
+  for line in procs[1].stdout:
+    seen.append(line)
+    if line.startswith("ftjax: method"):
+      procs[1].send_signal(signal.SIGTERM)
+      break
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  outputs[1] = "".join(seen) + outputs[1]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i}:\n{outputs[i][-2000:]}"
+  stopped = [re.search(r"preempted \(signal \d+\) at step (\d+)", out) for out in outputs]
+  assert all(stopped), outputs
+  step = int(stopped[0].group(1))
+  assert step == int(stopped[1].group(1)) < STEPS  # every process stopped at the same step
+  assert ocp.CheckpointManager(workdir / "checkpoints").latest_step() == step
+
+  procs = launch()  # the rerun resumes and ends where an uninterrupted run does
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for i, p in enumerate(procs):
+    assert p.returncode == 0, f"process {i}:\n{outputs[i][-2000:]}"
+  assert f"resumed from step {step}" in outputs[0]
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))

@@ -38,23 +38,26 @@ def _prepare_workdir(workdir: str) -> pathlib.Path:
   return path
 
 
-def _window_to_json(window: list[dict]) -> dict:
-  """The logging window's per-step metrics, kept exactly: values by key, with their dtype."""
-  if not window:
-    return {}
-  return {k: {"dtype": str(np.asarray(window[0][k]).dtype),
-              "values": [np.asarray(m[k]).item() for m in window]} for k in window[0]}
+def _loop_state(iterator_state, window: list[dict], evals: list[dict]) -> dict:
+  """The loop's host state for a checkpoint's `data` item: the data position, the open logging
+  window's per-step metrics (values by key with their dtype, so a resumed row's means are
+  bit-identical) and the eval records so far (early stopping resumes alike on every process)."""
+  columns = {k: {"dtype": str(np.asarray(window[0][k]).dtype),
+                 "values": [np.asarray(m[k]).item() for m in window]}
+             for k in (window[0] if window else ())}
+  return {"iterator": iterator_state, "log_window": columns, "evals": evals}
 
 
-def _split_loop_state(loop_state: dict | None) -> tuple[dict | None, list[dict]]:
-  """(iterator state, logging window) of a checkpoint's `data` item; checkpoints written before
-  the window was saved hold the iterator state alone (and resume with an empty window)."""
+def _read_loop_state(loop_state: dict | None):
+  """(iterator state, logging window, eval records or None) of a checkpoint's `data` item;
+  checkpoints written before the loop state was saved hold the iterator state alone."""
   if not loop_state or "iterator" not in loop_state:
-    return loop_state, []
-  columns = loop_state.get("log_window") or {}
-  values = {k: np.asarray(c["values"], dtype=c["dtype"]) for k, c in columns.items()}
+    return loop_state, [], None
+  values = {k: np.asarray(c["values"], dtype=c["dtype"])
+            for k, c in (loop_state.get("log_window") or {}).items()}
   steps = len(next(iter(values.values()))) if values else 0
-  return loop_state["iterator"], [{k: v[i] for k, v in values.items()} for i in range(steps)]
+  window = [{k: v[i] for k, v in values.items()} for i in range(steps)]
+  return loop_state["iterator"], window, loop_state.get("evals")
 
 
 def _scalars(metrics: dict) -> dict:
@@ -107,19 +110,20 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
         keep=cfg.checkpoint.keep_best)
   writer = MetricWriter(workdir)
   state = exp.state
-  history: list[dict] = []
   start_step = 0
   restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(state),
                                               on_corrupt=cfg.checkpoint.on_corrupt)
-  window = []  # this logging window's per-step metrics; checkpointed, so a resume keeps them
+  window, evals = [], None  # the open logging window's per-step metrics; the eval records
   if restored is not None:
     start_step, state, loop_state = restored
-    iterator_state, window = _split_loop_state(loop_state)
+    iterator_state, window, evals = _read_loop_state(loop_state)
     if iterator_state:
       train_iter.set_state(iterator_state)
     print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
   # Records past the restored step (or all, on a fresh start) are produced again.
   history = writer.truncate_after(start_step if restored is not None else -1)
+  if evals is None:  # a fresh start, or a checkpoint from before evals were saved (process 0's)
+    evals = [r for r in history if r["split"] == "eval"]
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
@@ -132,7 +136,6 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
   eval_split = cfg.data.eval_split
   stopper = EarlyStopping(cfg.eval.metric, cfg.eval.mode, patience=cfg.eval.patience,
                           min_delta=cfg.eval.min_delta)
-  evals = [r for r in history if r["split"] == "eval"]
   for record in evals:
     stopper.update(record)
   full_evals: dict[int, dict] = {}  # this invocation's complete eval results, for the report
@@ -192,8 +195,9 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
         pending.append(metrics)
         progress.update(step)
         last = step == cfg.train.steps
+        preempted = preemption.reached(step)  # every step, on every process: the sync point
 
-        if step % cfg.train.log_every_steps == 0 or last or preemption.requested:
+        if step % cfg.train.log_every_steps == 0 or last or preempted:
           fetched = window + jax.device_get(pending)  # one sync per logging interval
           elapsed = time.time() - interval["start"] - interval["paused"]
           for k in ("examples", "tokens"):
@@ -214,13 +218,13 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
             print(f"ftjax: early stopping at step {step}: no improvement of {cfg.eval.metric} in "
                   f"{cfg.eval.patience} evaluations (best {stopper.best[cfg.eval.metric]:.4f} at "
                   f"step {stopper.best['step']})", flush=True)
-        if preemption.requested and stop_reason is None:
+        if preempted and stop_reason is None:
           stop_reason = "preempted"
         if checkpointer.should_save(step) or last or stop_reason:
           check_finite()  # never checkpoint past a non-finite update under on_nan=halt
           window, pending = window + jax.device_get(pending), []
           paused(checkpointer.save, step, state,
-                 {"iterator": train_iter.get_state(), "log_window": _window_to_json(window)})
+                 _loop_state(train_iter.get_state(), window, evals))
         if stop_reason:
           break
     finally:
