@@ -2,6 +2,8 @@
 
 Options (`config.method.lora.*`):
   rank, alpha: the update is (alpha / rank) * x A B (alpha / sqrt(rank) with `rslora`).
+    Defaults r=8, alpha=8 (scale 1) follow PEFT's `LoraConfig` and the paper, which sets alpha
+    to the first rank tried and does not tune it.
   dropout: dropout on the LoRA branch's input, PEFT's `lora_B(lora_A(dropout(x)))`, in the
     train step only (a fresh mask every step from the train state's rng; none in eval,
     generation, merge or export; see `lora_layers.LoRALinear`). In [0, 1).
@@ -52,7 +54,7 @@ def trainable_with_head(own, train_head: bool):
 @register
 class LoRA(Method):
   name = "lora"
-  defaults = {"rank": 8, "alpha": 16.0, "dropout": 0.0, "targets": DEFAULT_TARGETS,
+  defaults = {"rank": 8, "alpha": 8.0, "dropout": 0.0, "targets": DEFAULT_TARGETS,
               "rslora": False, "train_head": True, "init_from": ""}
   dora = False
 
