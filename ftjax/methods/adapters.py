@@ -12,7 +12,8 @@ Options (`config.method.adapters.*`):
     'swish'); '' = the variant's default, AdapterHub's (`DoubleSeqBnConfig` / `SeqBnConfig`):
     silu for Houlsby, relu for Pfeiffer.
   targets: regex over module paths; '' = the variant's default (BERT: attention.output.dense
-    and output.dense / output.dense only; Llama: o_proj and down_proj / down_proj only).
+    and output.dense / output.dense only; Llama: o_proj and down_proj / down_proj only; GPT-2:
+    attn.c_proj and mlp.c_proj / mlp.c_proj only).
   train_head: also train the task head in full.
 
 Trainable parameters: sum over targets of 2 * out * bottleneck + bottleneck + out, plus the head.
@@ -29,8 +30,9 @@ from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.registry import register
 
 VARIANT_TARGETS = {
-    "houlsby": r"(^|\.)(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj)$",
-    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj)$",
+    "houlsby": r"(^|\.)(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj|"
+               r"attn\.c_proj|mlp\.c_proj)$",
+    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj|mlp\.c_proj)$",
 }
 ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu}
 # AdapterHub's defaults: non_linearity 'swish' (Houlsby), 'relu' (Pfeiffer).

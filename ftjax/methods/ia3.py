@@ -7,7 +7,8 @@ W * l[:, None].
 
 Options (`config.method.ia3.*`):
   targets: regex over module paths; the default is PEFT's for BERT (key, value, output.dense,
-    which includes attention.output.dense) and Llama (k_proj, v_proj, down_proj).
+    which includes attention.output.dense), Llama (k_proj, v_proj, down_proj) and GPT-2
+    (c_attn, mlp.c_proj).
   feedforward: regex over module paths; targets matching it scale their input.
   train_head: also train the task head in full.
 
@@ -58,8 +59,9 @@ class IA3Linear(lora_layers.WrappedLinear):
 @register
 class IA3(Method):
   name = "ia3"
-  defaults = {"targets": r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj)$",
-              "feedforward": r"(^|\.)(output\.dense|down_proj)$",
+  defaults = {"targets": (r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj|c_attn|"
+                          r"mlp\.c_proj)$"),
+              "feedforward": r"(^|\.)(output\.dense|down_proj|mlp\.c_proj)$",
               "train_head": True}
 
   def apply(self, model, *, rngs):

@@ -7,8 +7,8 @@ Options (`config.method.lora.*`):
   dropout: dropout on the LoRA branch's input, PEFT's `lora_B(lora_A(dropout(x)))`, in the
     train step only (a fresh mask every step from the train state's rng; none in eval,
     generation, merge or export; see `lora_layers.LoRALinear`). In [0, 1).
-  targets: regex (re.search) over module paths; the default covers BERT's query/value and
-    Llama's q_proj/v_proj.
+  targets: regex (re.search) over module paths; the default is PEFT's per-model one: BERT's
+    query/value, Llama's q_proj/v_proj, GPT-2's c_attn.
   rslora: rank-stabilised scaling alpha / sqrt(rank) (Kalajdzievski 2023).
   train_head: also train the task head (`classifier`/`score`) in full, like PEFT's
     `modules_to_save` for sequence classification.
@@ -33,7 +33,7 @@ from ftjax.methods import lora_layers, lora_peft
 from ftjax.methods.base import HEAD_PATTERN, Method, path_matches
 from ftjax.methods.registry import register
 
-DEFAULT_TARGETS = r"(^|\.)(query|value|q_proj|v_proj)$"
+DEFAULT_TARGETS = r"(^|\.)(query|value|q_proj|v_proj|c_attn)$"
 
 log = logging.getLogger("ftjax")
 

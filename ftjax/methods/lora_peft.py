@@ -82,8 +82,10 @@ def read(model: nnx.Module, adapter_dir) -> Adapter:
   for key in ("rank_pattern", "alpha_pattern"):
     if config.get(key):
       raise UserError(f"{where}: per-module '{key}' is not supported")
-  if config.get("fan_in_fan_out") or config.get("lora_bias"):
-    raise UserError(f"{where}: fan_in_fan_out / lora_bias adapters are not supported")
+  # `fan_in_fan_out` (PEFT sets it for GPT-2's Conv1D) only says how the *base* weight is laid
+  # out; lora_A / lora_B are [r, in] / [out, r] either way, so it needs nothing here.
+  if config.get("lora_bias"):
+    raise UserError(f"{where}: lora_bias adapters are not supported")
   try:
     rank, alpha = int(config["r"]), float(config["lora_alpha"])
   except (KeyError, TypeError, ValueError) as e:
