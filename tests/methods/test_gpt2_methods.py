@@ -1,9 +1,10 @@
-"""The module-wrapping methods on a tiny GPT-2 (its `Conv1D`s are `nnx.Linear`s at HF paths).
+"""Methods on a tiny GPT-2 (its `Conv1D`s are `nnx.Linear`s at HF paths).
 
-With their default targets (PEFT's for GPT-2; AdapterHub's placement for adapters): identity at
-init, merge equality after perturbing, and PEFT parity both ways: our LoRA / IA3 export loads
-in `peft` with our logits, and a LoRA adapter made by `peft` (`fan_in_fan_out`, as PEFT saves it
-for `Conv1D`) starts a run (`method.lora.init_from`) with peft's logits.
+The wrapping methods with their default targets (PEFT's for GPT-2; adapters after attn/mlp
+c_proj): identity at init and merge equality after perturbing. PEFT parity both ways: our
+LoRA, IA3, prompt- and prefix-tuning exports load in `peft` with our logits, and a LoRA adapter
+made by `peft` (`fan_in_fan_out`, as PEFT saves it for `Conv1D`) starts a run
+(`method.lora.init_from`) with peft's logits.
 """
 
 import re
@@ -18,6 +19,7 @@ from flax import nnx
 from ftjax.methods import lora_layers
 from ftjax.models import registry
 from test_llama_methods import build, perturb
+from test_llama_prompt_prefix import randomize
 
 IDS = np.array([[1, 5, 9, 14, 3, 7], [2, 7, 6, 11, 20, 8]])
 
@@ -88,3 +90,15 @@ def test_gpt2_run_starts_from_a_peft_lora_adapter(gpt2_dir, tmp_path):
   _, ours = build(gpt2_dir, "lora", rank=4, alpha=16.0, targets=r"(c_attn|c_fc)$",
                   init_from=str(tmp_path / "adapter"))
   np.testing.assert_allclose(forward(ours), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["prompt_tuning", "prefix_tuning"])
+def test_gpt2_prompt_learning_loads_in_peft(gpt2_dir, tmp_path, name):
+  method, model = build(gpt2_dir, name, num_virtual_tokens=3)
+  randomize(model, method)
+  out = method.export_peft(model, tmp_path / "peft", base_path=str(gpt2_dir))
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(gpt2_dir))
+  got = peft_logits(peft.PeftModel.from_pretrained(hf, str(out)))[:, -IDS.shape[1]:]
+  base, _ = registry.build_model(gpt2_dir, task="causal_lm", rngs=nnx.Rngs(0))
+  assert np.abs(forward(model) - forward(base)).max() > 0.1  # it does something
+  np.testing.assert_allclose(got, forward(model), atol=1e-4, rtol=0)
