@@ -15,6 +15,7 @@ from flax import nnx
 from ftjax import export, methods, train
 from ftjax.errors import UserError
 from ftjax.models import registry
+from ftjax.methods import lora_peft
 from ftjax.weights import peft_io
 from test_train import tiny_config
 
@@ -95,29 +96,50 @@ def test_peft_export_loads_in_peft(method, options, lora_run, tmp_path_factory, 
   np.testing.assert_allclose(torch_logits(model), expected, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("dora", [False, True])
-def test_load_peft_lora_trained_elsewhere(tiny_bert_dir, tmp_path, dora):
+PEFT_TARGETS = ["query", "value", "intermediate.dense"]
+
+
+def peft_adapter(model_dir, out, dora: bool) -> np.ndarray:
+  """Saves a LoRA / DoRA adapter made by `peft` (moved off its init) to `out`; its logits."""
   torch.manual_seed(0)
   config = peft.LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=16, use_rslora=not dora,
-                           use_dora=dora, target_modules=["query", "value", "intermediate.dense"])
-  model = peft.get_peft_model(hf_classifier(tiny_bert_dir), config)
+                           use_dora=dora, target_modules=PEFT_TARGETS)
+  model = peft.get_peft_model(hf_classifier(model_dir), config)
   with torch.no_grad():
     for name, param in model.named_parameters():
       if "lora_B" in name:  # PEFT starts B at zero: make the adapter do something
         torch.nn.init.normal_(param, std=0.5)
       if "lora_magnitude_vector" in name:
         param.mul_(1.5)
-  model.save_pretrained(str(tmp_path / "adapter"))
-  expected = torch_logits(model)
+  model.save_pretrained(str(out))
+  return torch_logits(model)
 
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_load_peft_lora_trained_elsewhere(tiny_bert_dir, tmp_path, dora):
+  expected = peft_adapter(tiny_bert_dir, tmp_path / "adapter", dora)
   ours, _ = registry.build_model(tiny_bert_dir, task="classification", num_labels=2,
                                  rngs=nnx.Rngs(0))
-  ours = peft_io.load_peft_lora(ours, tmp_path / "adapter")
+  ours = lora_peft.load_peft_lora(ours, tmp_path / "adapter")
   np.testing.assert_allclose(ftjax_logits(ours), expected, atol=1e-4, rtol=0)
   merged = methods.get("dora" if dora else "lora").merge(ours)
   np.testing.assert_allclose(ftjax_logits(merged), expected, atol=1e-4, rtol=0)
   with pytest.raises(UserError, match="adapter_config.json"):
-    peft_io.load_peft_lora(ours, tmp_path)
+    lora_peft.load_peft_lora(ours, tmp_path)
+
+
+@pytest.mark.parametrize("dora", [False, True])
+def test_run_starts_from_a_peft_adapter(tiny_bert_dir, tiny_sentiment_files, tmp_path, dora):
+  """`method.lora.init_from` (the config key): the run's step-0 model is peft's, head included."""
+  expected = peft_adapter(tiny_bert_dir, tmp_path / "adapter", dora)
+  method = "dora" if dora else "lora"
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, method=method)
+  cfg.method[method].update(rank=4, alpha=16.0, rslora=not dora,
+                            targets=r"\.(query|value|intermediate\.dense)$",
+                            init_from=str(tmp_path / "adapter"))
+  exp = train.build_experiment(cfg)
+  model = train.model_from_state(exp, exp.state)
+  np.testing.assert_allclose(ftjax_logits(model), expected, atol=1e-4, rtol=0)
 
 
 def test_unmergeable_method_is_refused_for_hf(tmp_path_factory, tiny_bert_dir,

@@ -8,9 +8,12 @@ the identity at step 0. Not mergeable (the activation sits between the projectio
 Options (`config.method.adapters.*`):
   variant: 'houlsby' or 'pfeiffer'.
   bottleneck: the adapter's hidden width.
-  activation: 'gelu', 'relu' or 'silu'.
+  activation: 'gelu' (tanh approximation, AdapterHub's 'gelu'), 'relu' or 'silu' (AdapterHub's
+    'swish'); '' = the variant's default, AdapterHub's (`DoubleSeqBnConfig` / `SeqBnConfig`):
+    silu for Houlsby, relu for Pfeiffer.
   targets: regex over module paths; '' = the variant's default (BERT: attention.output.dense
-    and output.dense / output.dense only; Llama: o_proj and down_proj / down_proj only).
+    and output.dense / output.dense only; Llama: o_proj and down_proj / down_proj only; GPT-2:
+    attn.c_proj and mlp.c_proj / mlp.c_proj only).
   train_head: also train the task head in full.
 
 Trainable parameters: sum over targets of 2 * out * bottleneck + bottleneck + out, plus the head.
@@ -27,10 +30,13 @@ from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.registry import register
 
 VARIANT_TARGETS = {
-    "houlsby": r"(^|\.)(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj)$",
-    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj)$",
+    "houlsby": r"(^|\.)(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj|"
+               r"attn\.c_proj|mlp\.c_proj)$",
+    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj|mlp\.c_proj)$",
 }
 ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu}
+# AdapterHub's defaults: non_linearity 'swish' (Houlsby), 'relu' (Pfeiffer).
+VARIANT_ACTIVATION = {"houlsby": "silu", "pfeiffer": "relu"}
 
 
 class AdapterLinear(lora_layers.WrappedLinear):
@@ -58,7 +64,7 @@ class AdapterLinear(lora_layers.WrappedLinear):
 @register
 class Adapters(Method):
   name = "adapters"
-  defaults = {"variant": "houlsby", "bottleneck": 64, "activation": "gelu", "targets": "",
+  defaults = {"variant": "houlsby", "bottleneck": 64, "activation": "", "targets": "",
               "train_head": True}
 
   def apply(self, model, *, rngs):
@@ -66,15 +72,16 @@ class Adapters(Method):
     if o["variant"] not in VARIANT_TARGETS:
       raise UserError(f"config key 'method.adapters.variant' must be one of "
                       f"{', '.join(VARIANT_TARGETS)}, got '{o['variant']}'")
-    if o["activation"] not in ACTIVATIONS:
+    activation = o["activation"] or VARIANT_ACTIVATION[o["variant"]]
+    if activation not in ACTIVATIONS:
       raise UserError(f"config key 'method.adapters.activation' must be one of "
-                      f"{', '.join(ACTIVATIONS)}, got '{o['activation']}'")
+                      f"{', '.join(ACTIVATIONS)} (or '' for the variant's), got '{activation}'")
     if o["bottleneck"] <= 0:
       raise UserError(f"config key 'method.adapters.bottleneck' must be > 0, got {o['bottleneck']}")
     targets = o["targets"] or VARIANT_TARGETS[o["variant"]]
     for path, linear in lora_layers.find_linears(model, targets, option="method.adapters.targets"):
       lora_layers.replace_module(model, path, AdapterLinear(
-          linear, bottleneck=o["bottleneck"], activation=o["activation"], rngs=rngs))
+          linear, bottleneck=o["bottleneck"], activation=activation, rngs=rngs))
     return model
 
   def trainable(self):

@@ -7,11 +7,15 @@ W * l[:, None].
 
 Options (`config.method.ia3.*`):
   targets: regex over module paths; the default is PEFT's for BERT (key, value, output.dense,
-    which includes attention.output.dense) and Llama (k_proj, v_proj, down_proj).
+    which includes attention.output.dense), Llama (k_proj, v_proj, down_proj) and GPT-2
+    (c_attn, mlp.c_proj).
   feedforward: regex over module paths; targets matching it scale their input.
   train_head: also train the task head in full.
 
 Trainable parameters: sum over targets of out (or in, for feed-forward ones), plus the head.
+
+PEFT export: `ia3_l` per target under its HF module name, [out, 1] or, for feed-forward
+modules, [1, in] (PyTorch's layouts), plus the head in `modules_to_save`.
 """
 
 import re
@@ -20,9 +24,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ftjax.methods import lora_layers
-from ftjax.methods.base import Method, path_string
+from ftjax.methods.base import HEAD_PATTERN, Method, path_string
 from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.registry import register
+from ftjax.weights import peft_io
 
 
 class IA3Linear(lora_layers.WrappedLinear):
@@ -54,8 +59,9 @@ class IA3Linear(lora_layers.WrappedLinear):
 @register
 class IA3(Method):
   name = "ia3"
-  defaults = {"targets": r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj)$",
-              "feedforward": r"(^|\.)(output\.dense|down_proj)$",
+  defaults = {"targets": (r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj|c_attn|"
+                          r"mlp\.c_proj)$"),
+              "feedforward": r"(^|\.)(output\.dense|down_proj|mlp\.c_proj)$",
               "train_head": True}
 
   def apply(self, model, *, rngs):
@@ -77,5 +83,19 @@ class IA3(Method):
 
   def export_peft(self, model, out_dir, *, base_path: str):
     """Writes a PEFT IA3 adapter."""
-    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
-    return peft_io.export_ia3(model, out_dir, base_path=base_path, linear_cls=IA3Linear)
+    names = peft_io.ModelNames(model)
+    tensors, targets, feedforward = {}, [], []
+    for path, layer in lora_layers.iter_wrappers(model, IA3Linear):
+      name = names.hf_module(path_string(path))
+      targets.append(name)
+      scale = peft_io.as_numpy(layer.ia3_l[...])
+      if layer.feedforward:
+        feedforward.append(name)
+      tensors[f"{peft_io.PREFIX}{name}.ia3_l"] = (
+          scale[None, :] if layer.feedforward else scale[:, None]).copy()
+    head, head_modules = names.head_tensors(model, HEAD_PATTERN)
+    tensors.update(head)
+    config = peft_io.base_config("IA3", names.task, base_path, head_modules)
+    config.update(target_modules=sorted(targets), feedforward_modules=sorted(feedforward),
+                  fan_in_fan_out=False, init_ia3_weights=True)
+    return peft_io.write_adapter(out_dir, config, tensors)

@@ -1,6 +1,7 @@
 """LayerNorm tuning (Zhao et al. 2023): train only the normalisation scales/biases + the head.
 
-Matches any norm module named like `LayerNorm`, `input_layernorm`, `norm` (RMSNorm has no bias).
+Matches any norm module named like `LayerNorm`, `input_layernorm`, `norm` (RMSNorm has no bias)
+or GPT-2's `ln_1`, `ln_2`, `ln_f`.
 Options: `train_head` (default True). Trainable parameters: every norm's scale (and bias) +
 the head. Mergeable trivially.
 """
@@ -11,7 +12,7 @@ from ftjax.methods.base import Method, path_matches
 from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.registry import register
 
-NORM_PATTERN = r"(?i)(^|\.)[^.]*norm[^.]*\.(scale|bias)$"
+NORM_PATTERN = r"(?i)(^|\.)([^.]*norm[^.]*|ln_[^.]*)\.(scale|bias)$"
 
 
 @register

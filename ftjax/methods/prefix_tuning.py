@@ -29,11 +29,12 @@ from flax import nnx
 
 from ftjax.errors import UserError
 from ftjax.methods import lora_layers, prompt_layers
-from ftjax.methods.base import Method
+from ftjax.methods.base import HEAD_PATTERN, Method
 from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.prompt_tuning import find_embeddings
 from ftjax.methods.registry import register
 from ftjax.models import bert
+from ftjax.weights import peft_io
 
 
 def _uniform(key, shape, fan_in, dtype):
@@ -159,13 +160,13 @@ class PrefixTuning(Method):
 
   def export_peft(self, model, out_dir, *, base_path: str):
     """Writes a PEFT prefix-tuning adapter holding the (projected) prefix table + the head."""
-    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
     if isinstance(model, PrefixTunedDecoder):
       table = np.asarray(jax.device_get(model.prefix()), np.float32)
       layers, kv_heads, head_dim = model.layout
       # PEFT's sizes for grouped-query attention: token_dim = kv_heads * head_dim, "heads" = kv.
       return peft_io.export_prompt_learning(
           model, out_dir, base_path=base_path, peft_type="PREFIX_TUNING", prompt_embeddings=table,
+          head_pattern=HEAD_PATTERN,
           extra=dict(num_virtual_tokens=table.shape[0], token_dim=kv_heads * head_dim,
                      num_attention_heads=kv_heads, num_layers=layers,
                      encoder_hidden_size=kv_heads * head_dim, prefix_projection=False))
@@ -176,6 +177,7 @@ class PrefixTuning(Method):
     # The table after the MLP: PEFT saves that too and loads it without the MLP.
     return peft_io.export_prompt_learning(
         model, out_dir, base_path=base_path, peft_type="PREFIX_TUNING", prompt_embeddings=table,
+        head_pattern=HEAD_PATTERN,
         extra=dict(num_virtual_tokens=table.shape[0], token_dim=cfg.hidden_size,
                    num_attention_heads=cfg.num_attention_heads, num_layers=cfg.num_hidden_layers,
                    encoder_hidden_size=cfg.hidden_size, prefix_projection=False))

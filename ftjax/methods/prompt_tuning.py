@@ -28,10 +28,11 @@ from flax import nnx
 
 from ftjax.errors import UserError
 from ftjax.methods import lora_layers, prompt_layers
-from ftjax.methods.base import Method
+from ftjax.methods.base import HEAD_PATTERN, Method
 from ftjax.methods.lora import trainable_with_head
 from ftjax.methods.registry import register
 from ftjax.models import bert
+from ftjax.weights import peft_io
 
 _EMBED_ATTRS = ("cfg", "word_embeddings", "position_embeddings", "token_type_embeddings",
                 "LayerNorm", "position_offset")
@@ -140,13 +141,13 @@ class PromptTuning(Method):
 
   def export_peft(self, model, out_dir, *, base_path: str):
     """Writes a PEFT prompt-tuning adapter (`prompt_embeddings` [n, hidden] + the head)."""
-    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
     embeddings = next(m for _, m in nnx.iter_modules(model)
                       if isinstance(m, (PromptEmbeddings, PromptEmbed)))
     cfg = embeddings.cfg if isinstance(embeddings, PromptEmbeddings) else model.config
     prompt = np.asarray(jax.device_get(embeddings.prompt_embeddings[...]), np.float32)
     return peft_io.export_prompt_learning(
         model, out_dir, base_path=base_path, peft_type="PROMPT_TUNING", prompt_embeddings=prompt,
+        head_pattern=HEAD_PATTERN,
         extra=dict(num_virtual_tokens=prompt.shape[0], token_dim=prompt.shape[1],
                    num_attention_heads=prompt_layers.config_value(cfg, "num_attention_heads",
                                                                   "n_head"),

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ftjax.errors import UserError
-from ftjax.methods import lora_layers, quant
+from ftjax.methods import lora_layers, lora_peft, quant
 from ftjax.methods.lora import LoRA, check_dropout
 from ftjax.methods.registry import register
 
@@ -94,7 +94,7 @@ class QLoRA(LoRA):
   name = "qlora"
   defaults = dict(LoRA.defaults, quant="nf4", block_size=64, double_quant=False)
 
-  def apply(self, model, *, rngs):
+  def wrap(self, model, *, rngs):
     o = self.options
     dropout = check_dropout(self.name, o)
     if o["quant"] not in quant.KINDS:
@@ -110,5 +110,4 @@ class QLoRA(LoRA):
 
   def export_peft(self, model, out_dir, *, base_path: str):
     """A PEFT LoRA adapter; apply it to the (quantized or not) base model."""
-    from ftjax.weights import peft_io  # pylint: disable=g-import-not-at-top  (imports methods)
-    return peft_io.export_lora(model, self.options, out_dir, base_path=base_path)
+    return lora_peft.export_lora(model, self.options, out_dir, base_path=base_path)

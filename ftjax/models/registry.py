@@ -202,17 +202,46 @@ def build_from_tensors(
   return model, fresh
 
 
-def _family_of(model: nnx.Module) -> tuple[Family, str]:
-  """Finds (family, task) from the model's class (and its config's
-  model_type: several families share `LlamaForCausalLM`)."""
-  model_type = getattr(getattr(model, 'config', None), 'model_type', None)
+def _lookup(cls: type, model_type) -> tuple[Family, str] | None:
+  """(family, task) whose class is `cls`, trying the family of `model_type`
+  first (several families share `LlamaForCausalLM`)."""
   preferred = [_FAMILIES[model_type]] if model_type in _FAMILIES else []
   for family in preferred + list(_FAMILIES.values()):
-    for task, (cls, _, _) in family.classes.items():
-      if type(model) is cls:  # pylint: disable=unidiomatic-typecheck
+    for task, (family_cls, _, _) in family.classes.items():
+      if cls is family_cls:
         return family, task
-  raise UserError(f'cannot save model of type {type(model).__name__}: '
-                  'not a registered model class')
+  return None
+
+
+def _model_type(model: nnx.Module):
+  return getattr(getattr(model, 'config', None), 'model_type', None)
+
+
+def _family_of(model: nnx.Module) -> tuple[Family, str]:
+  """(family, task) of a plain registered model (what `save_hf` writes)."""
+  hit = _lookup(type(model), _model_type(model))
+  if hit is None:
+    raise UserError(f'cannot save model of type {type(model).__name__}: '
+                    'not a registered model class')
+  return hit
+
+
+def family_and_task(model: nnx.Module) -> tuple[Family, str]:
+  """(family, task) of a registered model, or of the model class that a
+  prompt-learning decoder wrapper adopted (its `wrapped_class`)."""
+  cls = getattr(model, 'wrapped_class', None) or type(model)
+  hit = _lookup(cls, _model_type(model))
+  if hit is None:
+    raise UserError(f'{cls.__name__} is not a registered model class')
+  return hit
+
+
+def weight_table(model: nnx.Module) -> safetensors_io.WeightTable:
+  """The weight table (HF name <-> NNX path) of `model`'s class, as
+  `family_and_task` finds it; tables chosen by the config (tied heads)
+  are resolved with the model's config."""
+  family, task = family_and_task(model)
+  return _table(family.classes[task][1], model.config)
 
 
 def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,

@@ -67,7 +67,7 @@ def _template_regex(template: str) -> re.Pattern:
   return re.compile(pattern)
 
 
-class _Compiled:
+class CompiledTable:
   """A table with its templates compiled to regexes, both directions."""
 
   def __init__(self, table: WeightTable):
@@ -100,7 +100,7 @@ class _Compiled:
     return any(rx.fullmatch(nnx_path) for rx in self.optional)
 
 
-def _apply(transform: str, array):
+def apply_transform(transform: str, array):
   """Applies a rule's transform; each is its own inverse, so one function
   serves loading and export."""
   if transform == '':
@@ -145,7 +145,7 @@ def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
   Raises:
     UserError: naming the first unexpected, missing or mis-shaped tensor.
   """
-  compiled = _Compiled(table)
+  compiled = CompiledTable(table)
   params = param_vars(model)
   assigned: dict[str, tuple[str, str]] = {}  # nnx path -> (hf name, transform)
   unexpected = []
@@ -195,7 +195,7 @@ def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
   for path, (name, transform) in assigned.items():
     var = params[path]
     old = var[...]
-    value = jnp.asarray(_apply(transform, tensors[name]),
+    value = jnp.asarray(apply_transform(transform, tensors[name]),
                         dtype=old.dtype)
     sharding = getattr(old, 'sharding', None)
     var[...] = jax.device_put(value, sharding) if sharding else value
@@ -208,7 +208,7 @@ def export_params(model: nnx.Module, table: WeightTable) -> dict[str, np.ndarray
   Raises:
     UserError: if a param has no HF name, e.g. an unmerged adapter.
   """
-  compiled = _Compiled(table)
+  compiled = CompiledTable(table)
   out = {}
   for path, var in param_vars(model).items():
     hit = compiled.to_hf(path)
@@ -218,7 +218,7 @@ def export_params(model: nnx.Module, table: WeightTable) -> dict[str, np.ndarray
           'before exporting')
     name, rule = hit
     array = np.asarray(jax.device_get(var[...]))
-    out[name] = np.ascontiguousarray(_apply(rule.transform, array))
+    out[name] = np.ascontiguousarray(apply_transform(rule.transform, array))
   return out
 
 

@@ -1,5 +1,7 @@
 """Bottleneck adapters (Houlsby, Pfeiffer): identity at init, training, not mergeable."""
 
+import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -37,3 +39,24 @@ def test_adapter_placement(tiny_bert_dir):
   assert isinstance(layer.output.dense, adapters.AdapterLinear)
   with pytest.raises(UserError, match="method.adapters.variant"):
     build("lora")
+
+
+@pytest.mark.parametrize("variant,activation,fn", [("houlsby", "silu", jax.nn.silu),
+                                                   ("pfeiffer", "relu", jax.nn.relu)])
+def test_default_activation_is_adapterhubs(tiny_bert_dir, variant, activation, fn):
+  """AdapterHub's defaults: swish (= silu) for Houlsby (`DoubleSeqBnConfig`), relu for
+  Pfeiffer (`SeqBnConfig`); the layer computes h + up(act(down(h)))."""
+  model, _ = registry.build_model(tiny_bert_dir, task="classification", num_labels=2,
+                                  rngs=nnx.Rngs(0))
+  options = dict(methods.get("adapters").defaults, variant=variant, bottleneck=BOTTLENECK)
+  model = methods.registry._METHODS["adapters"](options).apply(model, rngs=nnx.Rngs(0))
+  layer = model.bert.encoder.layer[0].output.dense
+  assert layer.activation == activation
+  keys = jax.random.split(jax.random.key(0), 3)
+  layer.adapter_up[...] = jax.random.normal(keys[0], layer.adapter_up[...].shape)
+  layer.adapter_down_bias[...] = jax.random.normal(keys[1], (BOTTLENECK,))  # negative inputs too
+  x = jax.random.normal(keys[2], (3, layer.in_features))
+  h = layer.base(x)
+  expected = h + fn(h @ layer.adapter_down[...] + layer.adapter_down_bias[...]) @ (
+      layer.adapter_up[...]) + layer.adapter_up_bias[...]
+  np.testing.assert_allclose(layer(x), expected, atol=1e-6, rtol=0)

@@ -1,18 +1,23 @@
 """The module-wrapping methods on a tiny Llama (HF-named `nnx.Linear` projections).
 
 Identity at init, merge equality after perturbing the method's parameters, `save_hf` of the
-merged model, and a PEFT LoRA export that `peft` loads onto the transformers Llama.
+merged model, a PEFT LoRA export that `peft` loads onto the transformers Llama, and a run
+started from a PEFT LoRA adapter made by `peft` (`method.lora.init_from`).
 """
+
+import re
 
 import jax
 import numpy as np
 import peft
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 from flax import nnx
 
 from ftjax import methods
+from ftjax.errors import UserError
 from ftjax.methods import lora_layers, qlora
 from ftjax.models import registry
 
@@ -110,3 +115,73 @@ def test_lora_on_llama_exports_to_peft(llama_dir, tmp_path):
 def test_lm_head_is_refused(llama_dir):
   with pytest.raises(Exception, match="lm_head"):
     build(llama_dir, "lora", targets=r"(q_proj|lm_head)$")
+
+
+PEFT_TARGETS = ["q_proj", "v_proj", "down_proj"]
+OUR_TARGETS = r"(q_proj|v_proj|down_proj)$"
+
+
+def hf_llama(path):
+  return transformers.AutoModelForCausalLM.from_pretrained(str(path))
+
+
+@pytest.fixture(scope="module")
+def peft_adapter(llama_dir, tmp_path_factory):
+  """A LoRA adapter made by `peft` (r=4, alpha=16, B moved off zero) and its model's logits."""
+  torch.manual_seed(1)
+  model = peft.get_peft_model(hf_llama(llama_dir), peft.LoraConfig(
+      task_type="CAUSAL_LM", r=4, lora_alpha=16, target_modules=PEFT_TARGETS))
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "lora_B" in name:
+        torch.nn.init.normal_(param, std=0.5)
+  path = tmp_path_factory.mktemp("peft_lora")
+  model.save_pretrained(str(path))
+  with torch.no_grad():
+    logits = model.eval()(input_ids=torch.tensor(IDS)).logits.numpy()
+  return path, logits
+
+
+@pytest.mark.parametrize("name,options", [("lora", {}), ("qlora", dict(block_size=16))])
+def test_init_from_peft_lora_adapter(llama_dir, peft_adapter, name, options):
+  path, expected = peft_adapter
+  method, model = build(llama_dir, name, rank=4, alpha=16.0, targets=OUR_TARGETS,
+                        init_from=str(path), **options)
+  _, params, _ = nnx.split(model, method.trainable(), ...)
+  trained = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(params)}
+  adapter = safetensors.numpy.load_file(str(path / "adapter_model.safetensors"))
+  assert len(trained) == 2 * 2 * len(PEFT_TARGETS)  # A and B of 3 modules in 2 layers
+  for module in ("self_attn.q_proj", "mlp.down_proj"):
+    for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+      np.testing.assert_array_equal(  # what trains starts at the adapter's values
+          trained[f"model.layers.1.{module}.{ours}"],
+          adapter[f"base_model.model.model.layers.1.{module}.{theirs}.weight"].T)
+  if name == "lora":  # qlora's base is quantized, so its logits are not peft's
+    np.testing.assert_allclose(forward(model), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("options,match", [
+    (dict(rank=8), r"'method.lora.rank' is 8, .*has r=4"),
+    (dict(alpha=8.0), r"'method.lora.alpha' is 8.0, .*has lora_alpha=16.0"),
+    (dict(targets=r"(q_proj|v_proj)$"), r"'method.lora.targets' selects other modules.*down_proj"),
+])
+def test_init_from_an_adapter_that_disagrees(llama_dir, peft_adapter, options, match):
+  path, _ = peft_adapter
+  options = dict(dict(rank=4, alpha=16.0, targets=OUR_TARGETS), **options)
+  with pytest.raises(UserError, match=match):
+    build(llama_dir, "lora", init_from=str(path), **options)
+  with pytest.raises(UserError, match=r"'method.name' is 'dora'.*use_dora=False"):
+    build(llama_dir, "dora", rank=4, alpha=16.0, targets=OUR_TARGETS, init_from=str(path))
+
+
+def test_init_from_a_missing_or_non_lora_adapter(llama_dir, tmp_path):
+  missing = tmp_path / "nope"
+  with pytest.raises(UserError, match=re.escape(f"adapter_config.json in PEFT adapter directory {missing}")):
+    build(llama_dir, "lora", init_from=str(missing))
+  model = peft.get_peft_model(hf_llama(llama_dir), peft.IA3Config(
+      task_type="CAUSAL_LM", target_modules=["k_proj", "down_proj"],
+      feedforward_modules=["down_proj"]))
+  model.save_pretrained(str(tmp_path / "ia3"))
+  where = tmp_path / "ia3" / "adapter_config.json"
+  with pytest.raises(UserError, match=re.escape(f"{where}: peft_type 'IA3'")):
+    build(llama_dir, "lora", init_from=str(tmp_path / "ia3"))

@@ -3,6 +3,7 @@
 import math
 
 import jax
+import peft
 import pytest
 from flax import nnx
 
@@ -37,6 +38,14 @@ def test_rslora_scales_by_sqrt_rank_and_merges(tiny_bert_dir, tiny_sentiment_fil
   assert len(wrapped) == 2 * LAYERS
   assert all(w.scale == pytest.approx(8.0 / math.sqrt(4)) for w in wrapped)
   check_merge(run, run.exp.method, tmp_path)
+
+
+def test_default_rank_and_alpha_are_peft_s():
+  """r=8, alpha=8 like `peft.LoraConfig` (and the paper: alpha = the first rank tried)."""
+  reference = peft.LoraConfig()
+  for name in ("lora", "dora", "qlora"):
+    options = methods.get(name).defaults
+    assert (options["rank"], options["alpha"]) == (reference.r, reference.lora_alpha), name
 
 
 def test_targets_that_match_nothing_are_an_error(tiny_bert_dir):
