@@ -168,6 +168,26 @@ def test_orbax_checkpoint_manager_saves_restores_and_prunes(root):
   again.close()
 
 
+def test_orbax_ignores_and_cleans_a_save_killed_midway(root):
+  # On gs:// Orbax marks a finished step with commit_success.txt (no rename); a process killed
+  # mid-save leaves the step's objects without it. The next manager ignores and deletes them,
+  # so a resumed run restores the previous step and can save that step again.
+  directory = root / "checkpoints"
+  manager = _manager(directory, ("state", "data"), max_to_keep=2)
+  manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(1)),
+                                          data=ocp.args.JsonSave({})))
+  manager.close()
+  (directory / "2" / "_CHECKPOINT_METADATA").write_text("{}")
+  (directory / "2" / "state" / "_METADATA").write_text("{}")
+  resumed = _manager(directory, ("state", "data"), max_to_keep=2)
+  assert resumed.all_steps() == [1] and [p.name for p in directory.iterdir()] == ["1"]
+  resumed.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(2)),
+                                          data=ocp.args.JsonSave({})))
+  resumed.wait_until_finished()
+  assert resumed.all_steps() == [1, 2] and (directory / "2" / "commit_success.txt").exists()
+  resumed.close()
+
+
 def test_orbax_restore_without_shardings_fails_on_the_emulator(root):
   # Restoring without target shardings (a plain `PyTreeCheckpointer().restore(path)`) makes
   # Orbax read the saved `_sharding` file through TensorStore, which re-reads it conditionally on
