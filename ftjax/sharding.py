@@ -10,32 +10,61 @@ config runs unchanged from 1 CPU to a pod slice. Optimizer state follows its par
 
 from __future__ import annotations
 
+import logging
 import math
-import os
 
 import jax
 import numpy as np
+from jax._src import clusters as jax_clusters
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ftjax.config import MESH_AXES
 from ftjax.errors import UserError
 
+log = logging.getLogger("ftjax")
+
 BATCH_AXES = ("data", "fsdp")
 
 
 def initialize_distributed(coordinator_address=None, num_processes=None, process_id=None) -> None:
-  """Joins a multi-process run: explicit coordinator flags, or auto-detected on Cloud TPU VMs.
+  """Joins a multi-process run: explicit coordinator flags, or the launcher's environment.
 
-  Must run before anything touches a device. On a single host without flags it does nothing.
+  Without flags, jax.distributed's own cluster detection decides (SLURM `srun`, Open MPI
+  `mpirun`, Kubernetes Job/JobSet, Cloud TPU VMs and GKE TPU slices), and the run joins when
+  the detected launcher started more than one process. Must run before anything touches a
+  device. Outside a launcher, or with one process, it does nothing.
   """
   explicit = coordinator_address is not None
   if explicit and (num_processes is None or process_id is None):
     raise UserError("--coordinator_address needs --num_processes and --process_id")
-  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   if explicit:
     jax.distributed.initialize(coordinator_address, num_processes=num_processes, process_id=process_id)
-  elif "," in tpu_hosts or os.environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
-    jax.distributed.initialize()  # a multi-host TPU slice: JAX reads the topology itself
+    return
+  cluster = detected_cluster()
+  if cluster is None or cluster[1] <= 1:
+    return
+  jax.distributed.initialize()  # jax detects the same environment and reads its topology
+  print(f"ftjax: joined a {jax.process_count()}-process run ({cluster[0]}) as process "
+        f"{jax.process_index()}", flush=True)
+
+
+def detected_cluster() -> tuple[str, int] | None:
+  """(name, process count) of the launcher environment `jax.distributed.initialize()` would
+  use, or None outside one. The same choice as jax's (first present, opt-in-only ones skipped),
+  read from its registry of `ClusterEnv`s, which has no public API."""
+  env = next((env for env in jax_clusters.ClusterEnv._cluster_types  # pylint: disable=protected-access
+              if not env.opt_in_only_method and env.is_env_present()), None)
+  if env is None:
+    return None
+  name = env.name or env.__name__
+  try:
+    return name, env.get_process_count()
+  except Exception as e:  # pylint: disable=broad-except  (e.g. a Kubernetes pod outside a Job)
+    log.warning("%s environment without a readable process count (%s); running as one process", name, e)
+    print(f"ftjax: warning: jax detected a {name} environment but cannot read its process count "
+          f"({type(e).__name__}: {e}); running as one process (--coordinator_address, "
+          "--num_processes and --process_id join explicitly)", flush=True)
+    return None
 
 
 def process_zero_first(fn, name: str):

@@ -159,4 +159,59 @@ def test_sigterm_to_one_process_saves_every_process_at_the_same_step(
   for i, p in enumerate(procs):
     assert p.returncode == 0, f"process {i}:\n{outputs[i][-2000:]}"
   assert f"resumed from step {step}" in outputs[0]
+
+
+def slurm_env(job_id: int, task: int, ntasks: int) -> dict[str, str]:
+  """What `srun --ntasks=N` on one node named localhost puts in task `task`'s environment."""
+  return {"SLURM_JOB_ID": str(job_id), "SLURM_JOBID": str(job_id), "SLURM_STEP_ID": "0",
+          "SLURM_NTASKS": str(ntasks), "SLURM_NPROCS": str(ntasks), "SLURM_STEP_NUM_TASKS": str(ntasks),
+          "SLURM_PROCID": str(task), "SLURM_LOCALID": str(task), "SLURM_NODEID": "0",
+          "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_STEP_NUM_NODES": "1",
+          "SLURM_NODELIST": "localhost", "SLURM_JOB_NODELIST": "localhost",
+          "SLURM_STEP_NODELIST": "localhost", "SLURMD_NODENAME": "localhost",
+          "SLURM_TASKS_PER_NODE": str(ntasks), "SLURM_STEP_TASKS_PER_NODE": str(ntasks)}
+
+
+def slurm_job_id_with_free_port() -> int:
+  """A job id whose coordinator port is free: jax's SLURM detection uses port
+  61440 + job_id % 4096 (on the first node of SLURM_STEP_NODELIST)."""
+  for port in range(61440, 65536):
+    with socket.socket() as s:
+      try:
+        s.bind(("127.0.0.1", port))
+      except OSError:
+        continue
+    return 4096 * 1000 + port - 61440
+  raise RuntimeError("no free port in 61440-65535")
+
+
+def test_slurm_environment_is_detected(monkeypatch):
+  from ftjax import sharding
+  for key in list(os.environ):
+    if key.startswith(("SLURM_", "OMPI_", "KUBERNETES_", "TPU_", "MEGASCALE_")):
+      monkeypatch.delenv(key)
+  assert sharding.detected_cluster() is None
+  for key, value in slurm_env(12345, 1, 2).items():
+    monkeypatch.setenv(key, value)
+  assert sharding.detected_cluster() == ("slurm", 2)
+  monkeypatch.setenv("SLURM_NTASKS", "1")  # a one-task step (or `srun -n1`) stays one process
+  assert sharding.detected_cluster() == ("slurm", 1)
+
+
+def test_two_srun_tasks_join_without_flags(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+  # Two processes with the environment `srun --ntasks=2` gives them and no coordinator flags.
+  workdir = tmp_path / "run"
+  job_id = slurm_job_id_with_free_port()
+  base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR"))}
+  procs = [subprocess.Popen(
+      args(tiny_bert_dir, tiny_sentiment_files, workdir), cwd=REPO,
+      env=dict(base, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
+               **slurm_env(job_id, i, 2)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
+    assert f"ftjax: joined a 2-process run (slurm) as process {i}" in out
+  assert "ftjax: step 6: eval" in outputs[0][0]
+  np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
