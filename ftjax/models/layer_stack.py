@@ -1,5 +1,12 @@
 """Scanned layer stacks and per-layer rematerialisation, for any model with an `nnx.List` of layers.
 
+Why not `nnx.vmap`/`nnx.scan`: ftjax stacks layers that already exist (HF weights loaded and
+methods applied on the per-layer paths `layers.{i}`), which `nnx.vmap` cannot do (it builds new
+modules from a function); `nnx.scan` over a stacked layer fails on an `nnx.Rngs` a method's layer
+holds unstacked (flax 0.12.8: IndexError), and its `split_rngs` keys are not the list's per-layer
+`fold_in` keys that make scanned runs equal unscanned ones; and Orbax restores across layouts need
+the path-level conversion below (`plan_conversion`, `convert_leaves`), which nnx has no API for.
+
 A model opts in by running its layer list through `run_layers(self.<list>, body, carry, ...,
 remat=self.remat)` from the module that owns the list (`LlamaModel.layers`, `BertEncoder.layer`,
 `GPT2Model.h`); that owner takes `remat` (a policy name of `REMAT_POLICIES`, checked by
