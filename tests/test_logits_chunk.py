@@ -1,4 +1,6 @@
-"""`model.logits_chunk`: the causal-LM loss over chunks of positions equals the whole-batch loss."""
+"""`model.logits_chunk`: the causal-LM loss over chunks of positions equals the whole-batch loss.
+
+The chunk is an option of the task's loss (`causal_lm.with_logits_chunk`), not of the model."""
 
 from flax import nnx
 import jax
@@ -55,10 +57,10 @@ def test_chunked_loss_and_gradients_equal_the_whole_batch(tmp_path, family):
   batch = _batch()
 
   def run(chunk):
-    model.logits_chunk = chunk
+    task = causal_lm.with_logits_chunk(chunk)
     (loss, aux), grads = nnx.value_and_grad(
-        lambda m: causal_lm.train_loss(m, batch, None), has_aux=True)(model)
-    return loss, aux, grads, causal_lm.eval_sums(model, batch, None)
+        lambda m: task.train_loss(m, batch, None), has_aux=True)(model)
+    return loss, aux, grads, task.eval_sums(model, batch, None)
 
   loss, aux, grads, sums = run(0)
   assert float(aux["loss_weight"]) == batch["loss_mask"].sum()
@@ -109,7 +111,9 @@ def test_trainer_steps_equal_with_and_without_chunks(tmp_path):
   losses = {}
   for chunk, scan in ((0, False), (5, False), (5, True)):
     exp = train.build_experiment(_sft_config(tmp_path / f"{chunk}{scan}", chunk, scan))
-    assert nnx.merge(exp.graphdef, exp.state.params, exp.state.frozen).logits_chunk == chunk
+    assert getattr(exp.task, "logits_chunk", 0) == chunk and exp.task.MODEL_TASK == "causal_lm"
+    assert not hasattr(nnx.merge(exp.graphdef, exp.state.params, exp.state.frozen),
+                       "logits_chunk")  # a loss option, not a model attribute
     batch_sharding = sharding.batch_sharding(exp.mesh)
     step = jax.jit(train.make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task, 1),
                    out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)))

@@ -7,7 +7,7 @@ compiled temporary memory per `model.remat` policy.
 The model is SmolLM2-shaped (Llama, GQA 3:1 heads, SwiGLU, tied embeddings, RMSNorm) but
 narrow, randomly initialised, so the figures are about the program, not the arithmetic: what a
 deeper stack costs the compiler. Each row builds the state the way `train.build_experiment`
-does (method `full`, `layer_stack.set_remat`, `layer_stack.stack_with_filter` when scanned,
+does (method `full`, the model built with `remat`, `layer_stack.stack_with_filter` when scanned,
 `optim.make_optimizer`) and compiles ftjax's real `train.make_train_step` for the causal-LM task
 with `jax.jit(...).lower(...)` then `.compile()`, timed separately; step time is the median of
 `--steps` executed steps after the compile. Temporary memory is XLA's `memory_analysis()` of the
@@ -42,8 +42,7 @@ def model_config(depth: int, hidden: int) -> llama.LlamaConfig:
 
 def build(depth: int, hidden: int, scan: bool, remat: str):
   """(graphdef, state, tx, schedule) as `train.build_experiment` builds them (method `full`)."""
-  model = llama.LlamaForCausalLM(model_config(depth, hidden), rngs=nnx.Rngs(0))
-  layer_stack.set_remat(model, remat)
+  model = llama.LlamaForCausalLM(model_config(depth, hidden), rngs=nnx.Rngs(0), remat=remat)
   trainable = nnx.Param
   if scan:
     model, trainable = layer_stack.stack_with_filter(model, trainable, why='benchmark')

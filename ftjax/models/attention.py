@@ -119,16 +119,11 @@ def dropout(rate: float, x, rngs):
 IMPLEMENTATIONS = ('xla', 'cudnn')
 
 
-def set_implementation(model, impl: str) -> int:
-  """Sets `attention_impl` on every attention module of `model` (in place); returns how many."""
+def check_implementation(impl: str) -> str:
+  """`impl` when it names one of `IMPLEMENTATIONS` (models take it at construction)."""
   if impl not in IMPLEMENTATIONS:
     raise ValueError(f'attention implementation {impl!r}; known: {", ".join(IMPLEMENTATIONS)}')
-  found = 0
-  for _, module in nnx.iter_graph(model):
-    if isinstance(module, nnx.Module) and hasattr(module, 'attention_impl'):
-      module.attention_impl = impl
-      found += 1
-  return found
+  return impl
 
 
 def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,

@@ -261,8 +261,9 @@ class BertEncoder(nnx.Module):
   """The layer stack, run through `layer_stack.run_layers` (so it can be stacked
   and scanned); `remat` is the per-layer rematerialisation policy."""
 
-  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.remat = 'none'
+  def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+               remat: str = 'none'):
+    self.remat = layer_stack.check_remat(remat)
     self.layer = nnx.List([
         BertLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         for _ in range(cfg.num_hidden_layers)])
@@ -288,16 +289,26 @@ class BertPooler(nnx.Module):
     return jnp.tanh(self.dense(first_token))
 
 
+def _check_attention(model_cls: type, impl: str) -> None:
+  """BERT's bidirectional attention has one implementation (config `model.attention`)."""
+  if impl != 'xla':
+    raise UserError(f"config key 'model.attention' = '{impl}': {model_cls.__name__} has no "
+                    "decoder attention (only Llama-family and GPT-2 models run it); use 'xla'")
+
+
 class BertModel(nnx.Module):
-  """The BERT encoder; HF `BertModel`."""
+  """The BERT encoder; HF `BertModel`. `remat`: the encoder's per-layer policy (config
+  `model.remat`); `attention` (config `model.attention`) must be 'xla'."""
 
   def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+               remat: str = 'none', attention: str = 'xla'):
+    _check_attention(type(self), attention)
     self.config = config
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.embeddings = BertEmbeddings(config, **kw)
-    self.encoder = BertEncoder(config, **kw)
+    self.encoder = BertEncoder(config, **kw, remat=remat)
     self.pooler = BertPooler(config, **kw) if add_pooling_layer else None
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
@@ -337,14 +348,17 @@ class BertModel(nnx.Module):
 
 class BertForSequenceClassification(nnx.Module):
   """BERT + pooler + dropout + linear `classifier`; HF
-  `BertForSequenceClassification`, so exported weights give the same logits."""
+  `BertForSequenceClassification`, so exported weights give the same logits.
+  `remat` and `attention` as `BertModel`'s."""
 
   def __init__(self, config: BertConfig, num_labels: int, *,
-               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
+               dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
+               remat: str = 'none', attention: str = 'xla'):
+    _check_attention(type(self), attention)
     self.config = config
     self.num_labels = num_labels
     self.bert = BertModel(config, add_pooling_layer=True, dtype=dtype,
-                          param_dtype=param_dtype, rngs=rngs)
+                          param_dtype=param_dtype, rngs=rngs, remat=remat)
     self.classifier = _linear(config, config.hidden_size, num_labels,
                               ('embed', None), dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)

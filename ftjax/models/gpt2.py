@@ -110,11 +110,13 @@ def LayerNorm(cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):  # pylint
 
 
 class GPT2Attention(nnx.Module):
-  """Fused q/k/v projection `c_attn` [H, 3H], output `c_proj`."""
+  """Fused q/k/v projection `c_attn` [H, 3H], output `c_proj`; `impl` as
+  `llama.LlamaAttention`'s."""
 
-  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs,
+               impl: str = 'xla'):
     self.cfg = cfg
-    self.attention_impl = 'xla'  # `attention.set_implementation` (config `model.attention`)
+    self.attention_impl = attention.check_implementation(impl)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.c_attn = _linear(cfg, cfg.n_embd, 3 * cfg.n_embd, ('embed', 'heads'),
                           **kw)
@@ -159,10 +161,11 @@ class GPT2MLP(nnx.Module):
 class GPT2Block(nnx.Module):
   """Pre-LayerNorm block."""
 
-  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs,
+               attention_impl: str = 'xla'):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.ln_1 = LayerNorm(cfg, **kw)
-    self.attn = GPT2Attention(cfg, **kw)
+    self.attn = GPT2Attention(cfg, **kw, impl=attention_impl)
     self.ln_2 = LayerNorm(cfg, **kw)
     self.mlp = GPT2MLP(cfg, **kw)
 
@@ -176,16 +179,19 @@ class GPT2Model(nnx.Module):
   """HF `GPT2Model`: embeddings, blocks, final LayerNorm.
 
   The blocks are identical modules (run through `layer_stack.run_layers`, so
-  they can be stacked and scanned); `remat` is the per-block policy.
+  they can be stacked and scanned); `remat` is the per-block policy and
+  `attention_impl` every block's attention implementation.
   """
 
-  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: GPT2Config, *, dtype, param_dtype, rngs: nnx.Rngs,
+               remat: str = 'none', attention_impl: str = 'xla'):
     self.cfg = cfg
-    self.remat = 'none'
+    self.remat = layer_stack.check_remat(remat)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.wte = _embed(cfg, cfg.vocab_size, axes=('vocab', 'embed'), **kw)
     self.wpe = _embed(cfg, cfg.n_positions, axes=(None, 'embed'), **kw)
-    self.h = nnx.List([GPT2Block(cfg, **kw) for _ in range(cfg.n_layer)])
+    self.h = nnx.List([GPT2Block(cfg, **kw, attention_impl=attention_impl)
+                       for _ in range(cfg.n_layer)])
     self.ln_f = LayerNorm(cfg, **kw)
 
   def __call__(self, input_ids, layout, positions, cache, rngs=None):
@@ -206,15 +212,17 @@ class GPT2Model(nnx.Module):
 
 
 class GPT2LMHeadModel(nnx.Module):
-  """GPT-2 + LM head (tied to `wte` unless `tie_word_embeddings` is false)."""
+  """GPT-2 + LM head (tied to `wte` unless `tie_word_embeddings` is false);
+  `remat` and `attention` as `llama.LlamaForCausalLM`'s."""
 
   def __init__(self, config: GPT2Config, *, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
     self.config = config
     self.dtype = dtype
-    self.logits_chunk = 0  # config `model.logits_chunk`, read by the causal-LM loss
     self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype,
-                                 rngs=rngs)
+                                 rngs=rngs, remat=remat,
+                                 attention_impl=attention)
     self.lm_head = None if config.tie_word_embeddings else _linear(
         config, config.n_embd, config.vocab_size, ('embed', 'vocab'),
         dtype=dtype, param_dtype=param_dtype, rngs=rngs, bias=False)

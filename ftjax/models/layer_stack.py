@@ -1,8 +1,17 @@
 """Scanned layer stacks and per-layer rematerialisation, for any model with an `nnx.List` of layers.
 
+Why not `nnx.vmap`/`nnx.scan`: ftjax stacks layers that already exist (HF weights loaded and
+methods applied on the per-layer paths `layers.{i}`), which `nnx.vmap` cannot do (it builds new
+modules from a function); `nnx.scan` over a stacked layer fails on an `nnx.Rngs` a method's layer
+holds unstacked (flax 0.12.8: IndexError), and its `split_rngs` keys are not the list's per-layer
+`fold_in` keys that make scanned runs equal unscanned ones; and Orbax restores across layouts need
+the path-level conversion below (`plan_conversion`, `convert_leaves`), which nnx has no API for.
+
 A model opts in by running its layer list through `run_layers(self.<list>, body, carry, ...,
 remat=self.remat)` from the module that owns the list (`LlamaModel.layers`, `BertEncoder.layer`,
-`GPT2Model.h`); that owner has a `remat` attribute (a policy name of `REMAT_POLICIES`).
+`GPT2Model.h`); that owner takes `remat` (a policy name of `REMAT_POLICIES`, checked by
+`check_remat`) as a constructor argument and keeps it, so it survives methods wrapping the layers
+and `stack_layers` replacing the list: both layouts run under the policy the model was built with.
 
 Two layouts of the same layers:
   unscanned  an `nnx.List` of L layers, paths `model.layers.{i}.self_attn.q_proj.kernel`; what the
@@ -51,10 +60,12 @@ def name_qkv(x):
   return checkpoint_name(x, QKV_NAME)
 
 
-def check_remat(policy: str, key: str = 'model.remat') -> None:
+def check_remat(policy: str, key: str = 'model.remat') -> str:
+  """`policy` when it names one of `REMAT_POLICIES`, else a UserError naming `key`."""
   if policy not in REMAT_POLICIES:
     raise UserError(f"config key '{key}' must be one of {', '.join(REMAT_POLICIES)}, "
                     f"got '{policy}'")
+  return policy
 
 
 # --- running the layers -------------------------------------------------------------------
@@ -202,17 +213,6 @@ def per_layer_ndim(leaf) -> int:
 
 def is_stacked(model) -> bool:
   return bool(_owners(model, stacked=True))
-
-
-def set_remat(model, policy: str) -> None:
-  """Sets the rematerialisation policy of every layer stack of `model` (in place)."""
-  check_remat(policy)
-  owners = _owners(model, stacked=False) + _owners(model, stacked=True)
-  if not owners and policy != 'none':
-    raise UserError(f"config key 'model.remat' = '{policy}': {type(model).__name__} has no layer "
-                    "list run through layer_stack.run_layers; use 'none'")
-  for _, owner, _, _ in owners:
-    owner.remat = policy
 
 
 def _dotted(path) -> str:

@@ -207,11 +207,16 @@ class RMSNorm(nnx.Module):
 
 
 class LlamaAttention(nnx.Module):
-  """GQA self-attention with RoPE; HF `LlamaAttention` (+ Qwen variants)."""
+  """GQA self-attention with RoPE; HF `LlamaAttention` (+ Qwen variants).
 
-  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  `impl` is the `attention.IMPLEMENTATIONS` name of full (uncached) passes (config
+  `model.attention`).
+  """
+
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+               impl: str = 'xla'):
     self.cfg = cfg
-    self.attention_impl = 'xla'  # `attention.set_implementation` (config `model.attention`)
+    self.attention_impl = attention.check_implementation(impl)
     h, d = cfg.hidden_size, cfg.head_dim
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -272,11 +277,12 @@ class LlamaMLP(nnx.Module):
 class LlamaDecoderLayer(nnx.Module):
   """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
 
-  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+               attention_impl: str = 'xla'):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name='embed')
     self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **nkw)
-    self.self_attn = LlamaAttention(cfg, **kw)
+    self.self_attn = LlamaAttention(cfg, **kw, impl=attention_impl)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                             **nkw)
     self.mlp = LlamaMLP(cfg, **kw)
@@ -295,13 +301,15 @@ class LlamaModel(nnx.Module):
   The layers are identical modules (per-layer data such as the sliding window
   is looked up by layer index), so `layer_stack.stack_layers` can stack them
   and `run_layers` scans them; `remat` is the per-layer rematerialisation
-  policy (`layer_stack.REMAT_POLICIES`).
+  policy (`layer_stack.REMAT_POLICIES`) and `attention_impl` every layer's
+  attention implementation (`attention.IMPLEMENTATIONS`).
   """
 
-  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
+               remat: str = 'none', attention_impl: str = 'xla'):
     self.cfg = cfg
     self.dtype = dtype
-    self.remat = 'none'
+    self.remat = layer_stack.check_remat(remat)
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nnx.initializers.normal(cfg.initializer_range),
@@ -310,7 +318,7 @@ class LlamaModel(nnx.Module):
         rngs=rngs)
     self.layers = nnx.List([
         LlamaDecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs)
+                          rngs=rngs, attention_impl=attention_impl)
         for _ in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
                         param_dtype=param_dtype, axis_name='embed')
@@ -355,15 +363,19 @@ def finish(out, kvs, cache):
 
 class LlamaForCausalLM(nnx.Module):
   """Decoder + LM head; HF `LlamaForCausalLM` / `MistralForCausalLM` /
-  `Qwen2ForCausalLM` / `Qwen3ForCausalLM`."""
+  `Qwen2ForCausalLM` / `Qwen3ForCausalLM`.
+
+  `remat` (config `model.remat`) and `attention` (config `model.attention`)
+  are passed to the decoder: see `LlamaModel`.
+  """
 
   def __init__(self, config: LlamaConfig, *, dtype=jnp.float32,
-               param_dtype=jnp.float32, rngs: nnx.Rngs):
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
     self.config = config
     self.dtype = dtype
-    self.logits_chunk = 0  # config `model.logits_chunk`, read by the causal-LM loss
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs)
+                            rngs=rngs, remat=remat, attention_impl=attention)
     if config.tie_word_embeddings:
       self.lm_head = None
     else:

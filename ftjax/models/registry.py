@@ -41,21 +41,22 @@ class Family:
   config_cls: type  # has from_hf(dict) / to_hf() and a `model_type`
   # task -> (model class, weight table or config -> table, HF architecture)
   classes: dict[str, tuple[type, Any, str]]
-  # (config, task, num_labels, dtype, param_dtype, rngs) -> model
+  # (config, task, num_labels, dtype, param_dtype, rngs, **options) -> model, where the
+  # options are the model classes' `remat` and `attention` constructor arguments
   build: Callable[..., nnx.Module]
 
 
-def _build_bert(config, task, num_labels, dtype, param_dtype, rngs):
+def _build_bert(config, task, num_labels, dtype, param_dtype, rngs, **options):
   if task == 'classification':
     return bert.BertForSequenceClassification(
-        config, num_labels, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-  return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+        config, num_labels, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
+  return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
 
 
 def _build_causal_lm(cls):
-  def build(config, task, num_labels, dtype, param_dtype, rngs):
+  def build(config, task, num_labels, dtype, param_dtype, rngs, **options):
     del task, num_labels  # only 'causal_lm'
-    return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
   return build
 
 
@@ -141,8 +142,8 @@ def _config_num_labels(hf: dict[str, Any]) -> int | None:
 
 def build_model(path: str | os.PathLike, *, task: str = 'classification',
                 num_labels: int | None = None, dtype=jnp.float32,
-                param_dtype=jnp.float32,
-                rngs: nnx.Rngs) -> tuple[nnx.Module, list[str]]:
+                param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+                attention: str = 'xla') -> tuple[nnx.Module, list[str]]:
   """Builds a model from an HF checkpoint directory and loads its weights.
 
   Args:
@@ -152,6 +153,10 @@ def build_model(path: str | os.PathLike, *, task: str = 'classification',
     dtype: compute dtype (e.g. jnp.bfloat16).
     param_dtype: storage dtype of params; checkpoint values are cast to it.
     rngs: initialises params the checkpoint lacks (e.g. a new classifier).
+    remat: per-layer rematerialisation policy (`layer_stack.REMAT_POLICIES`, config
+      `model.remat`), kept by the module that runs the layers.
+    attention: attention implementation of the decoder layers (`attention.IMPLEMENTATIONS`,
+      config `model.attention`); a family without decoder attention refuses all but 'xla'.
 
   Returns:
     (model, NNX paths of params that were newly initialised).
@@ -167,21 +172,21 @@ def build_model(path: str | os.PathLike, *, task: str = 'classification',
   return build_from_tensors(
       hf, tensors, task=task, num_labels=num_labels, dtype=dtype,
       param_dtype=param_dtype, rngs=rngs, source=str(path),
-      config_source=str(path / CONFIG_FILE))
+      config_source=str(path / CONFIG_FILE), remat=remat, attention=attention)
 
 
 def build_from_tensors(
     hf_config: dict[str, Any], tensors: dict[str, Any], *, task: str,
     num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-    rngs: nnx.Rngs, source: str = 'tensors',
-    config_source: str = 'config') -> tuple[nnx.Module, list[str]]:
+    rngs: nnx.Rngs, source: str = 'tensors', config_source: str = 'config',
+    remat: str = 'none', attention: str = 'xla') -> tuple[nnx.Module, list[str]]:
   """Builds a model from an HF config dict and HF-named tensors (no disk).
 
   Args:
     hf_config: the `config.json` dict (`model_type` selects the family).
     tensors: HF tensor name -> numpy array.
     task: 'base', 'classification' or 'causal_lm' (what the family has).
-    num_labels, dtype, param_dtype, rngs: as for `build_model`.
+    num_labels, dtype, param_dtype, rngs, remat, attention: as for `build_model`.
     source: names the tensors' origin in error messages (a file or dir).
     config_source: names the config's origin in error messages.
 
@@ -195,7 +200,8 @@ def build_from_tensors(
   config = family.config_cls.from_hf(hf_config)
   if task == 'classification' and num_labels is None:
     num_labels = _config_num_labels(hf_config) or 2
-  model = family.build(config, task, num_labels, dtype, param_dtype, rngs)
+  model = family.build(config, task, num_labels, dtype, param_dtype, rngs, remat=remat,
+                       attention=attention)
   _, table, _ = family.classes[task]
   fresh = safetensors_io.load_params(model, tensors, _table(table, config),
                                      source=source)

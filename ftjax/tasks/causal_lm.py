@@ -6,11 +6,15 @@ assistant token of the same segment). The loss is the token-weighted mean over t
 long reply weighs more than a short one, the same whether conversations are packed or not.
 
 Eval steps return sums (loss, tokens, correct tokens); `finalize` divides once per split.
+
+`logits_chunk` (config `model.logits_chunk`) is an option of the loss, not of the model:
+`with_logits_chunk(n)` is this task with `train_loss` / `eval_sums` bound to it.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -47,14 +51,13 @@ def logits(model, batch, rngs=None, *, return_hidden=False):
                segment_ids=batch["segment_ids"], rngs=rngs, **kw)
 
 
-def model_token_losses(model, batch, rngs=None):
-  """`token_losses` of the model on the batch, in chunks of `model.logits_chunk` positions
-  when the model has that set (config `model.logits_chunk`)."""
-  chunk = getattr(model, "logits_chunk", 0)
-  if not chunk:
+def model_token_losses(model, batch, rngs=None, *, logits_chunk: int = 0):
+  """`token_losses` of the model on the batch, in chunks of `logits_chunk` positions when
+  that is not 0."""
+  if not logits_chunk:
     return token_losses(logits(model, batch, rngs), batch["targets"])
   hidden = logits(model, batch, rngs, return_hidden=True)
-  return chunked_token_losses(hidden, batch["targets"], model.lm_logits, chunk)
+  return chunked_token_losses(hidden, batch["targets"], model.lm_logits, logits_chunk)
 
 
 def chunked_token_losses(hidden, targets, lm_logits, chunk: int):
@@ -91,13 +94,14 @@ def token_losses(out, targets):
   return log_z - target_logit, correct.astype(jnp.float32)
 
 
-def train_loss(model, batch, rngs):
+def train_loss(model, batch, rngs, *, logits_chunk: int = 0):
   """Mean cross-entropy over loss tokens, plus token accuracy for the progress bar.
 
   `aux["loss_weight"]` is the number of loss tokens the mean is over, so gradient accumulation
-  weights microbatches exactly (the trainer pops it from the logged metrics).
+  weights microbatches exactly (the trainer pops it from the logged metrics). `logits_chunk`:
+  see `model_token_losses`.
   """
-  losses, correct = model_token_losses(model, batch, rngs)
+  losses, correct = model_token_losses(model, batch, rngs, logits_chunk=logits_chunk)
   weights = batch["loss_mask"].astype(jnp.float32)
   denominator = jnp.maximum(weights.sum(), 1.0)
   # `where`, not a product: a non-finite logit at a masked position must not poison the sum.
@@ -106,10 +110,10 @@ def train_loss(model, batch, rngs):
                 "loss_weight": weights.sum()}
 
 
-def eval_sums(model, batch, dataset):
+def eval_sums(model, batch, dataset, *, logits_chunk: int = 0):
   """Summed loss, loss-token count and correctly predicted loss tokens of one batch."""
   del dataset
-  losses, correct = model_token_losses(model, batch)
+  losses, correct = model_token_losses(model, batch, logits_chunk=logits_chunk)
   weights = batch["loss_mask"].astype(jnp.float32)
   return {
       "loss_sum": jnp.where(weights > 0, losses * weights, 0.0).sum(),
@@ -129,3 +133,25 @@ def finalize(sums) -> dict:
       "token_accuracy": float(sums["correct"]) / denominator,
       "num_tokens": int(round(tokens)),
   }
+
+
+class _WithLogitsChunk:
+  """This task (the module) with its loss over chunks of `logits_chunk` positions."""
+
+  def __init__(self, logits_chunk: int):
+    self.logits_chunk = logits_chunk
+
+  def __getattr__(self, name):  # everything else is the module's own
+    return getattr(sys.modules[__name__], name)
+
+  def train_loss(self, model, batch, rngs):
+    return train_loss(model, batch, rngs, logits_chunk=self.logits_chunk)
+
+  def eval_sums(self, model, batch, dataset):
+    return eval_sums(model, batch, dataset, logits_chunk=self.logits_chunk)
+
+
+def with_logits_chunk(logits_chunk: int):
+  """The task whose `train_loss` / `eval_sums` take `logits_chunk` (config
+  `model.logits_chunk`; 0 = the whole [B, T, V] logits at once, this module itself)."""
+  return _WithLogitsChunk(logits_chunk) if logits_chunk else sys.modules[__name__]

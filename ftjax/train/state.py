@@ -19,7 +19,6 @@ from ftjax import methods, optim, sharding, sources, tasks
 from ftjax.config import ConfigDict
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.errors import UserError
-from ftjax.models import attention
 from ftjax.models import layer_stack
 from ftjax.models import registry as model_registry
 from ftjax.weights import gguf
@@ -75,6 +74,8 @@ def trainable_filter(method, freeze: str):
 
 def build_experiment(cfg: ConfigDict) -> Experiment:
   task = tasks.get(cfg.model.task)
+  if cfg.model.get("logits_chunk", 0):  # a loss option (validated: only the causal-LM task)
+    task = task.with_logits_chunk(cfg.model.logits_chunk)
   if cfg.eval.metric not in task.METRICS:
     raise UserError(f"config key 'eval.metric' names '{cfg.eval.metric}', which task "
                     f"'{cfg.model.task}' does not report; choose from {', '.join(task.METRICS)}")
@@ -91,22 +92,16 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   rngs = nnx.Rngs(params=cfg.seed)
   model, newly_initialised = model_registry.build_model(
       model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
-      param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs, **task.model_kwargs(dataset))
+      param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs, remat=cfg.model.remat,
+      attention=cfg.model.get("attention", "xla"), **task.model_kwargs(dataset))
   if newly_initialised:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(newly_initialised))
   method = methods.get(cfg.method.name, cfg.method)
   method.check_config(cfg)
   model = method.apply(model, rngs=rngs)
   # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
-  # with the trainable split decided on the unscanned paths.
-  layer_stack.set_remat(model, cfg.model.remat)
-  if cfg.model.get("logits_chunk", 0):  # read by the causal-LM task's loss (validated a causal LM)
-    model.logits_chunk = cfg.model.logits_chunk
-  attention_impl = cfg.model.get("attention", "xla")
-  if attention.set_implementation(model, attention_impl) == 0 and attention_impl != "xla":
-    raise UserError(f"config key 'model.attention' = '{attention_impl}': "
-                    f"{type(model).__name__} has no decoder attention (only Llama-family and "
-                    "GPT-2 models run it); use 'xla'")
+  # with the trainable split decided on the unscanned paths. The remat policy and attention
+  # implementation were fixed at construction and hold in both layouts.
   trainable = trainable_filter(method, cfg.method.freeze)
   if cfg.model.scan_layers:
     model, trainable = layer_stack.stack_with_filter(

@@ -17,6 +17,7 @@ from ftjax import generate, train
 from ftjax.config import validate
 from ftjax.errors import UserError
 from ftjax.models import attention
+from ftjax.models import layer_stack
 from ftjax.models import registry
 from tiny_assets import files_config
 
@@ -48,7 +49,10 @@ def test_fused_matches_einsum_attention(window):
   np.testing.assert_allclose(np.asarray(fused), np.asarray(ours), atol=1e-5)
 
 
-def _tiny(path, family):
+def _tiny(path, family, attention_impl="xla"):
+  if (path / "config.json").exists():
+    return registry.build_model(path, task="causal_lm", rngs=nnx.Rngs(0),
+                                attention=attention_impl)[0]
   torch.manual_seed(0)
   if family == "llama":
     cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=48,
@@ -58,8 +62,7 @@ def _tiny(path, family):
   else:
     cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     transformers.GPT2LMHeadModel(cfg).save_pretrained(str(path))
-  model, _ = registry.build_model(path, task="causal_lm", rngs=nnx.Rngs(0))
-  return model
+  return _tiny(path, family, attention_impl)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -68,6 +71,7 @@ def test_decoder_routes_full_passes_to_fused_and_decoding_to_einsum(family, tmp_
   ids = jnp.array(np.random.default_rng(0).integers(1, 64, (2, 9)), jnp.int32)
   mask = jnp.array([[0, 0] + [1] * 7, [1] * 9])
   reference = np.asarray(model(ids, mask))
+  model = _tiny(tmp_path, family, "cudnn")  # the same weights, built with model.attention=cudnn
 
   calls, original = [], attention.fused
 
@@ -76,9 +80,12 @@ def test_decoder_routes_full_passes_to_fused_and_decoding_to_einsum(family, tmp_
     return original(q, k, v, m, scale=scale, implementation="xla")
 
   monkeypatch.setattr(attention, "fused", fused_on_cpu)
-  assert attention.set_implementation(model, "cudnn") == 2  # one per layer
   np.testing.assert_allclose(np.asarray(model(ids, mask)), reference, atol=1e-5)
-  assert calls == ["cudnn", "cudnn"]
+  assert calls == ["cudnn", "cudnn"]  # one per layer
+  calls.clear()  # stacked layers (model.scan_layers) keep it: the scan body traces once
+  np.testing.assert_allclose(np.asarray(layer_stack.stack_layers(model)(ids, mask)), reference,
+                             atol=1e-5)
+  assert calls == ["cudnn"]
 
   calls.clear()  # prefill and decode steps carry a KV cache: the einsum path
   out = generate.generate(model, [[5, 6, 7]], max_new_tokens=2, temperature=0.0)
@@ -99,3 +106,10 @@ def test_cudnn_on_a_model_without_decoder_attention_is_refused(tiny_bert_dir, ti
   cfg.model.dtype = "bfloat16"
   with pytest.raises(UserError, match=r"model\.attention.*no decoder attention"):
     train.build_experiment(cfg)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_unknown_implementation_is_refused_at_construction(family, tmp_path):
+  _tiny(tmp_path, family)
+  with pytest.raises(ValueError, match="attention implementation 'flash'; known: xla, cudnn"):
+    _tiny(tmp_path, family, "flash")

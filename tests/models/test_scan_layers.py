@@ -42,23 +42,23 @@ def _perturbed(model, seed=1):
   return model
 
 
-def _build(name):
+def _build(name, remat='none'):
   rngs = nnx.Rngs(0)
   if name == 'bert':
     cfg = bert.BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=2,
                           num_attention_heads=4, intermediate_size=24,
                           max_position_embeddings=32)
-    return _perturbed(bert.BertForSequenceClassification(cfg, 3, rngs=rngs))
+    return _perturbed(bert.BertForSequenceClassification(cfg, 3, rngs=rngs, remat=remat))
   if name == 'gpt2':
     cfg = gpt2.GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=4,
                           scale_attn_by_inverse_layer_idx=True)
-    return _perturbed(gpt2.GPT2LMHeadModel(cfg, rngs=rngs))
+    return _perturbed(gpt2.GPT2LMHeadModel(cfg, rngs=rngs, remat=remat))
   if name == 'llama':
-    return _perturbed(llama.LlamaForCausalLM(llama.LlamaConfig(**LLAMA), rngs=rngs))
+    return _perturbed(llama.LlamaForCausalLM(llama.LlamaConfig(**LLAMA), rngs=rngs, remat=remat))
   # Qwen3-style q/k norms and per-layer sliding windows (full, sliding, full).
   cfg = llama.LlamaConfig(model_type='qwen3', qk_norm=True, qkv_bias=True,
                           layer_windows=(None, 3, None), **{**LLAMA, 'num_hidden_layers': 3})
-  return _perturbed(llama.LlamaForCausalLM(cfg, rngs=rngs))
+  return _perturbed(llama.LlamaForCausalLM(cfg, rngs=rngs, remat=remat))
 
 
 def _batch(seed=0):
@@ -133,16 +133,16 @@ def test_stack_unstack_round_trip_and_metadata():
 
 
 def test_remat_policies_give_the_same_loss_and_grads():
+  """The policy is a constructor argument; it holds after stacking (the list's owner keeps it)."""
   ids, mask = _batch(1)
   policies = sorted(set(layer_stack.REMAT_POLICIES) - {'none', 'nothing_saveable'})  # alias
-  model = _build('llama')
-  want = _loss_and_grads(model, ids, mask, None)
+  want = _loss_and_grads(_build('llama'), ids, mask, None)
   for scanned, names in ((False, ['full']), (True, policies)):
-    model = _build('llama')
-    if scanned:
-      model = layer_stack.stack_layers(model)
     for policy in names:
-      layer_stack.set_remat(model, policy)
+      model = _build('llama', remat=policy)
+      if scanned:
+        model = layer_stack.stack_layers(model)
+        assert layer_stack.is_stacked(model)
       assert model.model.remat == policy
       got = _loss_and_grads(model, ids, mask, None)
       np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-6)
@@ -151,9 +151,10 @@ def test_remat_policies_give_the_same_loss_and_grads():
         np.testing.assert_allclose(grads[k], v, atol=1e-5, rtol=0, err_msg=(policy, k))
 
 
-def test_remat_policy_is_validated():
+@pytest.mark.parametrize('name', ['bert', 'gpt2', 'llama'])
+def test_remat_policy_is_validated(name):
   with pytest.raises(UserError, match=r"'model.remat' must be one of none, full"):
-    layer_stack.set_remat(_build('llama'), 'everything')
+    _build(name, remat='everything')
   c = base_config()
   c.model.checkpoint = 'x'
   c.model.remat = 'dots'
@@ -227,6 +228,25 @@ def test_trainer_lora_steps_scanned_equal_unscanned(tiny_bert_dir, tiny_sentimen
   assert 'bert.encoder.layer.attention.self_attn.query.kernel' in method_harness.names(
       state.frozen)
   _assert_same_run(runs)
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_config_remat_reaches_the_train_step_after_the_method(tiny_bert_dir, tiny_sentiment_files,
+                                                              scan):
+  """`model.remat` is given to the model at construction; after LoRA wraps the layers (and
+  `stack_with_filter` stacks them) the train step still checkpoints every layer with it."""
+  counts = {}
+  for remat in ('none', 'full'):
+    cfg = method_harness.tiny_config(tiny_bert_dir, tiny_sentiment_files, method='lora', rank=2)
+    cfg.model.scan_layers = scan
+    cfg.model.remat = remat
+    exp = train.build_experiment(cfg)
+    assert layer_stack.is_stacked(nnx.merge(exp.graphdef, exp.state.params,
+                                            exp.state.frozen)) == scan
+    step = train.make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task)
+    jaxpr = str(jax.make_jaxpr(step)(exp.state, _batches(exp, 1, 8)[0]))
+    counts[remat] = jaxpr.count('policy=<function nothing_saveable')
+  assert counts['none'] == 0 and counts['full'] >= (1 if scan else 2), counts  # 2 layers
 
 
 def _chat_config(tmp_path, scan: bool, method='lora'):
