@@ -15,6 +15,14 @@ frozen and the optimizer state alike). Restoring onto the other layout converts 
 the checkpoint's own tree (from its metadata) is restored, with shardings derived from the
 target's, and its layer arrays are stacked or sliced into the target's paths
 (`layer_stack.plan_conversion`), so a run can switch `model.scan_layers` and resume.
+
+Integrity versus mismatch: before a restore the checkpoint's tree (its metadata) is compared with
+the target's. A good checkpoint that does not fit this run (a changed `method.lora.rank`, another
+method or model) is a `CheckpointMismatchError`, a `UserError` naming the first differing key and
+both shapes, and is never set aside. Only a checkpoint that fits but cannot be read (missing,
+truncated or corrupt files) is a `CorruptCheckpointError`, which `checkpoint.on_corrupt=previous`
+moves aside; process 0 alone renames, the others wait for it. Dtypes are not compared: Orbax casts
+a restored array to the target's dtype.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ import pathlib
 import time
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
 import orbax.checkpoint as ocp
 
 from ftjax.errors import UserError
@@ -70,10 +80,16 @@ class Checkpointer:
         data=ocp.args.JsonSave(data_state or {})), force=True)
 
   def restore(self, step: int, abstract_state):
-    """Restores onto `abstract_state` (ShapeDtypeStructs with shardings): any topology works."""
+    """Restores onto `abstract_state` (ShapeDtypeStructs with shardings): any topology works.
+
+    Raises `CheckpointMismatchError` when the checkpoint's tree does not fit the target and
+    `CorruptCheckpointError` when it fits but cannot be read.
+    """
     try:
       restored = _restore(self._manager, step, "state", abstract_state,
                           data=ocp.args.JsonRestore())
+    except CheckpointMismatchError:
+      raise
     except Exception as e:  # Orbax raises many types for missing/truncated/corrupt files.
       raise CorruptCheckpointError(
           f"checkpoint step {step} in {self.directory} is unreadable "
@@ -86,24 +102,36 @@ class Checkpointer:
     Returns (step, state, data_state) or None when there is no checkpoint.
     """
     for step in reversed(self.all_steps()):
-      try:
+      error = None
+      try:  # A mismatch (a UserError) propagates: the checkpoint is good, the config changed.
         state, data = self.restore(step, abstract_state)
-        return step, state, data
       except CorruptCheckpointError as e:
-        if on_corrupt != "previous":
-          raise UserError(f"{e}; rerun with --config.checkpoint.on_corrupt=previous to fall back "
-                          "to the previous checkpoint") from None
-        # Set the bad step aside (kept for inspection, ignored by Orbax) so the rerun can
-        # save that step again.
-        aside = self.directory / f"corrupt_step_{step}_{int(time.time())}"
-        os.rename(self.directory / str(step), aside)
-        self._manager.reload()
-        log.warning("%s; moved to %s, falling back to the previous checkpoint", e, aside)
-        print(f"ftjax: warning: {e}; moved to {aside.name}, falling back to the previous "
-              "checkpoint", flush=True)
+        error = e
+      # Each process reads its own shards: the step is good only if it was good everywhere.
+      if _all_processes(error is None):
+        return step, state, data
+      error = error or CorruptCheckpointError(
+          f"checkpoint step {step} in {self.directory} is unreadable on another process")
+      if on_corrupt != "previous":
+        raise UserError(f"{error}; rerun with --config.checkpoint.on_corrupt=previous to fall "
+                        "back to the previous checkpoint") from None
+      self._set_aside(step, error)
     if self.all_steps():
       raise UserError(f"no readable checkpoint in {self.directory}")
     return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step aside (kept for inspection, ignored by Orbax) so the rerun can
+    save that step again; process 0 renames, the others wait for it and then reload."""
+    stamp = _broadcast_int(int(time.time()))
+    aside = self.directory / f"corrupt_step_{step}_{stamp}"
+    if jax.process_index() == 0:
+      os.rename(self.directory / str(step), aside)
+      log.warning("%s; moved to %s, falling back to the previous checkpoint", error, aside)
+      print(f"ftjax: warning: {error}; moved to {aside.name}, falling back to the previous "
+            "checkpoint", flush=True)
+    _barrier(f"ftjax:set_aside_{step}")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()
@@ -114,7 +142,29 @@ class Checkpointer:
 
 
 class CorruptCheckpointError(Exception):
-  """A checkpoint step exists but cannot be restored."""
+  """A checkpoint step exists, fits the target, but cannot be read (an integrity error)."""
+
+
+class CheckpointMismatchError(UserError):
+  """A readable checkpoint whose tree does not fit this run's state (the config changed)."""
+
+
+def _all_processes(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def _broadcast_int(value: int) -> int:
+  """Process 0's value on every process (so all name the set-aside directory alike)."""
+  if jax.process_count() == 1:
+    return value
+  return int(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def _barrier(name: str) -> None:
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 class BestCheckpointer:
@@ -164,9 +214,13 @@ def _names(tree, is_leaf=None):
 
 def _restore(manager: ocp.CheckpointManager, step: int, item: str, abstract, **other_args):
   """`manager.restore` of `item` onto `abstract` (plus `other_args` items), converting a
-  checkpoint saved in the other layer layout (see the module docstring)."""
-  converted = _layout_conversion(manager, step, item, abstract)
+  checkpoint saved in the other layer layout (see the module docstring); a checkpoint whose tree
+  fits neither layout is a `CheckpointMismatchError`."""
+  saved = _saved_leaves(manager, step, item)
+  converted = None if saved is None else _layout_conversion(saved, abstract)
   if converted is None:
+    if saved is not None:
+      _check_fits(saved[1], saved[2], abstract, f"checkpoint step {step} in {manager.directory}")
     return manager.restore(step, args=ocp.args.Composite(
         **{item: ocp.args.StandardRestore(abstract)}, **other_args))
   saved_target, finish = converted
@@ -181,20 +235,45 @@ def _restore(manager: ocp.CheckpointManager, step: int, item: str, abstract, **o
   return out
 
 
-def _layout_conversion(manager, step: int, item: str, abstract):
-  """(restore target in the checkpoint's own layout, function converting what it restores to
-  `abstract`'s layout), or None when the layouts agree or do not correspond."""
+def _is_meta(x) -> bool:
+  return hasattr(x, "shape") and hasattr(x, "dtype")
+
+
+def _saved_leaves(manager, step: int, item: str):
+  """(tree metadata, leaf names, leaf metadata) of a saved item, or None when its metadata is
+  unreadable or has no shapes (then the plain restore reports what is wrong)."""
   try:
     metadata = manager.item_metadata(step)[item]
-  except Exception:  # pylint: disable=broad-except  (unreadable: the plain restore reports it)
+  except Exception:  # pylint: disable=broad-except
     return None
   tree = getattr(metadata, "tree", metadata)
   if tree is None:
     return None
-  is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
-  saved_names, saved_meta, _ = _names(tree, is_leaf=is_meta)
-  if not all(is_meta(m) for m in saved_meta):
+  saved_names, saved_meta, _ = _names(tree, is_leaf=_is_meta)
+  if not all(_is_meta(m) for m in saved_meta):
     return None
+  return tree, saved_names, saved_meta
+
+
+def _check_fits(saved_names, saved_meta, abstract, where: str) -> None:
+  """Raises `CheckpointMismatchError` naming the first key whose presence or shape differs."""
+  saved = {n: tuple(m.shape) for n, m in zip(saved_names, saved_meta)}
+  target_names, target_leaves, _ = _names(abstract)
+  target = {n: tuple(x.shape) for n, x in zip(target_names, target_leaves)}
+  for name in sorted(set(saved) | set(target)):
+    if saved.get(name) != target.get(name):
+      shape = lambda s: "absent" if s is None else f"shape {s}"
+      raise CheckpointMismatchError(
+          f"{where} does not fit this run: '{'.'.join(name)}' has {shape(saved.get(name))} in "
+          f"the checkpoint and {shape(target.get(name))} in this run (did the config change, "
+          "e.g. method.* or model.*?); rerun with the checkpoint's config or another workdir")
+
+
+def _layout_conversion(saved_leaves, abstract):
+  """(restore target in the checkpoint's own layout, function converting what it restores to
+  `abstract`'s layout), or None when the layouts agree or do not correspond. `saved_leaves` is
+  `_saved_leaves`' answer."""
+  tree, saved_names, saved_meta = saved_leaves
   target_names, target_leaves, target_def = _names(abstract)
   plan = layer_stack.plan_conversion(
       {n: tuple(x.shape) for n, x in zip(target_names, target_leaves)},
@@ -213,7 +292,7 @@ def _layout_conversion(manager, step: int, item: str, abstract):
     return jax.ShapeDtypeStruct(tuple(meta.shape), leaf.dtype,
                                 sharding=layer_stack.saved_sharding(plan_step, leaf.sharding))
 
-  saved_target = jax.tree_util.tree_map_with_path(abstract_saved, tree, is_leaf=is_meta)
+  saved_target = jax.tree_util.tree_map_with_path(abstract_saved, tree, is_leaf=_is_meta)
 
   def finish(restored):
     names, values, _ = _names(restored)

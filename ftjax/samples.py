@@ -13,6 +13,7 @@ import pathlib
 import jax
 
 from ftjax import generate
+from ftjax.data import tokenization
 
 FILE = "samples.jsonl"
 
@@ -27,7 +28,8 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
     return None
   tokenizer = dataset.tokenizer
   prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)
-  stops = [t for t in (tokenizer.eos_token_id,) if t is not None]
+  # Every end-of-turn token the checkpoint declares, not only the tokenizer's eos.
+  stops = tokenization.stop_token_ids(exp.model_path, tokenizer, getattr(dataset, "template", None))
   outputs = generate.generate(model, [p["input_ids"] for p in prompts],
                               max_new_tokens=cfg.eval.sample_max_new_tokens,
                               stop_token_ids=stops, pad_token_id=dataset.pad_id)

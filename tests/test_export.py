@@ -16,6 +16,7 @@ from ftjax import export, methods, train
 from ftjax.errors import UserError
 from ftjax.models import registry
 from ftjax.methods import lora_peft
+from ftjax.models import rope as rope_lib
 from ftjax.weights import peft_io
 from test_train import tiny_config
 
@@ -168,3 +169,30 @@ def test_cli_success_and_user_errors(lora_run, tmp_path):
                             str(tmp_path / "nope"), "--out", str(tmp_path / "b")],
                            capture_output=True, text=True, env=env)
   assert missing.returncode == 2 and "error: no config.json" in missing.stderr
+
+
+def test_llama3_export_writes_rope_for_old_and_new_readers(tmp_path):
+  # transformers 5 writes only `rope_parameters`; readers older than it would silently fall back to
+  # theta 1e4 without scaling, so the export also writes the legacy `rope_theta` / `rope_scaling`.
+  config = transformers.LlamaConfig(
+      vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      rope_parameters=dict(rope_type="llama3", rope_theta=5e5, factor=8.0, low_freq_factor=1.0,
+                           high_freq_factor=4.0, original_max_position_embeddings=16))
+  torch.manual_seed(0)
+  transformers.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "base"))
+  model, _ = registry.build_model(tmp_path / "base", task="causal_lm", rngs=nnx.Rngs(0))
+  out = registry.save_hf(model, tmp_path / "out")
+  written = json.loads((out / "config.json").read_text())
+  params = written["rope_parameters"]
+  assert params["rope_type"] == "llama3" and written["rope_theta"] == params["rope_theta"] == 5e5
+  assert written["rope_scaling"] == {**{k: v for k, v in params.items() if k != "rope_theta"},
+                                     "type": "llama3"}
+  # Both spellings alone give the same RoPE, and transformers gives ftjax's logits.
+  legacy = {k: v for k, v in written.items() if k != "rope_parameters"}
+  assert rope_lib.RopeConfig.from_hf(legacy, "legacy") == model.config.rope
+  ids = np.array([[5, 9, 14, 3, 22, 41, 7, 60] * 4])  # 32 tokens: past the 16 of the original length
+  hf = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
+  with torch.no_grad():
+    want = hf(input_ids=torch.tensor(ids)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(model(ids, np.ones_like(ids))), want, atol=1e-4, rtol=0)

@@ -2,6 +2,9 @@
 token on tiny random Llama (GQA) and GPT-2 models; sampling settings, stop
 tokens and compile reuse."""
 
+import json
+import types
+
 from flax import nnx
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +13,11 @@ import torch
 import transformers
 
 from ftjax import generate as generate_lib
+from ftjax import samples
+from ftjax.data import tokenization
 from ftjax.errors import UserError
 from ftjax.models import registry
+from tiny_assets import make_tiny_llama
 
 PROMPTS = [[5, 9, 3], [17, 2, 8, 40, 11, 6, 30], [7, 7, 21, 60, 2]]
 PAD = 0
@@ -153,3 +159,47 @@ def test_bad_input(models, kwargs, match):
   kwargs = {'max_new_tokens': 2, **kwargs}
   with pytest.raises(UserError, match=match):
     generate_lib.generate(model, kwargs.pop('prompts'), **kwargs)
+
+
+def _chat_checkpoint(path):
+  """The tiny ChatML tokenizer (eos `<|im_end|>`) with an untied random Llama whose sharp
+  embeddings make greedy decoding wander over many tokens instead of repeating one."""
+  make_tiny_llama(path)
+  tokenizer = tokenization.load_tokenizer(path)
+  config = transformers.LlamaConfig(
+      vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      eos_token_id=tokenizer.eos_token_id)
+  torch.manual_seed(0)
+  ref = transformers.LlamaForCausalLM(config)
+  with torch.no_grad():
+    ref.model.embed_tokens.weight.mul_(20.0)
+  ref.save_pretrained(str(path))
+  return tokenizer
+
+
+def test_samples_stop_on_every_eos_the_checkpoint_declares(tmp_path):
+  # Llama 3 Instruct lists <|eot_id|> beside <|end_of_text|> only in generation_config.json: the
+  # samples must stop at the first of them, not run on to max_new_tokens past the reply.
+  path = tmp_path / 'chat'
+  tokenizer = _chat_checkpoint(path)
+  model, _ = registry.build_model(path, task='causal_lm', rngs=nnx.Rngs(0))
+  prompt = tokenizer.apply_chat_template([{'role': 'user', 'content': 'hello how are you ?'}],
+                                         add_generation_prompt=True, tokenize=False)
+  ids = tokenizer(prompt, add_special_tokens=False)['input_ids']
+  free = generate_lib.generate(model, [ids], max_new_tokens=12)[0]
+  first_seen = {t: free.index(t) for t in free}
+  # Two tokens that the free run produces first at steps i < j (after step 1), neither the eos.
+  (i, a), (j, b) = sorted((k, t) for t, k in first_seen.items()
+                          if k >= 2 and t != tokenizer.eos_token_id)[:2]
+  (path / 'generation_config.json').write_text(json.dumps({'eos_token_id': [b, a]}))
+  assert tokenization.stop_token_ids(path, tokenizer) == sorted({a, b, tokenizer.eos_token_id})
+  cfg = types.SimpleNamespace(
+      eval=types.SimpleNamespace(num_samples=1, sample_max_new_tokens=12),
+      data=types.SimpleNamespace(eval_split='validation'))
+  dataset = types.SimpleNamespace(
+      tokenizer=tokenizer, pad_id=0, template=None,
+      prompts=lambda split, limit: [{'input_ids': ids, 'text': prompt, 'reference': 'i am fine'}])
+  exp = types.SimpleNamespace(cfg=cfg, dataset=dataset, model_path=path)
+  [record] = samples.write(tmp_path, exp, model, 'base', 0)
+  assert i < j and record['generation'] == tokenizer.decode(free[:i + 1], skip_special_tokens=True)

@@ -137,6 +137,25 @@ def test_corrupt_latest_checkpoint_errors_or_falls_back(tmp_path, tiny_bert_dir,
   assert summary["resumed_from_step"] == 3 and summary["steps"] == 9
 
 
+
+def test_changed_config_is_a_mismatch_not_a_corrupt_checkpoint(tmp_path, tiny_bert_dir,
+                                                               tiny_sentiment_files):
+  # A good checkpoint that no longer fits (the LoRA rank changed) must never be set aside, even
+  # with on_corrupt=previous: that would silently restart the run from an older step or scratch.
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, steps=3, method="lora")
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(cfg, str(workdir))  # checkpoint at 3
+  listing = lambda: sorted(str(p.relative_to(workdir)) for p in (workdir / "checkpoints").rglob("*"))
+  before = listing()
+  with cfg.unlocked():
+    cfg.method.lora.rank *= 2
+    cfg.checkpoint.on_corrupt = "previous"
+    cfg.train.steps = 6
+  with pytest.raises(UserError, match=r"checkpoint step 3 .* does not fit this run: '.*lora.*' "
+                                      r"has shape \(.*\) in the checkpoint and shape \(.*\) in this run"):
+    train.train_and_evaluate(cfg, str(workdir))
+  assert listing() == before
+
 def test_early_stopping_and_best_checkpoint(tmp_path, tiny_bert_dir, tiny_sentiment_files):
   cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, steps=30)
   with cfg.unlocked():

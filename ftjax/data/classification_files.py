@@ -45,7 +45,9 @@ def make_config(
     text_field: field holding the text.
     label_field: field holding the label (a class name or an integer index).
     text_pair_field: optional second text field for sentence pairs ('' for none).
-    label_names: class names; if empty, the sorted distinct labels of the training file.
+    label_names: class names; if empty, read from the files (`collect_label_names`): integer
+      labels are class indices 0..max over every split, string labels the sorted distinct labels
+      of the training file (another split's unseen label is an error naming file and line).
     train_split: split whose file provides the label names when none are given.
   """
   if not files:
@@ -54,7 +56,9 @@ def make_config(
            for split, p in files.items()}
   if not label_names:
     source_split = train_split if train_split in paths else sorted(paths)[0]
-    label_names = files_reader.collect_label_names(paths[source_split], label_field)
+    label_names = files_reader.collect_label_names(
+        paths[source_split], label_field,
+        [p for split, p in sorted(paths.items()) if split != source_split])
   label_names = [str(name) for name in label_names]
   if len(set(label_names)) != len(label_names):
     raise UserError(f"data.label_names has duplicates: {label_names}")

@@ -99,14 +99,31 @@ def get_raw_label(row: dict, field: str, where: str) -> str:
   return value
 
 
-def collect_label_names(path: pathlib.Path, label_field: str) -> list[str]:
-  """Sorted distinct labels of a file; numerically sorted when all are integers."""
-  labels = {get_raw_label(row, label_field, f"{path}:{n}") for n, row in read_rows(path)}
+def _labels(path: pathlib.Path, label_field: str) -> set[str]:
+  return {get_raw_label(row, label_field, f"{path}:{n}") for n, row in read_rows(path)}
+
+
+def collect_label_names(path: pathlib.Path, label_field: str,
+                        other_paths: Sequence[pathlib.Path] = ()) -> list[str]:
+  """Class names read from the training file `path` when none are given.
+
+  Integer labels (every label of `path` an integer) are class indices: the names are "0" .. "max"
+  with max over `path` and `other_paths`, so a class seen only in validation keeps its own index.
+  Otherwise the names are the sorted distinct labels of `path`; a label of another split that is
+  not among them is an error naming its file and line when that split is read.
+  """
+  labels = _labels(path, label_field)
   if not labels:
     raise UserError(f"{path}: no examples")
-  if all(_is_int(label) for label in labels):
-    return sorted(labels, key=int)
-  return sorted(labels)
+  if not all(_is_int(label) for label in labels):
+    return sorted(labels)
+  for other in other_paths:
+    labels |= {label for label in _labels(other, label_field) if _is_int(label)}
+  indices = sorted(int(label) for label in labels)
+  if indices[0] < 0:
+    raise UserError(f"integer label {indices[0]} in {path} or another split is negative; integer "
+                    "labels are class indices 0..N-1 (or give data.label_names)")
+  return [str(i) for i in range(indices[-1] + 1)]
 
 
 def label_index(raw: str, label_names: Sequence[str], where: str) -> int:

@@ -1,6 +1,7 @@
 """Loads a checkpoint's tokenizer and pre-tokenises a split into compact arrays."""
 
 from collections.abc import Sequence
+import json
 import os
 import pathlib
 
@@ -11,6 +12,9 @@ from ftjax.errors import UserError
 
 # Texts per tokenizer call: large enough for the Rust tokenizer's batching to pay off.
 _CHUNK = 4096
+# End-of-turn tokens of common chat templates (Llama 3, ChatML, Gemma, Phi-3): a chat reply ends
+# with one of these, which is often not the tokenizer's `eos_token`.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 
 
 def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerBase:
@@ -25,6 +29,39 @@ def load_tokenizer(path: str | os.PathLike) -> transformers.PreTrainedTokenizerB
   if not tokenizer.is_fast:
     raise UserError(f"{path}: no fast tokenizer (tokenizer.json) found")
   return tokenizer
+
+
+def _eos_ids(file: pathlib.Path) -> list[int]:
+  """`eos_token_id` (an int or a list) of a JSON config file; [] when absent."""
+  if not file.is_file():
+    return []
+  try:
+    eos = json.loads(file.read_text()).get("eos_token_id")
+  except (OSError, ValueError, AttributeError) as e:
+    raise UserError(f"{file}: cannot read eos_token_id ({e})") from None
+  return [int(t) for t in (eos if isinstance(eos, list) else [eos]) if t is not None]
+
+
+def stop_token_ids(path: str | os.PathLike, tokenizer,
+                   chat_template: str | None = None) -> list[int]:
+  """Every token id that ends a generation for the checkpoint folder `path` (sorted).
+
+  The tokenizer's `eos_token_id`, the `eos_token_id` (int or list) of `generation_config.json`
+  (else of `config.json`, as transformers falls back to), and the end-of-turn tokens
+  (`END_OF_TURN_TOKENS`) that the chat template (`chat_template`, else the tokenizer's) uses and
+  the vocabulary holds: Llama 3 Instruct declares `<|eot_id|>` only in its generation config,
+  and a ChatML reply ends with `<|im_end|>` whatever the eos token is.
+  """
+  path = pathlib.Path(path)
+  ids = set(_eos_ids(path / "generation_config.json") or _eos_ids(path / "config.json"))
+  if tokenizer.eos_token_id is not None:
+    ids.add(int(tokenizer.eos_token_id))
+  template = chat_template or getattr(tokenizer, "chat_template", None) or ""
+  if isinstance(template, dict):  # named templates ("default", "tool_use", ...)
+    template = "".join(template.values())
+  vocab = tokenizer.get_vocab()
+  ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in template and t in vocab)
+  return sorted(ids)
 
 
 def pad_id(tokenizer) -> int:

@@ -26,6 +26,7 @@ from ftjax.errors import UserError
 from ftjax.models import bert
 from ftjax.models import gpt2
 from ftjax.models import llama
+from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
 from ftjax.weights import gpt2_table
 from ftjax.weights import llama_table
@@ -272,6 +273,8 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
       raise UserError(f"cannot save a {type(model).__name__} as task '{task}'")
   _, table, architecture = family.classes[model_task]
   hf = model.config.to_hf()
+  if 'rope_parameters' in hf:  # also the legacy keys, for readers older than transformers 5
+    hf.update(rope_lib.legacy_keys(hf['rope_parameters']))
   hf['architectures'] = [architecture]
   tensors = safetensors_io.export_params(model, _table(table, model.config))
   hf['dtype'] = str(next(iter(tensors.values())).dtype)

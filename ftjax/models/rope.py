@@ -71,6 +71,20 @@ class RopeConfig:
     return out
 
 
+def legacy_keys(rope_parameters: dict[str, Any]) -> dict[str, Any]:
+  """The pre-transformers-5 spelling of `rope_parameters`: top-level `rope_theta` and
+  `rope_scaling` (None for 'default'; else the parameters with both `rope_type` and `type`).
+
+  Exports write both spellings, so older readers (transformers 4, llama.cpp converters, vLLM)
+  see the same RoPE; transformers 5 reads `rope_scaling` first, and it agrees.
+  """
+  scaling = None
+  if rope_parameters.get('rope_type', 'default') != 'default':
+    scaling = {k: v for k, v in rope_parameters.items() if k != 'rope_theta'}
+    scaling['type'] = scaling['rope_type']
+  return {'rope_theta': rope_parameters.get('rope_theta', 10000.0), 'rope_scaling': scaling}
+
+
 @functools.lru_cache(maxsize=64)
 def inverse_frequencies(rope: RopeConfig, head_dim: int) -> np.ndarray:
   """[head_dim // 2] fp32 inverse frequencies, as transformers computes them.

@@ -38,6 +38,7 @@ import numpy as np
 
 from ftjax import sources
 from ftjax.errors import UserError
+from ftjax.models import rope as rope_lib
 from ftjax.weights import safetensors_io
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ PathLike = str | os.PathLike
 SUPPORTED_ARCHITECTURES = ('llama',)
 
 # Bump when the conversion changes, so cached HF directories are rebuilt.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: legacy rope_scaling, eot/eom ids in generation_config eos_token_id
 _COMPLETE = '.ftjax-complete'
 
 _GT = gguf.GGMLQuantizationType
@@ -217,8 +218,8 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
       'hidden_act': 'silu',
       'rms_norm_eps': float(get('attention.layer_norm_rms_epsilon')),
       'max_position_embeddings': int(get('context_length')),
-      'rope_theta': rope['rope_theta'],  # Older readers look here.
       'rope_parameters': rope,
+      **rope_lib.legacy_keys(rope),  # Older readers look here.
       'attention_bias': 'blk.0.attn_q.bias' in tensor_names,
       'mlp_bias': False,
       'tie_word_embeddings': 'output.weight' not in tensor_names,
@@ -231,6 +232,21 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
     if f'tokenizer.ggml.{key}' in meta:
       config[name] = int(meta[f'tokenizer.ggml.{key}'])
   return config
+
+
+def _generation_config(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+  """Token ids for `generation_config.json`; its `eos_token_id` lists the end-of-turn (eot) and
+  end-of-message (eom) tokens too when the GGUF declares them (Llama 3 Instruct's `<|eot_id|>`),
+  so generation stops where the model ends its turn, as llama.cpp does."""
+  generation = {k: config[k] for k in ('bos_token_id', 'eos_token_id', 'pad_token_id')
+                if k in config}
+  stops = [int(meta[f'tokenizer.ggml.{key}']) for key in ('eos_token_id', 'eot_token_id',
+                                                          'eom_token_id')
+           if f'tokenizer.ggml.{key}' in meta]
+  stops = list(dict.fromkeys(stops))
+  if len(stops) > 1:
+    generation['eos_token_id'] = stops
+  return generation
 
 
 def _check_architecture(meta: dict[str, Any], path: pathlib.Path) -> None:
@@ -335,8 +351,7 @@ def read_gguf(path: PathLike, *, tensors: bool = True, tokenizer: bool = True,
   if tokenizer:
     tok_dir = pathlib.Path(tokenizer_dir or tempfile.mkdtemp(prefix='ftjax-gguf-tok-'))
     write_tokenizer(meta, tok_dir, path)
-  generation = {k: config[k] for k in ('bos_token_id', 'eos_token_id', 'pad_token_id')
-                if k in config}
+  generation = _generation_config(meta, config)
   log.info('read GGUF %s (%d tensors) in %.1fs', path, len(weights),
            time.perf_counter() - start)
   return GgufCheckpoint(path=path, hf_config=config, tensors=weights,

@@ -43,6 +43,21 @@ def test_integer_labels_and_given_names(tmp_path, make_data_cfg, write_jsonl):
   assert collected.info.features["label"].names == ["0", "1"]
 
 
+
+def test_integer_label_seen_only_in_validation_keeps_its_index(tmp_path, make_data_cfg,
+                                                               write_jsonl):
+  # Integer labels are class indices: class 1 occurs only in validation, yet 2 must stay class 2
+  # (a vocabulary of the training labels alone would map 2 -> 1 and collide with the real 1).
+  train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": 0}, {"text": "c", "label": 2}])
+  valid = write_jsonl(tmp_path / "valid.jsonl", [{"text": "b", "label": 1}, {"text": "d", "label": 2}])
+  builder = builders.prepare(make_data_cfg(files={"train": train, "validation": valid}))
+  assert builder.info.features["label"].names == ["0", "1", "2"]
+  assert _split(builder, "train") == [("a", 0), ("c", 2)]
+  assert _split(builder, "validation") == [("b", 1), ("d", 2)]
+  negative = write_jsonl(tmp_path / "neg.jsonl", [{"text": "e", "label": -1}])
+  with pytest.raises(UserError, match=r"integer label -1 .* is negative"):
+    builders.prepare(make_data_cfg(files={"train": train, "validation": negative}))
+
 def test_sentence_pairs(tmp_path, make_data_cfg, write_jsonl):
   train = write_jsonl(tmp_path / "p.jsonl", [
       {"premise": "a b", "hypothesis": "c", "label": "yes"},

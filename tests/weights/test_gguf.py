@@ -18,6 +18,7 @@ import pytest
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 from ftjax import sources
+from ftjax.data import tokenization
 from ftjax.errors import UserError
 from ftjax.weights import gguf as ftgguf
 from ftjax.weights import safetensors_io
@@ -97,11 +98,12 @@ def _gguf_name(hf):
 
 
 def write_tiny_gguf(path, *, arch='llama', tied=True, bias=False, quant=GT.Q8_0,
-                    override=None, add_bos=False, tiny=TINY):
+                    override=None, add_bos=False, tiny=TINY, metadata=None):
   """Writes a tiny llama GGUF as llama.cpp's converter would.
 
   2-D weights other than the embedding are stored as `quant`, the rest as F32.
-  `override` maps a GGUF tensor name to (raw uint8 bytes, GGUF type).
+  `override` maps a GGUF tensor name to (raw uint8 bytes, GGUF type); `metadata(writer)` adds
+  keys.
 
   Returns:
     The HF tensors it was made from.
@@ -129,6 +131,8 @@ def write_tiny_gguf(path, *, arch='llama', tied=True, bias=False, quant=GT.Q8_0,
   w.add_pad_token_id(0)
   w.add_add_bos_token(add_bos)
   w.add_chat_template(CHAT_TEMPLATE)
+  if metadata:
+    metadata(w)
   override = override or {}
   for name, value in hf.items():
     gname = _gguf_name(name)
@@ -187,6 +191,29 @@ def test_tiny_round_trip(tmp_path, tied, bias, quant):
   assert (cfg['bos_token_id'], cfg['eos_token_id'], cfg['pad_token_id']) == (1, 2, 0)
   assert ckpt.generation_config == {'bos_token_id': 1, 'eos_token_id': 2, 'pad_token_id': 0}
 
+
+
+def test_end_of_turn_ids_and_legacy_rope_keys(tmp_path):
+  # Llama 3 Instruct GGUFs declare <|eot_id|> beside eos: generation must stop on both. A linear
+  # RoPE scaling reaches readers older than transformers 5 through `rope_scaling`.
+  import transformers  # pylint: disable=g-import-not-at-top
+  path = tmp_path / 'eot.gguf'
+
+  def metadata(w):
+    w.add_eot_token_id(0)
+    w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+    w.add_rope_scaling_factor(4.0)
+
+  write_tiny_gguf(path, metadata=metadata)
+  out = ftgguf.materialize_hf_dir(path, tmp_path / 'hf')
+  assert json.loads((out / 'generation_config.json').read_text())['eos_token_id'] == [2, 0]
+  assert transformers.GenerationConfig.from_pretrained(str(out)).eos_token_id == [2, 0]
+  assert tokenization.stop_token_ids(out, tokenization.load_tokenizer(out)) == [0, 2]
+  config = json.loads((out / 'config.json').read_text())
+  assert config['rope_theta'] == 50000.0
+  assert config['rope_scaling'] == {'rope_type': 'linear', 'type': 'linear', 'factor': 4.0}
+  assert transformers.AutoConfig.from_pretrained(str(out)).rope_parameters == {
+      'rope_type': 'linear', 'type': 'linear', 'factor': 4.0, 'rope_theta': 50000.0}
 
 @pytest.mark.parametrize('add_bos', [False, True])
 def test_tiny_tokenizer_matches_transformers(tmp_path, add_bos):
