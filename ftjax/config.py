@@ -22,6 +22,11 @@ from ftjax.errors import UserError
 ConfigDict = ml_collections.ConfigDict
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Keys that were removed, with why: a config file or flag setting one is refused with the reason;
+# a resolved config.json of an older run still loads (the key is dropped).
+REMOVED_KEYS = {
+    "data.num_workers": "the text pipelines tokenize in-process and start no worker processes",
+}
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -71,7 +76,6 @@ def base_config() -> ConfigDict:
   c.data.bucket_boundaries = (16, 32, 64, 128)
   c.data.data_dir = ""  # "" = $FTJAX_CACHE/tfds
   c.data.max_train_examples = 0  # 0 = all
-  c.data.num_workers = 0
   # --- Chat data (model.task "causal_lm"; data.name "chatterbot" or "chat_files") ---
   c.data.messages_field = "messages"  # JSONL field holding [{"role", "content"}, ...]
   c.data.chat_template = ""  # "" = the tokenizer's, "chatml", or a Jinja template
@@ -105,8 +109,8 @@ def base_config() -> ConfigDict:
   c.eval.every_steps = 100
   c.eval.batch_size = 128
   c.eval.at_start = True
-  c.eval.metric = "accuracy"  # the metric that picks the best step
-  c.eval.mode = "max"
+  c.eval.metric = "accuracy"  # the metric that picks the best step: any of the task's METRICS
+  c.eval.mode = "max"  # must be the metric's direction: "max" for accuracy/macro_f1, "min" for loss/ece
   c.eval.num_samples = 4  # generation samples before/after training (tasks with prompts)
   c.eval.sample_max_new_tokens = 64
   c.eval.patience = 0  # early stopping: evals without improvement before stopping (0 = never)
@@ -159,6 +163,8 @@ def _fill(node, data: dict, prefix: str, free_form: bool = False, *, where: str)
   """Copies JSON values into the base config `node`, refusing keys it does not have."""
   for key, value in data.items():
     name = f"{prefix}{key}"
+    if name in REMOVED_KEYS:
+      continue
     if key not in node:
       if free_form:
         node[key] = value
@@ -215,6 +221,8 @@ def _is_free_form(key: str) -> bool:
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> UserError:
+  if key in REMOVED_KEYS:
+    return UserError(f"config key '{key}' in {where} was removed ({REMOVED_KEYS[key]}); delete it")
   close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
   hint = f"; did you mean '{close[0]}'?" if close else ""
   return UserError(f"unknown config key '{key}' in {where}{hint}")
@@ -355,6 +363,14 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.eval.every_steps > 0, "eval.every_steps", "must be > 0")
   _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
   _require(cfg.eval.mode in ("max", "min"), "eval.mode", f"must be 'max' or 'min', got '{cfg.eval.mode}'")
+  metrics = tasks.get(cfg.model.task).METRICS  # name -> the direction that is better
+  _require(cfg.eval.metric in metrics, "eval.metric",
+           f"names '{cfg.eval.metric}', which task '{cfg.model.task}' does not report; choose from "
+           f"{', '.join(metrics)}")
+  _require(cfg.eval.mode == metrics[cfg.eval.metric], "eval.mode",
+           f"is '{cfg.eval.mode}', but eval.metric '{cfg.eval.metric}' is better when "
+           f"{'higher' if metrics[cfg.eval.metric] == 'max' else 'lower'}; set eval.mode="
+           f"{metrics[cfg.eval.metric]}")
   _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
   _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
   _require(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", "must be >= 0")
