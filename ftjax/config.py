@@ -93,7 +93,7 @@ def base_config() -> ConfigDict:
   c.train.max_nonfinite = 10  # with on_nan=skip: halt once more updates than this were skipped
 
   c.optimizer = ConfigDict()
-  c.optimizer.name = "adamw"
+  c.optimizer.name = "adamw"  # adamw, adafactor, lion, sgd or muon (see ftjax/optim.py)
   c.optimizer.lr = 5e-5
   c.optimizer.schedule = "cosine"  # "cosine", "linear" or "constant" (after warmup)
   c.optimizer.warmup_steps = 0
@@ -104,6 +104,11 @@ def base_config() -> ConfigDict:
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.01  # never applied to biases and norm scales
   c.optimizer.clip_norm = 1.0  # 0 disables clipping
+  c.optimizer.momentum = 0.9  # sgd (0: plain SGD) and muon (its authors use 0.95)
+  # Parameter groups with their own learning rate (same warmup/decay shape; ftjax/optim.py).
+  c.optimizer.head_lr = 0.0  # peak lr of the task head (classifier, score, lm_head); 0: optimizer.lr
+  c.optimizer.lora_plus_ratio = 0.0  # LoRA+: LoRA B factors at this x optimizer.lr (paper: 16); 0: off
+  c.optimizer.layer_decay = 1.0  # layer i of L at lr x decay^(L-i), embeddings decay^(L+1); 1: off
 
   c.eval = ConfigDict()
   c.eval.every_steps = 100
@@ -352,7 +357,17 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.train.steps > 0, "train.steps", f"must be > 0, got {cfg.train.steps}")
   _require(cfg.train.batch_size > 0, "train.batch_size", f"must be > 0, got {cfg.train.batch_size}")
   _require(cfg.train.log_every_steps > 0, "train.log_every_steps", "must be > 0")
-  _require(cfg.optimizer.name == "adamw", "optimizer.name", f"must be 'adamw', got '{cfg.optimizer.name}'")
+  from ftjax import optim  # pylint: disable=g-import-not-at-top
+  _require(cfg.optimizer.name in optim.OPTIMIZERS, "optimizer.name",
+           f"must be one of {', '.join(optim.OPTIMIZERS)}, got '{cfg.optimizer.name}'")
+  _require(0 <= cfg.optimizer.momentum < 1, "optimizer.momentum",
+           f"must be in [0, 1), got {cfg.optimizer.momentum}")
+  _require(cfg.optimizer.head_lr >= 0, "optimizer.head_lr",
+           f"must be >= 0 (0: optimizer.lr), got {cfg.optimizer.head_lr}")
+  _require(cfg.optimizer.lora_plus_ratio >= 0, "optimizer.lora_plus_ratio",
+           f"must be >= 0 (0: off), got {cfg.optimizer.lora_plus_ratio}")
+  _require(0 < cfg.optimizer.layer_decay <= 1, "optimizer.layer_decay",
+           f"must be in (0, 1] (1: off), got {cfg.optimizer.layer_decay}")
   _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
   _require(cfg.optimizer.schedule in ("cosine", "linear", "constant"), "optimizer.schedule",
            f"must be cosine, linear or constant, got '{cfg.optimizer.schedule}'")

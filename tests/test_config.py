@@ -65,6 +65,13 @@ def test_unknown_key_in_file_names_key_and_nearest(tmp_path):
     ("mesh.shape=(1,1)", "mesh.shape"),
     ("eval.at_start=maybe", "eval.at_start"),
     ("data.padding=ragged", "data.padding"),
+    ("optimizer.name=adam", "optimizer.name"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"),
+    ("optimizer.head_lr=-1e-3", "optimizer.head_lr"),
+    ("optimizer.lora_plus_ratio=-16", "optimizer.lora_plus_ratio"),
+    ("optimizer.layer_decay=0", "optimizer.layer_decay"),
+    ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
+    ("optimizer.layer_decay=fast", "optimizer.layer_decay"),
     ("train", "train"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, culprit):
@@ -148,3 +155,12 @@ def test_macro_f1_run_config_picks_the_best_checkpoint_by_macro_f1(tmp_path):
   best.close()
   assert stopper.best["step"] == 2 and stopper.should_stop  # accuracy alone would pick step 1
   assert best.best_step() == 2 and best.all_steps() == [2]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion", "sgd", "muon"])
+def test_optimizer_keys_load(tmp_path, name):
+  cfg = config_lib.load_config(write_config(tmp_path, ""), [
+      f"optimizer.name={name}", "optimizer.head_lr=1e-3", "optimizer.lora_plus_ratio=16",
+      "optimizer.layer_decay=0.8", "optimizer.momentum=0.95"])
+  assert (cfg.optimizer.name, cfg.optimizer.head_lr, cfg.optimizer.lora_plus_ratio,
+          cfg.optimizer.layer_decay, cfg.optimizer.momentum) == (name, 1e-3, 16.0, 0.8, 0.95)
