@@ -154,7 +154,7 @@ def groups(opt_cfg) -> dict[str, float]:
   return out
 
 
-_GROUP_KEYS = {"head": ("optimizer.head_lr", f"a task head ({HEAD_PATTERN})"),
+_GROUP_KEYS = {"head": ("optimizer.head_lr", "a task head (classifier, score or lm_head)"),
                "lora_b": ("optimizer.lora_plus_ratio", "a LoRA B factor (method lora, qlora, dora)")}
 
 
