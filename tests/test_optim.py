@@ -263,3 +263,29 @@ def test_every_optimizers_state_shards_on_a_mesh():
                           env=dict(os.environ, JAX_PLATFORMS="cpu",
                                    XLA_FLAGS="--xla_force_host_platform_device_count=8"))
   assert result.stdout.split() == [w for n in optim.OPTIMIZERS for w in (n, "ok")], result.stderr[-2000:]
+
+
+def test_muon_with_groups_and_layer_decay_trains_a_scanned_tiny_bert(tiny_bert_dir, tiny_sentiment_files):
+  # The real paths: BERT's scan-stacked encoder kernels go to Muon, the classifier to the head
+  # group, embeddings and vectors to AdamW; every group's rate is logged.
+  from ftjax import train
+  from test_train import tiny_config
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files)
+  with cfg.unlocked():
+    cfg.model.scan_layers = True
+    cfg.optimizer.update(name="muon", head_lr=3e-3, layer_decay=0.5, schedule="constant")
+  exp = train.build_experiment(cfg)
+  labels = {optim.keypath_string(p): v for p, v in jax.tree_util.tree_flatten_with_path(
+      optim._labels(cfg.optimizer)(exp.state.params))[0]}
+  muon = {k for k, v in labels.items() if v == "base"}
+  assert all(k.endswith("kernel") and "classifier" not in k for k in muon), muon  # + the pooler
+  assert "bert.encoder.layer.attention.self_attn.query.kernel" in muon  # stacked [L, in, out]
+  assert {v for k, v in labels.items() if "classifier" in k} == {"head"}
+  assert {v for k, v in labels.items()
+          if ("embeddings" in k or k.endswith("bias")) and "classifier" not in k} == {"adamw"}
+  step = jax.jit(train.make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task))
+  batch = next(exp.dataset.train_iterator(8, seed=0))
+  state, metrics = step(exp.state, batch)
+  assert {k: float(metrics[k]) for k in metrics if k.startswith("lr")} == pytest.approx(
+      {"lr": 1e-3, "lr/head": 3e-3, "lr/adamw": 1e-3})
+  assert np.isfinite(float(metrics["loss"])) and int(state.nonfinite) == 0
