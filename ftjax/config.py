@@ -15,6 +15,7 @@ import os
 import re
 from typing import Any, Iterable
 
+from absl import flags
 import ml_collections
 
 from ftjax.errors import UserError
@@ -22,6 +23,11 @@ from ftjax.errors import UserError
 ConfigDict = ml_collections.ConfigDict
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
+# Keys that were removed, with why: a config file or flag setting one is refused with the reason;
+# a resolved config.json of an older run still loads (the key is dropped).
+REMOVED_KEYS = {
+    "data.num_workers": "the text pipelines tokenize in-process and start no worker processes",
+}
 MESH_AXES = ("data", "fsdp", "tensor")
 
 
@@ -71,7 +77,6 @@ def base_config() -> ConfigDict:
   c.data.bucket_boundaries = (16, 32, 64, 128)
   c.data.data_dir = ""  # "" = $FTJAX_CACHE/tfds
   c.data.max_train_examples = 0  # 0 = all
-  c.data.num_workers = 0
   # --- Chat data (model.task "causal_lm"; data.name "chatterbot" or "chat_files") ---
   c.data.messages_field = "messages"  # JSONL field holding [{"role", "content"}, ...]
   c.data.chat_template = ""  # "" = the tokenizer's, "chatml", or a Jinja template
@@ -89,7 +94,7 @@ def base_config() -> ConfigDict:
   c.train.max_nonfinite = 10  # with on_nan=skip: halt once more updates than this were skipped
 
   c.optimizer = ConfigDict()
-  c.optimizer.name = "adamw"
+  c.optimizer.name = "adamw"  # adamw, adafactor, lion, sgd or muon (see ftjax/optim.py)
   c.optimizer.lr = 5e-5
   c.optimizer.schedule = "cosine"  # "cosine", "linear" or "constant" (after warmup)
   c.optimizer.warmup_steps = 0
@@ -100,13 +105,18 @@ def base_config() -> ConfigDict:
   c.optimizer.eps = 1e-8
   c.optimizer.weight_decay = 0.01  # never applied to biases and norm scales
   c.optimizer.clip_norm = 1.0  # 0 disables clipping
+  c.optimizer.momentum = 0.9  # sgd (0: plain SGD) and muon (its authors use 0.95)
+  # Parameter groups with their own learning rate (same warmup/decay shape; ftjax/optim.py).
+  c.optimizer.head_lr = 0.0  # peak lr of the task head (classifier, score, lm_head); 0: optimizer.lr
+  c.optimizer.lora_plus_ratio = 0.0  # LoRA+: LoRA B factors at this x optimizer.lr (paper: 16); 0: off
+  c.optimizer.layer_decay = 1.0  # layer i of L at lr x decay^(L-i), embeddings decay^(L+1); 1: off
 
   c.eval = ConfigDict()
   c.eval.every_steps = 100
   c.eval.batch_size = 128
   c.eval.at_start = True
-  c.eval.metric = "accuracy"  # the metric that picks the best step
-  c.eval.mode = "max"
+  c.eval.metric = "accuracy"  # the metric that picks the best step: any of the task's METRICS
+  c.eval.mode = "max"  # must be the metric's direction: "max" for accuracy/macro_f1, "min" for loss/ece
   c.eval.num_samples = 4  # generation samples before/after training (tasks with prompts)
   c.eval.sample_max_new_tokens = 64
   c.eval.patience = 0  # early stopping: evals without improvement before stopping (0 = never)
@@ -159,6 +169,8 @@ def _fill(node, data: dict, prefix: str, free_form: bool = False, *, where: str)
   """Copies JSON values into the base config `node`, refusing keys it does not have."""
   for key, value in data.items():
     name = f"{prefix}{key}"
+    if name in REMOVED_KEYS:
+      continue
     if key not in node:
       if free_form:
         node[key] = value
@@ -215,6 +227,8 @@ def _is_free_form(key: str) -> bool:
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> UserError:
+  if key in REMOVED_KEYS:
+    return UserError(f"config key '{key}' in {where} was removed ({REMOVED_KEYS[key]}); delete it")
   close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
   hint = f"; did you mean '{close[0]}'?" if close else ""
   return UserError(f"unknown config key '{key}' in {where}{hint}")
@@ -227,46 +241,39 @@ def check_keys(cfg: ConfigDict, reference: ConfigDict, where: str) -> None:
       raise _unknown_key_error(key, valid, where)
 
 
+# absl's flag parsers, the ones `ml_collections.config_flags` applies by field type.
+_SCALAR_PARSERS = {bool: (flags.BooleanParser(), "a boolean (true/false)"),
+                   int: (flags.IntegerParser(), "an integer"), float: (flags.FloatParser(), "a number")}
+
+
 def _parse_value(key: str, text: str, current: Any) -> Any:
   """Parses a command-line string into the type of the key's current value."""
-  def bad(expected):
-    return UserError(f"config key '{key}' expects {expected}, got '{text}'")
-
-  if isinstance(current, bool):
-    lowered = text.strip().lower()
-    if lowered in ("true", "1", "yes"):
-      return True
-    if lowered in ("false", "0", "no"):
-      return False
-    raise bad("a boolean (true/false)")
-  if isinstance(current, int):
+  if type(current) in _SCALAR_PARSERS:
+    parser, expected = _SCALAR_PARSERS[type(current)]
     try:
-      return int(text)
+      return parser.parse(text)
     except ValueError:
-      raise bad("an integer") from None
-  if isinstance(current, float):
-    try:
-      return float(text)
-    except ValueError:
-      raise bad("a number") from None
+      raise UserError(f"config key '{key}' expects {expected}, got '{text}'") from None
   if isinstance(current, str):
     return text
-  if isinstance(current, (tuple, list)):
-    try:
-      value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      value = tuple(s.strip() for s in text.split(",") if s.strip())  # a,b,c
-    if not isinstance(value, (tuple, list)):
-      value = (value,)
-    return tuple(value)
   try:
-    return ast.literal_eval(text)
+    value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
-    return text
+    if not isinstance(current, (tuple, list)):
+      return text
+    value = tuple(s.strip() for s in text.split(",") if s.strip())  # a,b,c
+  if isinstance(current, (tuple, list)):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  return value
 
 
 def set_from_string(cfg: ConfigDict, key: str, text: str) -> None:
-  """Sets `a.b.c` from a command-line string, refusing unknown keys with a suggestion."""
+  """Sets `a.b.c` from a command-line string, refusing unknown keys with a suggestion.
+
+  Hand-written, not `ml_collections.config_flags`: tried, it exits 1 with a traceback on an
+  unknown key (suggesting the leaf name only), cannot add keys to free-form sections
+  (`data.files.train`), and reports a bad value as an absl flag error, not one naming the key.
+  """
   node = cfg
   parts = key.split(".")
   for i, part in enumerate(parts[:-1]):
@@ -344,7 +351,17 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.train.steps > 0, "train.steps", f"must be > 0, got {cfg.train.steps}")
   _require(cfg.train.batch_size > 0, "train.batch_size", f"must be > 0, got {cfg.train.batch_size}")
   _require(cfg.train.log_every_steps > 0, "train.log_every_steps", "must be > 0")
-  _require(cfg.optimizer.name == "adamw", "optimizer.name", f"must be 'adamw', got '{cfg.optimizer.name}'")
+  from ftjax import optim  # pylint: disable=g-import-not-at-top
+  _require(cfg.optimizer.name in optim.OPTIMIZERS, "optimizer.name",
+           f"must be one of {', '.join(optim.OPTIMIZERS)}, got '{cfg.optimizer.name}'")
+  _require(0 <= cfg.optimizer.momentum < 1, "optimizer.momentum",
+           f"must be in [0, 1), got {cfg.optimizer.momentum}")
+  _require(cfg.optimizer.head_lr >= 0, "optimizer.head_lr",
+           f"must be >= 0 (0: optimizer.lr), got {cfg.optimizer.head_lr}")
+  _require(cfg.optimizer.lora_plus_ratio >= 0, "optimizer.lora_plus_ratio",
+           f"must be >= 0 (0: off), got {cfg.optimizer.lora_plus_ratio}")
+  _require(0 < cfg.optimizer.layer_decay <= 1, "optimizer.layer_decay",
+           f"must be in (0, 1] (1: off), got {cfg.optimizer.layer_decay}")
   _require(cfg.optimizer.lr > 0, "optimizer.lr", f"must be > 0, got {cfg.optimizer.lr}")
   _require(cfg.optimizer.schedule in ("cosine", "linear", "constant"), "optimizer.schedule",
            f"must be cosine, linear or constant, got '{cfg.optimizer.schedule}'")
@@ -355,6 +372,14 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.eval.every_steps > 0, "eval.every_steps", "must be > 0")
   _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
   _require(cfg.eval.mode in ("max", "min"), "eval.mode", f"must be 'max' or 'min', got '{cfg.eval.mode}'")
+  metrics = tasks.get(cfg.model.task).METRICS  # name -> the direction that is better
+  _require(cfg.eval.metric in metrics, "eval.metric",
+           f"names '{cfg.eval.metric}', which task '{cfg.model.task}' does not report; choose from "
+           f"{', '.join(metrics)}")
+  _require(cfg.eval.mode == metrics[cfg.eval.metric], "eval.mode",
+           f"is '{cfg.eval.mode}', but eval.metric '{cfg.eval.metric}' is better when "
+           f"{'higher' if metrics[cfg.eval.metric] == 'max' else 'lower'}; set eval.mode="
+           f"{metrics[cfg.eval.metric]}")
   _require(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be > 0")
   _require(cfg.checkpoint.keep > 0, "checkpoint.keep", "must be > 0")
   _require(cfg.checkpoint.keep_best >= 0, "checkpoint.keep_best", "must be >= 0")

@@ -159,15 +159,16 @@ def follow_params(tree, params, param_shardings, mesh):
   counts) and unmatched leaves are replicated.
   """
   by_path = {}
-  for (path, _), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                                 jax.tree.leaves(param_shardings)):
-    by_path[tuple(path)] = sharding
+  for (path, param), sharding in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                                     jax.tree.leaves(param_shardings)):
+    by_path[tuple(path)] = (sharding, param.shape)
   lengths = sorted({len(p) for p in by_path}, reverse=True)
 
   def find(path, leaf):
     for n in lengths:
-      match = by_path.get(tuple(path[-n:])) if len(path) >= n else None
-      if match is not None and match.shard_shape(leaf.shape) is not None and getattr(leaf, "ndim", 0):
+      match, shape = by_path.get(tuple(path[-n:]), (None, None)) if len(path) >= n else (None, None)
+      # Only a leaf of its parameter's shape: Adafactor's factored rows/columns are not.
+      if match is not None and tuple(leaf.shape) == tuple(shape) and getattr(leaf, "ndim", 0):
         return match
     return replicated(mesh)
 

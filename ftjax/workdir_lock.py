@@ -1,58 +1,55 @@
-"""One workdir, one writer: an exclusive lock held for the life of a run.
+"""One workdir, one writer: an exclusive `filelock.FileLock` held for the life of a run.
 
-`fcntl.flock` is released by the kernel when the process dies, even on SIGKILL, so a crashed
-run never leaves a stale lock behind; the file's content (pid and host) names the holder in the
-error a second process gets. Local and NFS-like filesystems only (object stores such as GCS
-have no locks; there the lock is skipped with a warning).
+The lock is an `flock`, which the kernel releases when the process dies, even on SIGKILL, so a
+crashed run never leaves a stale lock behind. The holder's pid and host go in a file of their own
+(the lock file's content is filelock's) and name the holder in the error a second run gets.
+Filesystems without locks (object stores such as GCS) skip the lock with a warning: filelock's
+soft fallback is off because a soft lock outlives a killed run.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import pathlib
 import socket
 
+import filelock
+
 from ftjax.errors import UserError
 
 log = logging.getLogger("ftjax")
 LOCK_FILE = ".ftjax.lock"
+HOLDER_FILE = ".ftjax.lock.holder"
 
 
 class WorkdirLock:
   def __init__(self, workdir: os.PathLike):
     self.path = pathlib.Path(workdir) / LOCK_FILE
-    self._fd = None
+    self._lock = filelock.FileLock(self.path, timeout=0, fallback_to_soft=False)
 
   def acquire(self) -> "WorkdirLock":
-    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    holder = self.path.with_name(HOLDER_FILE)
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+      self._lock.acquire()
+    except filelock.Timeout:
       try:
-        holder = json.loads(os.pread(fd, 4096, 0) or b"{}")
-      except ValueError:
-        holder = {}
-      os.close(fd)
+        who = json.loads(holder.read_text())
+      except (OSError, ValueError):
+        who = {}
       raise UserError(
-          f"workdir '{self.path.parent}' is in use by another ftjax run (pid {holder.get('pid', '?')} "
-          f"on host {holder.get('host', '?')}); wait for it to finish or use another --workdir") from None
+          f"workdir '{self.path.parent}' is in use by another ftjax run (pid {who.get('pid', '?')} "
+          f"on host {who.get('host', '?')}); wait for it to finish or use another --workdir") from None
     except OSError as e:  # a filesystem without locks
       log.warning("cannot lock %s (%s); not guarding against concurrent runs", self.path, e)
-      os.close(fd)
       return self
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode(), 0)
-    self._fd = fd
+    holder.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     return self
 
   def release(self) -> None:
-    if self._fd is not None:
-      fcntl.flock(self._fd, fcntl.LOCK_UN)
-      os.close(self._fd)
-      self._fd = None
+    if self._lock.is_locked:
+      self._lock.release()
 
   def __enter__(self):
     return self.acquire()

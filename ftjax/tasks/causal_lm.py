@@ -22,7 +22,7 @@ import numpy as np
 
 MODEL_TASK = "causal_lm"
 HEADLINE_METRICS = ("loss", "perplexity", "token_accuracy")
-METRICS = ("loss", "perplexity", "token_accuracy")  # Scalars `eval.metric` may name.
+METRICS = {"loss": "min", "perplexity": "min", "token_accuracy": "max"}  # eval.metric -> mode
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):

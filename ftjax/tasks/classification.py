@@ -17,7 +17,7 @@ from ftjax import metrics as metrics_lib
 
 MODEL_TASK = "classification"
 HEADLINE_METRICS = ("accuracy", "loss")
-METRICS = ("accuracy", "loss")  # scalar eval metrics `eval.metric` may name
+METRICS = {"accuracy": "max", "loss": "min", "macro_f1": "max", "ece": "min"}  # eval.metric -> mode
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ftjax import methods, sharding
+from ftjax import methods, optim, sharding
 from ftjax.errors import UserError
 from ftjax.train.state import Experiment, TrainState, local_batch_size
 
@@ -88,9 +88,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     # `lax.cond`, not a `where` per leaf: a select reads both trees and writes a third (a pass
     # over params + both Adam moments every step); the branch picks the buffers without a copy.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # The learning rates this update applied (or would have, when dropped), from the optimizer's
+    # own state: its step count lags `state.step` by the updates skipped so far, and each
+    # parameter group has its own. A `tx` without them (not `optim.make_optimizer`'s) logs
+    # `schedule` at the step.
+    lrs = optim.learning_rates(opt_state) or {"lr": schedule(state.step)}
     params, opt_state = jax.lax.cond(finite, lambda: (params, opt_state),
                                      lambda: (state.params, state.opt_state))
-    metrics = {"loss": loss, "grad_norm": grad_norm, "lr": schedule(state.step), **aux}
+    metrics = {"loss": loss, "grad_norm": grad_norm, **lrs, **aux}
     return state.replace(
         step=state.step + 1, params=params, opt_state=opt_state,
         nonfinite=state.nonfinite + (~finite).astype(jnp.int32),
