@@ -3,7 +3,7 @@
 The trainer calls only `load_classification_data(data_cfg, tokenizer, seed=...)`.
 Config keys read (under `data.`): name, files, text_field, text_pair_field, label_field,
 label_names, train_split, max_length, padding, bucket_boundaries, data_dir,
-max_train_examples, num_workers (accepted, unused: the in-process pipeline is fast enough).
+max_train_examples.
 """
 
 from collections.abc import Iterator
@@ -28,7 +28,7 @@ class ClassificationData:
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str,
                bucket_boundaries=(), train_split: str = "train",
-               max_train_examples: int = 0, num_workers: int = 0, seed: int = 0):
+               max_train_examples: int = 0, seed: int = 0):
     if padding not in collate_lib.PADDINGS:
       raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
     if max_length < 2:
@@ -38,9 +38,8 @@ class ClassificationData:
     self._max_length = int(max_length)
     self._train_split = train_split
     self._max_train = int(max_train_examples)
-    # Batches are a gather + pad of pre-tokenised ids (~80k examples/s on one core), so
-    # worker processes would only add IPC: `num_workers` is accepted and not used.
-    del num_workers
+    # Batches are a gather + pad of pre-tokenised ids (~80k examples/s on one core): in-process,
+    # since worker processes would only add IPC (hence no `data.num_workers` for text).
     self._subset_seed = int(seed)
     self._has_pair = "text_pair" in builder.info.features
     self._cache = {}
@@ -157,6 +156,5 @@ def load_classification_data(data_cfg, tokenizer, *, seed: int) -> Classificatio
       bucket_boundaries=tuple(data_cfg.bucket_boundaries or ()),
       train_split=data_cfg.train_split,
       max_train_examples=data_cfg.max_train_examples,
-      num_workers=data_cfg.get("num_workers", 0),
       seed=seed,
   )

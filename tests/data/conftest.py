@@ -30,7 +30,7 @@ def _make_data_cfg(**overrides) -> ml_collections.ConfigDict:
       name="files", files=ml_collections.ConfigDict(), text_field="text",
       text_pair_field="", label_field="label", label_names=(), train_split="train",
       eval_split="validation", test_split="test", max_length=16, padding="bucket",
-      bucket_boundaries=(4, 8, 12), data_dir="", max_train_examples=0, num_workers=0))
+      bucket_boundaries=(4, 8, 12), data_dir="", max_train_examples=0))
   files = overrides.pop("files", None)
   cfg.update(overrides)
   if files is not None:
