@@ -16,6 +16,7 @@ import math
 import jax
 import numpy as np
 from jax._src import clusters as jax_clusters
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 from ftjax.config import MESH_AXES
@@ -67,11 +68,15 @@ def detected_cluster() -> tuple[str, int] | None:
     return None
 
 
+def max_over_processes(values: np.ndarray) -> np.ndarray:
+  """The elementwise maximum of a host array of the same shape on every process."""
+  return np.asarray(multihost_utils.process_allgather(np.asarray(values))).max(axis=0)
+
+
 def process_zero_first(fn, name: str):
   """Runs `fn` on process 0, then on the others (e.g. a dataset build into a shared cache)."""
   if jax.process_count() == 1:
     return fn()
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     multihost_utils.sync_global_devices(f"ftjax:{name}")
   result = fn()

@@ -3,7 +3,8 @@
 Every run here is a subprocess (the device count is fixed when JAX starts): DP, FSDP, TP and a
 mixed (2,2,2) mesh must give the 1-device parameters within 1e-5 after several steps;
 checkpoints move between topologies; two processes joined with `jax.distributed` on 127.0.0.1
-train like one.
+train like one (on rows of very different lengths: every process pads a batch to one length);
+a SIGTERM to one process stops them all at one step; SLURM's environment joins without flags.
 """
 
 import json
@@ -19,6 +20,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from tiny_assets import make_sentiment_rows, write_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -65,17 +68,30 @@ def assert_close(a, b, atol=1e-5):
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files):
+def varied_files(tmp_path_factory):
+  """The tiny sentiment task with rows of very different lengths: every odd row is ~4x longer,
+  so with 2 processes each eval shard (rows i::2) holds only short or only long rows and the
+  processes' batches fall in different length buckets unless they agree on one."""
+  root = tmp_path_factory.mktemp("varied")
+  def vary(rows):
+    return [{**r, "text": r["text"] + " really quite very" * 4} if i % 7 == 1 else r
+            for i, r in enumerate(rows)]
+  return {"train": write_jsonl(root / "train.jsonl", vary(make_sentiment_rows(96, seed=0))),
+          "validation": write_jsonl(root / "dev.jsonl", vary(make_sentiment_rows(40, seed=1)))}
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, tiny_bert_dir, varied_files):
   workdir = tmp_path_factory.mktemp("one_device") / "run"
-  run(args(tiny_bert_dir, tiny_sentiment_files, workdir))
+  run(args(tiny_bert_dir, varied_files, workdir))
   return workdir
 
 
 @pytest.mark.parametrize("mesh", ["(8,1,1)", "(1,8,1)", "(1,1,8)", "(2,2,2)"],
                          ids=["data", "fsdp", "tensor", "mixed"])
-def test_meshes_of_8_devices_match_one_device(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline, mesh):
+def test_meshes_of_8_devices_match_one_device(tmp_path, tiny_bert_dir, varied_files, baseline, mesh):
   workdir = tmp_path / "run"
-  run(args(tiny_bert_dir, tiny_sentiment_files, workdir, STEPS, f"--config.mesh.shape={mesh}"), devices=8)
+  run(args(tiny_bert_dir, varied_files, workdir, STEPS, f"--config.mesh.shape={mesh}"), devices=8)
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
 
@@ -88,14 +104,14 @@ def resume_from_copy(source_workdir, workdir, model, files, devices, mesh):
   assert "resumed from step 3" in result.stdout
 
 
-def test_checkpoints_move_between_8_devices_and_1(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+def test_checkpoints_move_between_8_devices_and_1(tmp_path, tiny_bert_dir, varied_files, baseline):
   # 1 device -> 8 devices (FSDP x TP) from the baseline's step-3 checkpoint.
-  resume_from_copy(baseline, tmp_path / "1to8", tiny_bert_dir, tiny_sentiment_files, 8, "(1,4,2)")
+  resume_from_copy(baseline, tmp_path / "1to8", tiny_bert_dir, varied_files, 8, "(1,4,2)")
   assert_close(params_at(tmp_path / "1to8", STEPS), params_at(baseline, STEPS))
   # 8 devices -> 1 device.
   eight = tmp_path / "eight"
-  run(args(tiny_bert_dir, tiny_sentiment_files, eight, STEPS, "--config.mesh.shape=(1,4,2)"), devices=8)
-  resume_from_copy(eight, tmp_path / "8to1", tiny_bert_dir, tiny_sentiment_files, 1, "(1,1,1)")
+  run(args(tiny_bert_dir, varied_files, eight, STEPS, "--config.mesh.shape=(1,4,2)"), devices=8)
+  resume_from_copy(eight, tmp_path / "8to1", tiny_bert_dir, varied_files, 1, "(1,1,1)")
   assert_close(params_at(tmp_path / "8to1", STEPS), params_at(baseline, STEPS))
 
 
@@ -105,12 +121,14 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, varied_files, baseline):
   workdir = tmp_path / "run"
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   procs = [subprocess.Popen(
-      args(tiny_bert_dir, tiny_sentiment_files, workdir) +
+      # FSDP across the processes: a parameter's shards live on different hosts, so the
+      # processes run one program whose collectives need every host's batch at one shape.
+      args(tiny_bert_dir, varied_files, workdir, STEPS, "--config.mesh.shape=(1,2,1)") +
       [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
       cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
   outputs = [p.communicate(timeout=600) for p in procs]
@@ -122,7 +140,7 @@ def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, tiny_sentiment_fi
 
 
 def test_sigterm_to_one_process_saves_every_process_at_the_same_step(
-    tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+    tmp_path, tiny_bert_dir, varied_files, baseline):
   workdir = tmp_path / "run"
   port = free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
@@ -130,7 +148,7 @@ def test_sigterm_to_one_process_saves_every_process_at_the_same_step(
 
   def launch():
     return [subprocess.Popen(
-        args(tiny_bert_dir, tiny_sentiment_files, workdir) +
+        args(tiny_bert_dir, varied_files, workdir) +
         [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for i in range(2)]
@@ -198,13 +216,13 @@ def test_slurm_environment_is_detected(monkeypatch):
   assert sharding.detected_cluster() == ("slurm", 1)
 
 
-def test_two_srun_tasks_join_without_flags(tmp_path, tiny_bert_dir, tiny_sentiment_files, baseline):
+def test_two_srun_tasks_join_without_flags(tmp_path, tiny_bert_dir, varied_files, baseline):
   # Two processes with the environment `srun --ntasks=2` gives them and no coordinator flags.
   workdir = tmp_path / "run"
   job_id = slurm_job_id_with_free_port()
   base = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "JAX_COORDINATOR"))}
   procs = [subprocess.Popen(
-      args(tiny_bert_dir, tiny_sentiment_files, workdir), cwd=REPO,
+      args(tiny_bert_dir, varied_files, workdir), cwd=REPO,
       env=dict(base, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1",
                **slurm_env(job_id, i, 2)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]

@@ -13,7 +13,6 @@ number of eval batches from the split size alone), bucketed, with all-zero paddi
 """
 
 from collections.abc import Iterator
-import functools
 import json
 import math
 
@@ -133,9 +132,11 @@ class ChatData:
     self._encoded(split, 0, 1)
     return self._lengths[(split, 0, 1)]
 
-  def _collate_single(self, examples, batch_size=None):
-    """One conversation per row, padded to a bucket (or max_length)."""
-    longest = max((len(ids) for ids, _ in examples), default=1)
+  def _collate_single(self, examples, batch_size=None, longest=None):
+    """One conversation per row, padded to a bucket (or max_length) of the longest one, or of
+    `longest` when the length is agreed beyond these rows (across processes)."""
+    if longest is None:
+      longest = max((len(ids) for ids, _ in examples), default=1)
     length = collate_lib.padded_length(longest, self.max_length, self._padding,
                                        self._boundaries)
     return packing_lib.collate_rows([[e] for e in examples], length=length, pad_id=self.pad_id,
@@ -143,44 +144,64 @@ class ChatData:
 
   def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
                      shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's shard of the training split.
+    """Endless shuffled batches: this process's `batch_size` rows of each global batch.
 
-    With packing, the shard is packed once (seeded first-fit) into rows of `max_length` and
-    the rows are reshuffled every epoch. `get_state()` / `set_state()` resume exactly.
+    As for classification (`epoch_shuffle.GlobalBatchSlices`), the stream of rows is the same
+    on every process and global batch b is the same whatever the number of processes: each
+    host tokenises the whole training split (and, with packing, packs it once, seeded
+    first-fit, into rows of `max_length`), takes its slice of every global batch, and pads it
+    to the global batch's bucket. With one process this is the plain reshuffled stream.
+    `get_state()` / `set_state()` resume exactly.
     """
-    examples = self._encoded(self._train_split, shard_index, shard_count)
+    examples = self._encoded(self._train_split, 0, 1)
     if not examples:
-      raise UserError(f"training split {self._train_split!r} shard {shard_index} is empty")
+      raise UserError(f"training split {self._train_split!r} is empty")
     if self.packing:
       rows = packing_lib.pack(examples, self.max_length, seed=seed)
       self.packed_fill = rows.fill(self.max_length)
       logging.info("chat data: packed %d conversations into %d rows of %d tokens (%.1f%% "
                    "filled)", len(examples), len(rows), self.max_length,
                    100 * self.packed_fill)
-      batch_fn = functools.partial(packing_lib.collate_rows, length=self.max_length,
-                                   pad_id=self.pad_id)
-      source = rows
+      source, lengths = rows, np.full(len(rows), self.max_length)
+      collate = lambda chunk, longest: packing_lib.collate_rows(  # every row is max_length long
+          chunk, length=self.max_length, pad_id=self.pad_id)
     else:
-      batch_fn = self._collate_single
-      source = examples
-    dataset = epoch_shuffle.EpochShuffleMapDataset(grain.MapDataset.source(source), seed=seed)
-    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=batch_fn)
+      source, lengths = examples, np.array([len(ids) for ids, _ in examples])
+      collate = lambda chunk, longest: self._collate_single(chunk, longest=longest)
+    dataset = epoch_shuffle.GlobalBatchSlices(
+        source, lengths, seed=seed, batch_size=batch_size, shard_index=shard_index,
+        shard_count=shard_count, collate=collate)
     # In-memory data and a cheap collate: reading in the calling thread is fastest.
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                           prefetch_buffer_size=0)))
 
+  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
+    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
+
+  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
+                         shard_count: int = 1) -> np.ndarray:
+    """The longest conversation of each of this shard's eval batches (0: an all-padding one);
+    processes agree on each batch's padded length from the maximum over all shards."""
+    examples = self._encoded(split, shard_index, shard_count)
+    return np.array([max((len(ids) for ids, _ in examples[b * batch_size:(b + 1) * batch_size]),
+                         default=0)
+                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
+                    np.int64)
+
   def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1) -> Iterator[dict]:
+                   shard_count: int = 1, longest=None) -> Iterator[dict]:
     """One pass over a split in a fixed order, one conversation per row.
 
     Every shard yields ceil(ceil(N / shards) / batch_size) batches, so processes stay in
-    lock-step; missing rows are all padding (loss_mask 0, segment_ids 0).
+    lock-step; missing rows are all padding (loss_mask 0, segment_ids 0). `longest` (one per
+    batch, from `eval_batch_lengths` maximised over the processes) pads every process's batch
+    b to the same length.
     """
     examples = self._encoded(split, shard_index, shard_count)
-    num_batches = math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
-    for b in range(num_batches):
+    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
       chunk = examples[b * batch_size:(b + 1) * batch_size]
-      yield self._collate_single(chunk, batch_size=batch_size)
+      yield self._collate_single(chunk, batch_size=batch_size,
+                                 longest=None if longest is None else max(int(longest[b]), 1))
 
 
 def _text(value) -> str:

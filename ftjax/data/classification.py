@@ -100,20 +100,33 @@ class ClassificationData:
     # add locking overhead (measured 2x slower), so read in the calling thread.
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
 
+  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
+    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
+
+  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
+                         shard_count: int = 1) -> np.ndarray:
+    """The longest example of each of this shard's eval batches (0: an all-padding one);
+    processes agree on each batch's padded length from the maximum over all shards."""
+    lengths = self._encoded(split, shard_index, shard_count).lengths()
+    return np.array([int(lengths[b * batch_size:(b + 1) * batch_size].max(initial=0))
+                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
+                    np.int64)
+
   def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1) -> Iterator[dict]:
+                   shard_count: int = 1, longest=None) -> Iterator[dict]:
     """One pass over a split in a fixed order; padding examples have weight 0.
 
     Every shard yields the same number of batches (ceil(ceil(N / shards) / batch_size)),
-    so processes stay in lock-step for collective eval steps.
+    so processes stay in lock-step for collective eval steps. `longest` (one per batch, from
+    `eval_batch_lengths` maximised over the processes) pads every process's batch b to the
+    same length.
     """
     encoded = self._encoded(split, shard_index, shard_count)
-    total = self.split_sizes[split]
-    num_batches = math.ceil(math.ceil(total / shard_count) / batch_size)
     membership = self.eval_slices(split) if self.eval_slices is not None else None
-    for b in range(num_batches):
+    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
       positions = range(b * batch_size, min((b + 1) * batch_size, len(encoded)))
-      batch = self._collate([encoded[i] for i in positions], batch_size=batch_size)
+      batch = self._collate([encoded[i] for i in positions], batch_size=batch_size,
+                            longest=None if longest is None else max(int(longest[b]), 1))
       if membership is not None:  # shard position i is record shard_index + i * shard_count
         batch["slices"] = np.zeros((batch_size, membership.shape[1]), np.float32)
         batch["slices"][:len(positions)] = membership[[shard_index + i * shard_count

@@ -127,9 +127,13 @@ class Evaluator:
 
   def __call__(self, state: TrainState, split: str) -> dict:
     batch_size = local_batch_size(self.exp.cfg.eval.batch_size, self.exp.mesh)
+    shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
+    longest = None
+    if jax.process_count() > 1:  # every process pads batch b to the same (global) length
+      longest = sharding.max_over_processes(
+          self.exp.dataset.eval_batch_lengths(split, batch_size, **shard))
     totals = None
-    for local in self.exp.dataset.eval_batches(split, batch_size, shard_index=jax.process_index(),
-                                               shard_count=jax.process_count()):
+    for local in self.exp.dataset.eval_batches(split, batch_size, longest=longest, **shard):
       sums = self._step(state, sharding.put_batch(local, self.batch_sharding))
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:

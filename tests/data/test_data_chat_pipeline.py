@@ -163,16 +163,18 @@ def test_truncation_dropping_all_loss_tokens(tmp_path, write_jsonl, make_data_cf
   assert len(batches) == 1 and batches[0]["segment_ids"][1].max() == 0  # Row 2 is padding.
 
 
-def test_sharding_partitions_training_data(load):
-  data = load()
-  shards = [set(map(lambda e: tuple(e[0]), data._encoded("train", i, 2)))  # pylint: disable=protected-access
-            for i in range(2)]
-  whole = set(map(lambda e: tuple(e[0]), data._encoded("train", 0, 1)))  # pylint: disable=protected-access
-  assert not shards[0] & shards[1] and shards[0] | shards[1] == whole
-  # Each process's iterator only yields its own shard's conversations.
-  for i in range(2):
-    batch = next(data.train_iterator(3, seed=0, shard_index=i, shard_count=2))
-    assert {s[0] for s in _segments(batch)} <= shards[i]
+@pytest.mark.parametrize("packing", [False, True])
+def test_processes_share_one_global_batch(load, packing):
+  # Two processes' batches of 3 are the two halves of the one-process batch of 6, at one
+  # padded length: the global batch (hence the run) does not depend on the process count.
+  data = load(packing=packing)
+  whole = data.train_iterator(6, seed=0)
+  shards = [data.train_iterator(3, seed=0, shard_index=i, shard_count=2) for i in range(2)]
+  for _ in range(12):  # more than an epoch of the 48 conversations (or their packed rows)
+    big, parts = next(whole), [next(s) for s in shards]
+    for key in big:
+      assert parts[0][key].shape == parts[1][key].shape
+      np.testing.assert_array_equal(np.concatenate([parts[0][key], parts[1][key]]), big[key])
 
 
 @pytest.mark.parametrize("packing", [False, True])
@@ -203,6 +205,15 @@ def test_eval_batches_cover_split_once(load):
   assert (last["segment_ids"][3:] == 0).all() and (last["loss_mask"][3:] == 0).all()
   for b in batches:
     _check_layout(b)
-  # Sharded: every shard yields ceil(ceil(11 / 3) / 2) = 2 batches.
-  for i in range(3):
-    assert len(list(data.eval_batches("validation", 2, shard_index=i, shard_count=3))) == 2
+  # Sharded: every shard yields ceil(ceil(11 / 3) / 2) = 2 batches, and with the per-batch
+  # lengths maximised over the shards (as the evaluator does across processes) batch b has one
+  # shape on every shard; the shards' segments together are the split's.
+  longest = np.max([data.eval_batch_lengths("validation", 2, shard_index=i, shard_count=3)
+                    for i in range(3)], axis=0)
+  shards = [list(data.eval_batches("validation", 2, shard_index=i, shard_count=3, longest=longest))
+            for i in range(3)]
+  assert [len(s) for s in shards] == [2, 2, 2]
+  for b in range(2):
+    assert len({shard[b]["input_ids"].shape for shard in shards}) == 1
+  assert sorted(s for shard in shards for b in shard for s in _segments(b)) == sorted(
+      _reference(data, "validation"))

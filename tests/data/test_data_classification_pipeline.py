@@ -104,6 +104,15 @@ def test_eval_shards_are_disjoint_covering_and_in_lockstep(data):
   assert len({len(s) for s in shards}) == 1  # Same number of batches on every process.
   seen = [k for s in shards for b in s for k, w in zip(_key(b), b["weights"]) if w]
   assert sorted(seen) == sorted(full) and len(seen) == 11
+  # With the per-batch lengths maximised over the shards (as the evaluator does across
+  # processes), batch b has one shape on every shard, and its rows are unchanged.
+  longest = np.max([data.eval_batch_lengths("validation", 2, shard_index=i, shard_count=3)
+                    for i in range(3)], axis=0)
+  agreed = [list(data.eval_batches("validation", 2, shard_index=i, shard_count=3, longest=longest))
+            for i in range(3)]
+  for b in range(len(agreed[0])):
+    assert len({shard[b]["input_ids"].shape for shard in agreed}) == 1
+  assert [k for s in agreed for b in s for k, w in zip(_key(b), b["weights"]) if w] == seen
 
 
 def test_seeded_order(data):
