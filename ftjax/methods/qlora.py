@@ -7,11 +7,11 @@ pass; the LoRA update trains in full precision beside it. The quantized storage 
 `nnx.Variable` that is not a `Param`, so no filter ever trains it. Merging dequantizes and folds
 the update in (full-precision plain Linear, like PEFT's merge_and_unload of a 4-bit model).
 
-The dequantized kernel is transient: it is computed in the layer's compute dtype inside a
-`jax.checkpoint` with the matmul, so the backward pass recomputes it from the codes instead of
-keeping one full-size kernel per layer alive between the forward and the backward pass (which
-would cost more than the unquantized kernels themselves). Gradients reach the inputs and the
-LoRA factors only.
+The dequantized kernel is transient: it is computed in the layer's compute dtype, and a
+`jax.custom_vjp` keeps only the codes for the backward pass, which dequantizes again once the
+cotangent has arrived, instead of one full-size kernel per layer alive between the forward and
+the backward pass (more than the unquantized kernels themselves). Gradients reach the inputs
+and the LoRA factors only; the quantized storage gets none.
 
 Options: those of `lora` plus
   quant: 'nf4' or 'int8'.
@@ -98,11 +98,40 @@ class QLoRALinear(lora_layers.LoRALinear):
     return quant.nbytes(self.quantized()), n * jnp.dtype(self.param_dtype).itemsize
 
 
-@functools.partial(jax.checkpoint, static_argnums=(2, 3, 4, 5))
+def _after(q: quant.Quantized, g) -> quant.Quantized:
+  """`q`, made to wait for `g` (the layer's input, or its output's cotangent): nothing else
+  orders the dequantization, and XLA would otherwise make every layer's kernel at the start of
+  the step, or merge the backward pass's with the forward pass's, and hold them all."""
+  g, q = jax.lax.optimization_barrier((g, q))
+  if jax.default_backend() != "cpu":
+    return q
+  # XLA:CPU drops barriers before its common-subexpression pass; a data dependency it cannot
+  # fold (0 * x is not 0 for floats) keeps the two apart. One element of g: on a mesh, one scalar
+  # moves per layer, so only where it is needed.
+  tie = jnp.zeros((), jnp.float32) * g.reshape(-1)[0].astype(jnp.float32)
+  if q.scales_mean is not None:
+    return q._replace(scales_mean=q.scales_mean + tie)
+  return q._replace(scales=q.scales + tie)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _dequantized_dot(x, q: quant.Quantized, shape, kind: str, block_size: int, precision):
-  """x @ dequantize(q), the kernel made in x's dtype and recomputed in the backward pass."""
-  kernel = quant.dequantize(q, shape, kind, block_size, DOUBLE_QUANT_BLOCK, dtype=x.dtype)
+  """x @ dequantize(q), the kernel made in x's dtype; the backward pass makes it again."""
+  kernel = quant.dequantize(_after(q, x), shape, kind, block_size, DOUBLE_QUANT_BLOCK, dtype=x.dtype)
   return jnp.dot(x, kernel, precision=precision)
+
+
+def _dequantized_dot_fwd(x, q, shape, kind, block_size, precision):
+  return _dequantized_dot(x, q, shape, kind, block_size, precision), q  # only the codes are kept
+
+
+def _dequantized_dot_bwd(shape, kind, block_size, precision, q, g):
+  q = _after(q, g)
+  kernel = quant.dequantize(q, shape, kind, block_size, DOUBLE_QUANT_BLOCK, dtype=g.dtype)
+  return jnp.dot(g, kernel.T, precision=precision), None  # the frozen storage gets no gradient
+
+
+_dequantized_dot.defvjp(_dequantized_dot_fwd, _dequantized_dot_bwd)
 
 
 def storage_bytes(model) -> tuple[int, int]:

@@ -2,10 +2,10 @@
 
 import re
 
+import bitsandbytes.functional as bnb
 import jax
 import jax.numpy as jnp
 import numpy as np
-import bitsandbytes.functional as bnb
 import pytest
 import torch
 from flax import nnx
@@ -174,7 +174,40 @@ def test_no_dequantized_kernel_is_saved_for_the_backward_pass(dtype, capsys):
   saved = capsys.readouterr().out.splitlines()
   assert not [line for line in saved if re.match(r"(f|bf)\d+\[128,48\]", line)], saved
   compute = "bf16" if dtype else "f32"
-  assert [line for line in saved if line.startswith(f"{compute}[5,128]")], saved  # x, to recompute
+  # The input stays, for LoRA's A: the list is real, not empty.
+  assert [line for line in saved if line.startswith(f"{compute}[5,128]")], saved
+
+
+def test_compiled_step_holds_no_kernel_per_layer():
+  """XLA's own accounting: a chain of QLoRA layers needs about the temporary memory of the same
+  chain over plain kernels (LoRA), not one dequantized kernel more per layer."""
+  layers, width = 4, 256
+
+  class Chain(nnx.Module):
+    def __init__(self, wrap):
+      self.layers = nnx.List([wrap(nnx.Linear(width, width, rngs=nnx.Rngs(i)))
+                              for i in range(layers)])
+
+    def __call__(self, x):
+      for layer in self.layers:
+        x = jnp.tanh(layer(x))
+      return x
+
+  lora = dict(rank=4, alpha=8.0, rslora=False, dora=False, rngs=nnx.Rngs(1))
+  quantized = Chain(lambda l: qlora.QLoRALinear(l, **lora, kind="nf4", block_size=64,
+                                                double_quant=True))
+  plain = Chain(lambda l: qlora.lora_layers.LoRALinear(l, **lora))
+  x = jnp.ones((64, width))
+
+  def temp_bytes(model):
+    graphdef, params, frozen = nnx.split(model, nnx.LoRAParam, ...)
+    loss = lambda params, frozen: jnp.sum(nnx.merge(graphdef, params, frozen)(x) ** 2)
+    return jax.jit(jax.grad(loss)).lower(params, frozen).compile().memory_analysis() \
+        .temp_size_in_bytes
+
+  kernel = width * width * 4
+  extra = temp_bytes(quantized) - temp_bytes(plain)
+  assert extra < 2 * kernel, (extra / kernel, "kernels")  # being made: one forward, one backward
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
