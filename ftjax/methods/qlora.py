@@ -1,31 +1,44 @@
 """QLoRA (Dettmers et al. 2023): LoRA on top of frozen base kernels stored quantized.
 
 Each targeted Linear's kernel is replaced by block-wise quantized storage (`quant.py`: NF4 or
-int8, per-block absmax scales, optional double quantization), dequantized on the fly in the
-forward pass; the LoRA update trains in full precision beside it. The quantized storage is an
+int8 in bitsandbytes' layout, blocks along the input axis, per-block absmax scales, optional
+double quantization as bitsandbytes' `compress_statistics`), dequantized on the fly in the forward
+pass; the LoRA update trains in full precision beside it. The quantized storage is an
 `nnx.Variable` that is not a `Param`, so no filter ever trains it. Merging dequantizes and folds
 the update in (full-precision plain Linear, like PEFT's merge_and_unload of a 4-bit model).
 
+The dequantized kernel is transient: it is computed in the layer's compute dtype, and a
+`jax.custom_vjp` keeps only the codes for the backward pass, which dequantizes again once the
+cotangent has arrived, instead of one full-size kernel per layer alive between the forward and
+the backward pass (more than the unquantized kernels themselves). Gradients reach the inputs
+and the LoRA factors only; the quantized storage gets none.
+
 Options: those of `lora` plus
   quant: 'nf4' or 'int8'.
-  block_size: values per absmax scale (QLoRA: 64).
-  double_quant: also quantize the scales (int8 after centring, blocks of 256).
+  block_size: values per absmax scale (QLoRA: 64); must divide every target's input size.
+  double_quant: also quantize the scales (bitsandbytes' 8-bit dynamic map, blocks of 256).
 
 Trainable parameters: as LoRA, sum over targets of rank * (in + out), plus the head.
 Storage per targeted kernel of n values: nf4 n/2 bytes + 4 n/block_size (fp32 scales) or
-n/block_size (+ 4 n/block_size/256 + 4) with double quantization; int8 n bytes + the same
+n/block_size + 4 ceil(n/block_size/256) + 4 with double quantization; int8 n bytes + the same
 scales. `storage_bytes(model)` reports it.
 """
 
+from __future__ import annotations
+
+import functools
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from ftjax.errors import UserError
 from ftjax.methods import lora_layers, lora_peft, quant
+from ftjax.methods.base import path_string
 from ftjax.methods.lora import LoRA, check_dropout
 from ftjax.methods.registry import register
 
-DOUBLE_QUANT_BLOCK = 256
+DOUBLE_QUANT_BLOCK = quant.DOUBLE_QUANT_BLOCK
 
 
 class QuantizedWeight(nnx.Variable):
@@ -47,14 +60,16 @@ class QLoRALinear(lora_layers.LoRALinear):
     self.kernel_meta = tuple(sorted(linear.kernel.get_metadata().items()))
     q = quant.quantize(linear.kernel[...], kind, block_size, double_quant, DOUBLE_QUANT_BLOCK)
     del self.kernel  # the full-precision kernel is gone: only the quantized copy stays
-    # Codes and scales are flat in the kernel's row-major order, so a contiguous chunk is a block
-    # of rows: they shard like the kernel's input axis (`embed` -> `fsdp` by default), and FSDP
-    # keeps 1/N of the quantized base per device. A length the axis does not divide stays whole.
-    rows = (dict(self.kernel_meta).get('out_sharding') or (None,))[0]
-    store = lambda x: None if x is None else QuantizedWeight(
-        x, out_sharding=(rows,), eager_sharding=False)
-    self.q_codes, self.q_scales = store(q.codes), store(q.scales)
-    self.q_scales_scale, self.q_scales_mean = store(q.scales_scale), store(q.scales_mean)
+    # Codes [in / 2, out] and scales [in / block, out] keep the kernel's axes, so they shard as
+    # the kernel would (`embed` -> `fsdp`, `heads`/`mlp` -> `tensor` by default): FSDP keeps 1/N
+    # of the quantized base per device. The double quantization's few block scales and mean
+    # stay whole. A length an axis does not divide stays whole along it.
+    axes = dict(self.kernel_meta).get('out_sharding')
+    store = lambda x, sharded: None if x is None else QuantizedWeight(
+        x, **({"out_sharding": tuple(axes), "eager_sharding": False} if sharded and axes else {}))
+    self.q_codes, self.q_scales = store(q.codes, True), store(q.scales, True)
+    self.q_scales_scale = store(q.scales_scale, False)
+    self.q_scales_mean = store(q.scales_mean, False)
 
   def quantized(self) -> quant.Quantized:
     opt = lambda v: None if v is None else v[...]
@@ -69,11 +84,11 @@ class QLoRALinear(lora_layers.LoRALinear):
     return dict(self.kernel_meta)
 
   def base(self, x):
-    kernel = self.base_kernel()
     bias = self.bias[...] if self.use_bias else None
-    x, kernel, bias = self.promote_dtype((x, kernel, bias), dtype=self.dtype)
-    y = jnp.dot(x, kernel, precision=self.precision)
-    return y + bias if bias is not None else y
+    dtype = self.dtype or jnp.result_type(x.dtype, self.param_dtype)
+    y = _dequantized_dot(x.astype(dtype), self.quantized(), self.kernel_shape, self.kind,
+                         self.block_size, self.precision)
+    return y + bias.astype(dtype) if bias is not None else y
 
   def nbytes(self) -> tuple[int, int]:
     """(bytes of the quantized storage, bytes the kernel takes in its param dtype)."""
@@ -81,6 +96,42 @@ class QLoRALinear(lora_layers.LoRALinear):
     for d in self.kernel_shape:
       n *= d
     return quant.nbytes(self.quantized()), n * jnp.dtype(self.param_dtype).itemsize
+
+
+def _after(q: quant.Quantized, g) -> quant.Quantized:
+  """`q`, made to wait for `g` (the layer's input, or its output's cotangent): nothing else
+  orders the dequantization, and XLA would otherwise make every layer's kernel at the start of
+  the step, or merge the backward pass's with the forward pass's, and hold them all."""
+  g, q = jax.lax.optimization_barrier((g, q))
+  if jax.default_backend() != "cpu":
+    return q
+  # XLA:CPU drops barriers before its common-subexpression pass; a data dependency it cannot
+  # fold (0 * x is not 0 for floats) keeps the two apart. One element of g: on a mesh, one scalar
+  # moves per layer, so only where it is needed.
+  tie = jnp.zeros((), jnp.float32) * g.reshape(-1)[0].astype(jnp.float32)
+  if q.scales_mean is not None:
+    return q._replace(scales_mean=q.scales_mean + tie)
+  return q._replace(scales=q.scales + tie)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _dequantized_dot(x, q: quant.Quantized, shape, kind: str, block_size: int, precision):
+  """x @ dequantize(q), the kernel made in x's dtype; the backward pass makes it again."""
+  kernel = quant.dequantize(_after(q, x), shape, kind, block_size, DOUBLE_QUANT_BLOCK, dtype=x.dtype)
+  return jnp.dot(x, kernel, precision=precision)
+
+
+def _dequantized_dot_fwd(x, q, shape, kind, block_size, precision):
+  return _dequantized_dot(x, q, shape, kind, block_size, precision), q  # only the codes are kept
+
+
+def _dequantized_dot_bwd(shape, kind, block_size, precision, q, g):
+  q = _after(q, g)
+  kernel = quant.dequantize(q, shape, kind, block_size, DOUBLE_QUANT_BLOCK, dtype=g.dtype)
+  return jnp.dot(g, kernel.T, precision=precision), None  # the frozen storage gets no gradient
+
+
+_dequantized_dot.defvjp(_dequantized_dot_fwd, _dequantized_dot_bwd)
 
 
 def storage_bytes(model) -> tuple[int, int]:
@@ -103,6 +154,10 @@ class QLoRA(LoRA):
     if o["block_size"] <= 0 or o["block_size"] % 2:
       raise UserError(f"config key 'method.qlora.block_size' must be a positive even number, "
                       f"got {o['block_size']}")
+    for path, linear in lora_layers.find_linears(model, o["targets"],
+                                                 option="method.qlora.targets"):
+      quant.check_shape(linear.kernel.shape, o["block_size"],
+                        f"kernel of '{path_string(path)}'")
     return lora_layers.wrap_lora(
         model, o["targets"], option="method.qlora.targets", rank=o["rank"], alpha=o["alpha"],
         rslora=o["rslora"], dora=False, dropout=dropout, rngs=rngs, linear_cls=QLoRALinear, kind=o["quant"],
