@@ -86,6 +86,7 @@ def test_config_checks():
   with pytest.raises(UserError, match="model.logits_chunk.*causal_lm"):
     validate(cfg)
   cfg.model.task = "causal_lm"
+  cfg.eval.metric, cfg.eval.mode = "loss", "min"  # a metric the causal-LM task reports
   validate(cfg)
 
 
