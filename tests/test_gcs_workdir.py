@@ -1,0 +1,92 @@
+"""A training run with a `gs://` workdir, on the local GCS emulator: SIGKILLed after a checkpoint,
+rerun, it resumes and ends bit-identical to an uninterrupted local run; a missing bucket is one
+`error:` line."""
+
+import json
+import os
+import signal
+import subprocess
+import uuid
+
+import jax
+import orbax.checkpoint as ocp
+from etils import epath
+
+from gcs_emulator import gcs_bucket  # noqa: F401  (the fixture)
+from test_resilience import REPO, assert_trees_equal, cli_args, start, wait_for
+
+STEPS = 12  # checkpoints every 2 steps, evals every 4 (test_resilience's cadence)
+# Per-row timings differ between any two runs; everything else in a train row must not.
+_TIMINGS = ("examples_per_sec", "tokens_per_sec", "steps_per_sec", "step_time", "time")
+
+
+def _env():
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+
+
+def _state(workdir: epath.Path, step: int, like=None):
+  """A checkpoint's train state; on `gs://` restored onto `like`'s shardings (the emulator cannot
+  serve a restore without a target, see experiments/scale/README.md)."""
+  mngr = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state", "data"))
+  target = None if like is None else jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like)
+  state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+  mngr.close()
+  return state
+
+
+def _train_rows(workdir: epath.Path) -> list[dict]:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in rows if r["split"] == "train"]
+
+
+def _committed_steps(checkpoints: epath.Path) -> list[int]:
+  """Steps Orbax has committed on `gs://` (a `commit_success.txt` marker instead of a rename)."""
+  if not checkpoints.exists():
+    return []
+  return [int(p.name) for p in checkpoints.iterdir()
+          if p.name.isdigit() and (p / "commit_success.txt").exists()]
+
+
+def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_path, tiny_bert_dir,  # noqa: F811
+                                                              tiny_sentiment_files):
+  local = tmp_path / "local"
+  done = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, local, steps=STEPS), cwd=REPO,
+                        capture_output=True, text=True, env=_env())
+  assert done.returncode == 0, done.stderr[-2000:]
+
+  workdir = epath.Path(f"{gcs_bucket}/run-{uuid.uuid4().hex[:8]}")
+  args = cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=STEPS)
+  proc = start(args)
+  reached = wait_for(lambda: bool(_committed_steps(workdir / "checkpoints")), proc)
+  proc.send_signal(signal.SIGKILL)
+  out, _ = proc.communicate()
+  assert reached and proc.returncode == -signal.SIGKILL, out[-3000:]
+  killed_at = max(_committed_steps(workdir / "checkpoints"))
+  assert killed_at < STEPS
+
+  again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=_env())
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"resumed from step {killed_at}" in again.stdout, again.stdout[-2000:]
+
+  want = _state(epath.Path(local), STEPS)
+  assert_trees_equal(want["params"], _state(workdir, STEPS, like=want)["params"])
+  # The rows the killed run logged past its checkpoint were dropped, then logged again, equal.
+  assert _train_rows(workdir) == _train_rows(epath.Path(local))
+  assert [r["step"] for r in _train_rows(workdir)] == list(range(1, STEPS + 1))
+  # The end-of-run files and TensorBoard's events landed in the bucket; no lock object did.
+  names = {p.name for p in workdir.iterdir()}
+  assert {"config.json", "summary.json", "report.md", "report_loss.png"} <= names, names
+  assert any(n.startswith("events.out.tfevents") for n in names), names
+  assert ".ftjax.lock" not in names
+  assert "object store, which has no locks" in again.stdout + again.stderr
+
+
+def test_workdir_in_a_missing_bucket_is_one_error_line(gcs_bucket, tiny_bert_dir,  # noqa: F811
+                                                       tiny_sentiment_files):
+  workdir = f"gs://no-such-bucket-{uuid.uuid4().hex[:8]}/run"
+  result = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, workdir), cwd=REPO,
+                          capture_output=True, text=True, env=_env(), timeout=120)
+  assert result.returncode == 2, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [f"error: workdir '{workdir}' is not writable: no such bucket"], result.stderr[-2000:]
