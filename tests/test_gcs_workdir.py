@@ -11,11 +11,13 @@ import uuid
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from etils.epath import backend as epath_backend
 
 from gcs_emulator import gcs_bucket  # noqa: F401  (the fixture)
 from test_resilience import REPO, assert_trees_equal, cli_args, start, wait_for
 
-STEPS = 12  # checkpoints every 2 steps, evals every 4 (test_resilience's cadence)
+STEPS = 16
+EVERY = 2  # test_resilience's checkpoint cadence (and evals every 4)
 # Per-row timings differ between any two runs; everything else in a train row must not.
 _TIMINGS = ("examples_per_sec", "tokens_per_sec", "steps_per_sec", "step_time", "time")
 
@@ -42,10 +44,9 @@ def _train_rows(workdir: epath.Path) -> list[dict]:
 
 def _committed_steps(checkpoints: epath.Path) -> list[int]:
   """Steps Orbax has committed on `gs://` (a `commit_success.txt` marker instead of a rename)."""
-  if not checkpoints.exists():
-    return []
-  return [int(p.name) for p in checkpoints.iterdir()
-          if p.name.isdigit() and (p / "commit_success.txt").exists()]
+  epath_backend.fsspec_backend.fs(checkpoints).invalidate_cache()  # gcsfs caches listings
+  return [s for s in range(EVERY, STEPS + 1, EVERY)
+          if (checkpoints / str(s) / "commit_success.txt").exists()]
 
 
 def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_path, tiny_bert_dir,  # noqa: F811
