@@ -1,6 +1,6 @@
 """A training run with a `gs://` workdir, on the local GCS emulator: SIGKILLed after a checkpoint,
-rerun, it resumes and ends bit-identical to an uninterrupted local run; a missing bucket is one
-`error:` line."""
+rerun, it resumes and ends bit-identical to an uninterrupted local run, and exports from there; a
+missing bucket is one `error:` line."""
 
 import json
 import os
@@ -12,14 +12,17 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from etils.epath import backend as epath_backend
+import pytest
 
+from ftjax import export
+from ftjax.errors import UserError
 from gcs_emulator import gcs_bucket  # noqa: F401  (the fixture)
 from test_resilience import REPO, assert_trees_equal, cli_args, start, wait_for
 
 STEPS = 16
 EVERY = 2  # test_resilience's checkpoint cadence (and evals every 4)
-# Per-row timings differ between any two runs; everything else in a train row must not.
-_TIMINGS = ("examples_per_sec", "tokens_per_sec", "steps_per_sec", "step_time", "time")
+# Throughput differs between any two runs; everything else in a row must not.
+_TIMINGS = ("examples_per_sec", "tokens_per_sec")
 
 
 def _env():
@@ -37,9 +40,9 @@ def _state(workdir: epath.Path, step: int, like=None):
   return state
 
 
-def _train_rows(workdir: epath.Path) -> list[dict]:
+def _rows(workdir: epath.Path) -> list[dict]:
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in rows if r["split"] == "train"]
+  return [{k: v for k, v in r.items() if k not in _TIMINGS} for r in rows]
 
 
 def _committed_steps(checkpoints: epath.Path) -> list[int]:
@@ -72,15 +75,21 @@ def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_pa
 
   want = _state(epath.Path(local), STEPS)
   assert_trees_equal(want["params"], _state(workdir, STEPS, like=want)["params"])
-  # The rows the killed run logged past its checkpoint were dropped, then logged again, equal.
-  assert _train_rows(workdir) == _train_rows(epath.Path(local))
-  assert [r["step"] for r in _train_rows(workdir)] == list(range(1, STEPS + 1))
+  # The rows the killed run logged past its checkpoint were dropped, then logged again, equal
+  # (train and eval rows alike).
+  assert _rows(workdir) == _rows(epath.Path(local))
+  assert [r["step"] for r in _rows(workdir) if r["split"] == "train"] == list(range(1, STEPS + 1))
   # The end-of-run files and TensorBoard's events landed in the bucket; no lock object did.
   names = {p.name for p in workdir.iterdir()}
   assert {"config.json", "summary.json", "report.md", "report_loss.png"} <= names, names
   assert any(n.startswith("events.out.tfevents") for n in names), names
   assert ".ftjax.lock" not in names
   assert "object store, which has no locks" in again.stdout + again.stderr
+  # Export reads the run's config.json and checkpoint from the bucket; its output stays local.
+  out = export.export(str(workdir), str(tmp_path / "hf"), "hf")
+  assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+  with pytest.raises(UserError, match=r"--out 'gs://.*' must be a local directory"):
+    export.export(str(workdir), f"{workdir}/hf", "hf")
 
 
 def test_workdir_in_a_missing_bucket_is_one_error_line(gcs_bucket, tiny_bert_dir,  # noqa: F811
