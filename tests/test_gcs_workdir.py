@@ -1,7 +1,8 @@
 """A training run with a `gs://` workdir, on the local GCS emulator: SIGKILLed after a checkpoint,
-rerun, it resumes and ends bit-identical to an uninterrupted local run, and exports from there; a
-missing bucket is one `error:` line."""
+rerun, it resumes and ends bit-identical to an uninterrupted local run, and evaluates and exports
+from there; a missing bucket is one `error:` line, and so is `gs://` without gcsfs."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,8 +15,9 @@ from etils import epath
 from etils.epath import backend as epath_backend
 import pytest
 
-from ftjax import export
+from ftjax import evaluate, export, paths
 from ftjax.errors import UserError
+from ftjax.metric_writers import append_text
 from gcs_emulator import gcs_bucket  # noqa: F401  (the fixture)
 from test_resilience import REPO, assert_trees_equal, cli_args, start, wait_for
 
@@ -85,7 +87,11 @@ def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_pa
   assert any(n.startswith("events.out.tfevents") for n in names), names
   assert ".ftjax.lock" not in names
   assert "object store, which has no locks" in again.stdout + again.stderr
-  # Export reads the run's config.json and checkpoint from the bucket; its output stays local.
+  # Evaluate and export read the run's config.json and checkpoint from the bucket; evaluate
+  # writes its JSON there, export's output stays local.
+  path, result = evaluate.run(export.load_workdir_config(workdir), str(workdir), "latest")
+  assert str(path) == f"{workdir}/eval_validation_latest.json" and result["step"] == STEPS
+  assert json.loads(path.read_text())["accuracy"] == result["accuracy"]
   out = export.export(str(workdir), str(tmp_path / "hf"), "hf")
   assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
   with pytest.raises(UserError, match=r"--out 'gs://.*' must be a local directory"):
@@ -100,3 +106,20 @@ def test_workdir_in_a_missing_bucket_is_one_error_line(gcs_bucket, tiny_bert_dir
   assert result.returncode == 2, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
   assert errors == [f"error: workdir '{workdir}' is not writable: no such bucket"], result.stderr[-2000:]
+
+
+def test_appending_on_gs_rewrites_the_object(gcs_bucket):  # noqa: F811
+  # gcsfs opens mode "a" as "w" (experiments/scale/README.md): samples.jsonl appends by rewriting.
+  path = epath.Path(f"{gcs_bucket}/append-{uuid.uuid4().hex[:8]}/samples.jsonl")
+  append_text(path, "one\n")
+  append_text(path, "two\n")
+  assert path.read_text() == "one\ntwo\n"
+
+
+def test_gs_without_gcsfs_names_the_extra(monkeypatch):
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: None if name == "gcsfs" else find_spec(name, *a))
+  with pytest.raises(UserError, match=r"^'gs://b/run' needs gcsfs: pip install 'ftjax\[gcs\]'$"):
+    paths.as_path("gs://b/run")
+  assert paths.as_path("~/run") == epath.Path(os.path.expanduser("~/run"))
