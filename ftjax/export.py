@@ -26,8 +26,8 @@ from absl import logging as absl_logging
 from ftjax import config as config_lib
 from ftjax import train
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
-from ftjax.paths import as_path, is_local
 from ftjax.models import registry
+from ftjax.paths import as_path, is_local
 
 FORMATS = ("hf", "peft")
 # Files of a checkpoint directory that make up its tokenizer.

@@ -3,8 +3,8 @@
 Only process 0 writes (every process computes the same global metrics). In a local workdir
 `metrics.jsonl` is appended to and JSON files are replaced atomically (tmp file + rename). Object
 stores (`gs://`) cannot append and need no tmp file (an object appears whole, on close), so there
-the writer keeps the rows and rewrites the object on every flush: O(rows) per flush, a few MB for
-a long run, and a killed run leaves the last complete flush. TensorBoard events go to `gs://`
+the writer keeps the rows and rewrites the object on every flush: O(rows) per flush (a train row is
+~200 bytes), and a killed run leaves the last complete flush. TensorBoard events go to `gs://`
 through tensorboardX's own writer (google-cloud-storage, which gcsfs installs), which likewise
 re-uploads its event file on each flush.
 """
