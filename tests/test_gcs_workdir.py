@@ -27,6 +27,12 @@ EVERY = 2  # test_resilience's checkpoint cadence (and evals every 4)
 _TIMINGS = ("examples_per_sec", "tokens_per_sec")
 
 
+def _errors(text: str) -> str:
+  """A failed run's exception lines (tracebacks' last lines), then its tail."""
+  lines = [l for l in text.splitlines() if "Error" in l and not l.startswith(" ")]
+  return "\n".join(lines[-10:]) + "\n...\n" + text[-2000:]
+
+
 def _env():
   return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
 
@@ -59,7 +65,7 @@ def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_pa
   local = tmp_path / "local"
   done = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, local, steps=STEPS), cwd=REPO,
                         capture_output=True, text=True, env=_env())
-  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.returncode == 0, _errors(done.stderr)
 
   workdir = epath.Path(f"{gcs_bucket}/run-{uuid.uuid4().hex[:8]}")
   args = cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=STEPS)
@@ -67,12 +73,12 @@ def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_pa
   reached = wait_for(lambda: bool(_committed_steps(workdir / "checkpoints")), proc)
   proc.send_signal(signal.SIGKILL)
   out, _ = proc.communicate()
-  assert reached and proc.returncode == -signal.SIGKILL, out[-3000:]
+  assert reached and proc.returncode == -signal.SIGKILL, _errors(out)
   killed_at = max(_committed_steps(workdir / "checkpoints"))
   assert killed_at < STEPS
 
   again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=_env())
-  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.returncode == 0, _errors(again.stderr)
   assert f"resumed from step {killed_at}" in again.stdout, again.stdout[-2000:]
 
   want = _state(epath.Path(local), STEPS)
