@@ -2,7 +2,8 @@
 
 Saving the Grain iterator state with the model means a resumed run continues from the exact next
 batch instead of replaying or skipping data. Orbax writes each step into a temporary directory
-and renames it when complete, so a crash mid-save never leaves an unreadable *latest* step;
+and renames it when complete (on `gs://`, where a rename is a copy, it writes a
+`commit_success.txt` marker instead), so a crash mid-save never leaves an unreadable *latest* step;
 leftover temporary directories are cleaned up on the next start.
 
 Two managers share the workdir:
@@ -29,9 +30,9 @@ from __future__ import annotations
 
 import logging
 import os
-import pathlib
 import time
 
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
@@ -39,13 +40,14 @@ import orbax.checkpoint as ocp
 
 from ftjax.errors import UserError
 from ftjax.models import layer_stack
+from ftjax.paths import as_path, is_local
 
 log = logging.getLogger("ftjax")
 
 BEST_DIR = "best"
 
 
-def _manager(directory: pathlib.Path, items, **options) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, items, **options) -> ocp.CheckpointManager:
   # Handlers named up front (the ones the save/restore args imply) so that `item_metadata`
   # reads a checkpoint's tree before restoring it (the layer-layout check needs it).
   handlers = {name: ocp.JsonCheckpointHandler() if name == "data" else ocp.StandardCheckpointHandler()
@@ -57,11 +59,17 @@ def _manager(directory: pathlib.Path, items, **options) -> ocp.CheckpointManager
       item_handlers=handlers)
 
 
+def _absolute(directory: os.PathLike) -> epath.Path:
+  """Orbax wants an absolute path; a URL (`gs://`) is one already."""
+  path = as_path(directory)
+  return path.absolute() if is_local(path) else path
+
+
 class Checkpointer:
   """Keeps the last `keep` checkpoints under `WORKDIR/checkpoints`, saved every `every_steps`."""
 
   def __init__(self, directory: os.PathLike, *, every_steps: int, keep: int):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _absolute(directory)
     self.every_steps = every_steps
     self._manager = _manager(self.directory, ("state", "data"), max_to_keep=keep)
 
@@ -126,7 +134,7 @@ class Checkpointer:
     stamp = _broadcast_int(int(time.time()))
     aside = self.directory / f"corrupt_step_{step}_{stamp}"
     if jax.process_index() == 0:
-      os.rename(self.directory / str(step), aside)
+      (self.directory / str(step)).rename(aside)  # on an object store a copy, then a delete
       log.warning("%s; moved to %s, falling back to the previous checkpoint", error, aside)
       print(f"ftjax: warning: {error}; moved to {aside.name}, falling back to the previous "
             "checkpoint", flush=True)
@@ -171,7 +179,7 @@ class BestCheckpointer:
   """Keeps the `keep` best parameter sets (trainable + frozen) by an eval metric."""
 
   def __init__(self, directory: os.PathLike, *, metric: str, mode: str, keep: int):
-    self.directory = pathlib.Path(directory).absolute()
+    self.directory = _absolute(directory)
     self.metric = metric
     self._manager = _manager(
         self.directory, ("params",), max_to_keep=keep, best_mode=mode,

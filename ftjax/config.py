@@ -19,6 +19,7 @@ from absl import flags
 import ml_collections
 
 from ftjax.errors import UserError
+from ftjax.paths import as_path
 
 ConfigDict = ml_collections.ConfigDict
 
@@ -196,16 +197,15 @@ def _fill(node, data: dict, prefix: str, free_form: bool = False, *, where: str)
 def load_json(path) -> ConfigDict:
   """A resolved config written by a run (`WORKDIR/config.json`), validated like a config file."""
   import json  # pylint: disable=g-import-not-at-top
-  path = str(path)
-  if not os.path.isfile(path):
+  path = as_path(path)  # the workdir may be `gs://`
+  if not path.is_file():
     raise UserError(f"no config file '{path}' (is the workdir a ftjax run?)")
   try:
-    with open(path, encoding="utf-8") as f:
-      data = json.load(f)
+    data = json.loads(path.read_text(encoding="utf-8"))
   except (ValueError, UnicodeDecodeError) as e:
     raise UserError(f"invalid JSON in {path}: {e}") from None
   cfg = base_config()
-  _fill(cfg, data, "", where=path)
+  _fill(cfg, data, "", where=str(path))
   validate(cfg)
   cfg.lock()
   return cfg

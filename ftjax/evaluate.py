@@ -11,17 +11,18 @@ and per-slice metrics when `eval.slice_by` is set) and prints a short table.
 from __future__ import annotations
 
 import logging
-import pathlib
 
 from absl import flags
+from etils import epath
 
 from ftjax import cli, train
 from ftjax.errors import UserError
+from ftjax.paths import as_path
 from ftjax.reports import eval_results
 
-def run(cfg, workdir, checkpoint: str | int = "latest", split: str | None = None) -> tuple[pathlib.Path, dict]:
+def run(cfg, workdir, checkpoint: str | int = "latest", split: str | None = None) -> tuple[epath.Path, dict]:
   """Evaluates `checkpoint` of `workdir` on `split` (default `data.eval_split`); writes the JSON."""
-  workdir = pathlib.Path(workdir).expanduser()
+  workdir = as_path(workdir)
   checkpoint = train.parse_checkpoint(str(checkpoint))
   if checkpoint != "base" and not (workdir / "checkpoints").is_dir():
     raise UserError(f"workdir '{workdir}' has no checkpoints/ (use --checkpoint=base for the "

@@ -9,6 +9,8 @@ dora, ia3, prompt_tuning, prefix_tuning).
 
 OUT is written atomically: everything goes to a temporary sibling directory that is renamed to
 OUT at the end, so OUT is either complete or absent. An existing non-empty OUT is an error.
+WORKDIR may be `gs://`; OUT is local only (an object store has no rename to make it appear
+whole): copy it up afterwards, e.g. `gcloud storage cp -r OUT gs://...`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ftjax import config as config_lib
 from ftjax import train
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 from ftjax.models import registry
+from ftjax.paths import as_path, is_local
 
 FORMATS = ("hf", "peft")
 # Files of a checkpoint directory that make up its tokenizer.
@@ -36,7 +39,7 @@ FLAGS = flags.FLAGS
 
 def load_workdir_config(workdir):
   """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
-  file = pathlib.Path(workdir) / "config.json"
+  file = as_path(workdir) / "config.json"
   if not file.is_file():
     raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
   return config_lib.load_json(file)
@@ -69,6 +72,9 @@ def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest") -> path
   """Exports the run in `workdir` to `out` as `fmt` ('hf' or 'peft'); returns `out`."""
   if fmt not in FORMATS:
     raise UserError(f"unknown export format '{fmt}'; known: {', '.join(FORMATS)}")
+  if not is_local(out):
+    raise UserError(f"--out '{out}' must be a local directory (export writes a directory and "
+                    "renames it into place); copy it to the object store afterwards")
   cfg = load_workdir_config(workdir)
   checkpoint = train.parse_checkpoint(str(checkpoint))
   exp = train.build_experiment(cfg)

@@ -8,10 +8,10 @@ writes `report.md` and its PNG plots from the workdir's files alone.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 
-from ftjax.errors import EXIT_USER_ERROR
+from ftjax.errors import EXIT_USER_ERROR, exit_on_user_error
+from ftjax.paths import as_path
 from ftjax.reports import run_report
 
 
@@ -19,7 +19,8 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", required=True)
   args = parser.parse_args()
-  workdir = pathlib.Path(args.workdir)
+  with exit_on_user_error():
+    workdir = as_path(args.workdir)
   if not workdir.is_dir():
     print(f"error: workdir '{workdir}' does not exist", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)

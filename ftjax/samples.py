@@ -8,12 +8,13 @@ researcher sees what fine-tuning changed, not only the loss.
 from __future__ import annotations
 
 import json
-import pathlib
 
 import jax
 
 from ftjax import generate
 from ftjax.data import tokenization
+from ftjax.metric_writers import append_text
+from ftjax.paths import as_path
 
 FILE = "samples.jsonl"
 
@@ -36,7 +37,5 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
   records = [{"checkpoint": label, "step": step, "prompt": p["text"], "reference": p["reference"],
               "generation": tokenizer.decode(out, skip_special_tokens=True)}
              for p, out in zip(prompts, outputs)]
-  with open(pathlib.Path(workdir) / FILE, "a", encoding="utf-8") as f:
-    for r in records:
-      f.write(json.dumps(r) + "\n")
+  append_text(as_path(workdir) / FILE, "".join(json.dumps(r) + "\n" for r in records))
   return records

@@ -12,6 +12,11 @@ bucket, and points every client ftjax uses at it through the environment, so sub
     Control API for the bucket's layout first; the emulator has none, and each lookup then
     spends ~60 s retrying before falling back to the plain filesystem this selects.
 
+The emulator runs through this file's `__main__`, which adds what real GCS sends with every media
+download and the emulator leaves out: the object's generation headers. Without them TensorStore
+records generation 0 for what it read and fails its next conditional write of that object
+(`Malformed StorageGeneration`), e.g. a second commit to one OCDBT manifest within a checkpoint.
+
 Nothing may reach a real endpoint: credentials files are hidden, and the GCE metadata server
 (google-auth's last resort) is pointed at a closed loopback port.
 """
@@ -92,7 +97,7 @@ def gcs_bucket(tmp_path_factory):
   log_path = root / "emulator.log"
   with open(log_path, "w") as log:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}",
+        [sys.executable, __file__, "start", "--host=127.0.0.1", f"--port={port}",
          "--in-memory", f"--default-bucket={BUCKET}", "--quiet"],
         stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
   try:
@@ -107,3 +112,24 @@ def gcs_bucket(tmp_path_factory):
     except subprocess.TimeoutExpired:
       proc.kill()
       proc.wait()
+
+
+def _add_generation_headers() -> None:
+  """Media downloads answer `x-goog-generation`/`x-goog-metageneration`, as real GCS does."""
+  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
+  download = objects.download
+
+  def download_with_generation(request, response, storage, *args, **kwargs):
+    download(request, response, storage, *args, **kwargs)
+    with contextlib.suppress(Exception):  # a 404 stays a 404
+      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
+      response["x-goog-generation"] = str(obj["generation"])
+      response["x-goog-metageneration"] = str(obj["metageneration"])
+
+  objects.download = download_with_generation  # before `server` binds its routes
+
+
+if __name__ == "__main__":
+  _add_generation_headers()
+  from gcp_storage_emulator.__main__ import main  # pylint: disable=g-import-not-at-top
+  main(sys.argv[1:])

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import collections
 import itertools
-import pathlib
 
 import numpy as np
 
 from ftjax.data import text_norm
 from ftjax.metric_writers import write_json
+from ftjax.paths import as_path
 
 JSON_FILE = "data_report.json"
 MARKDOWN_FILE = "data_report.md"
@@ -220,7 +220,7 @@ def write(workdir, dataset, tokenizer, cfg) -> dict | None:
   if cfg.model.task not in SECTIONS:
     return None
   report = build(dataset, tokenizer, cfg)
-  workdir = pathlib.Path(workdir)
+  workdir = as_path(workdir)
   write_json(workdir / JSON_FILE, report)
   (workdir / MARKDOWN_FILE).write_text(markdown(report))
   return report

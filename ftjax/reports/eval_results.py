@@ -9,11 +9,13 @@ same for any checkpoint.
 from __future__ import annotations
 
 import math
-import pathlib
+
+from etils import epath
 
 from ftjax import eval_slices
 from ftjax.errors import UserError
 from ftjax.metric_writers import write_json
+from ftjax.paths import as_path
 
 
 def configure(exp) -> None:
@@ -45,12 +47,12 @@ def slice_scalars(metrics: dict, keys=("accuracy", "loss", "macro_f1", "num_exam
           for name, values in metrics.get("slices", {}).items() for k in keys if k in values}
 
 
-def result_path(workdir, split: str, checkpoint) -> pathlib.Path:
-  return pathlib.Path(workdir) / f"eval_{split}_{checkpoint}.json"
+def result_path(workdir, split: str, checkpoint) -> epath.Path:
+  return as_path(workdir) / f"eval_{split}_{checkpoint}.json"
 
 
 def write_result(workdir, split: str, checkpoint, metrics: dict, *, step: int,
-                 label_names=None) -> pathlib.Path:
+                 label_names=None) -> epath.Path:
   """Writes `eval_<split>_<checkpoint>.json`: the metrics plus split, checkpoint and step."""
   result = {"split": split, "checkpoint": str(checkpoint), "step": int(step), **metrics}
   if label_names is not None:

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 import math
-import pathlib
 import re
 
+from etils import epath
 import numpy as np
 
 from ftjax.reports import data_quality
 from ftjax.metric_writers import read_metrics
+from ftjax.paths import as_path, is_local
 
 REPORT_FILE = "report.md"
 # Metrics shown in tables and plotted, in this order, when a run has them.
@@ -34,6 +35,11 @@ def _figure(width=6.4, height=4.0):
   return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
+def _save(fig, path: epath.Path) -> None:
+  with path.open("wb") as f:  # through epath: the workdir may be `gs://`
+    fig.savefig(f, format="png")
+
+
 def _number(value) -> float | None:
   try:
     value = float(value)
@@ -42,7 +48,7 @@ def _number(value) -> float | None:
   return value if math.isfinite(value) else None
 
 
-def load_evals(workdir: pathlib.Path) -> list[dict]:
+def load_evals(workdir: epath.Path) -> list[dict]:
   """Every `eval_<split>_<checkpoint>.json` in the workdir, ordered by split then step."""
   out = []
   for path in sorted(workdir.glob("eval_*.json")):
@@ -68,7 +74,7 @@ def pick_eval(evals: list[dict], split: str) -> dict | None:
   return max(candidates, key=lambda r: r.get("step", 0)) if candidates else None
 
 
-def plot_loss(records: list[dict], path: pathlib.Path) -> bool:
+def plot_loss(records: list[dict], path: epath.Path) -> bool:
   fig = _figure()
   ax = fig.add_subplot()
   plotted = False
@@ -84,11 +90,11 @@ def plot_loss(records: list[dict], path: pathlib.Path) -> bool:
   ax.set(xlabel="step", ylabel="loss", title="Loss")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.savefig(path)
+  _save(fig, path)
   return True
 
 
-def plot_metrics(records: list[dict], path: pathlib.Path) -> bool:
+def plot_metrics(records: list[dict], path: epath.Path) -> bool:
   evals = [r for r in records if r["split"] == "eval"]
   names = [k for k in TABLE_METRICS if k not in _NOT_PLOTTED and any(k in r for r in evals)]
   names += sorted({k for r in evals for k in r if k not in names and k not in _NOT_PLOTTED
@@ -109,11 +115,11 @@ def plot_metrics(records: list[dict], path: pathlib.Path) -> bool:
     ax.set(xlabel="step", title=name)
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-  fig.savefig(path)
+  _save(fig, path)
   return True
 
 
-def plot_confusion(result: dict, path: pathlib.Path) -> None:
+def plot_confusion(result: dict, path: epath.Path) -> None:
   confusion = np.asarray(result["confusion"], np.float64)
   labels = result.get("label_names") or [str(i) for i in range(len(confusion))]
   rows = confusion.sum(1, keepdims=True)
@@ -133,10 +139,10 @@ def plot_confusion(result: dict, path: pathlib.Path) -> None:
       for p in ticks:
         ax.text(p, t, f"{int(confusion[t, p])}\n{share[t, p]:.0%}", ha="center", va="center",
                 fontsize=9, color="white" if share[t, p] > 0.5 else "black")
-  fig.savefig(path)
+  _save(fig, path)
 
 
-def plot_calibration(result: dict, path: pathlib.Path) -> bool:
+def plot_calibration(result: dict, path: epath.Path) -> bool:
   bins = result.get("calibration")
   if not bins or not sum(bins["count"]):
     return False
@@ -154,7 +160,7 @@ def plot_calibration(result: dict, path: pathlib.Path) -> bool:
   ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
          title=f"Calibration: {result['split']} (ECE {result.get('ece', float('nan')):.3f})")
   ax.legend(fontsize="small", loc="upper left")
-  fig.savefig(path)
+  _save(fig, path)
   return True
 
 
@@ -260,9 +266,9 @@ def _run_lines(summary: dict) -> list[str]:
   return ["Run: " + ", ".join(facts) + "."]
 
 
-def write(workdir) -> pathlib.Path:
+def write(workdir) -> epath.Path:
   """Writes `WORKDIR/report.md` and its PNGs from the workdir's files; returns the report path."""
-  workdir = pathlib.Path(workdir)
+  workdir = as_path(workdir)
   records = read_metrics(workdir)
   summary_path = workdir / "summary.json"
   summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
@@ -273,7 +279,7 @@ def write(workdir) -> pathlib.Path:
   summary.setdefault("test_split", data_cfg.get("test_split") or "test")
   evals = load_evals(workdir)
 
-  title = workdir.resolve().name
+  title = (workdir.resolve() if is_local(workdir) else workdir).name
   lines = [f"# Report: {title}", ""] + _run_lines(summary if summary_path.exists() else {}) + [""]
   rows = comparison_rows(summary, evals)
   lines += ["## Base versus fine-tuned", ""] + comparison_table(rows) + [""]

@@ -4,9 +4,9 @@ preemption, the test split on the best checkpoint, and the end-of-run files."""
 from __future__ import annotations
 
 import os
-import pathlib
 import time
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -17,6 +17,7 @@ from ftjax.data.tokenization import load_tokenizer
 from ftjax.early_stopping import EarlyStopping
 from ftjax.errors import RunError, UserError
 from ftjax.metric_writers import MetricWriter, write_json
+from ftjax.paths import as_path, is_local
 from ftjax.preemption import PreemptionGuard
 from ftjax.progress import Progress
 from ftjax.reports import data_quality, eval_results, run_report
@@ -26,16 +27,26 @@ from ftjax.train.steps import Evaluator, make_train_step
 from ftjax.workdir_lock import WorkdirLock
 
 
-def _prepare_workdir(workdir: str) -> pathlib.Path:
-  path = pathlib.Path(workdir).expanduser()
+def _prepare_workdir(workdir: str) -> epath.Path:
+  path = as_path(workdir)
+  # An object store's client raises its own errors too (credentials, HTTP); each is the workdir's.
+  errors = OSError if is_local(path) else Exception
   try:
     path.mkdir(parents=True, exist_ok=True)
     probe = path / f".write_test.{os.getpid()}"  # per process: several may share a workdir
     probe.write_text("")
     probe.unlink()
-  except OSError as e:
-    raise UserError(f"workdir '{workdir}' is not writable: {e.strerror}") from None
+  except errors as e:
+    raise UserError(f"workdir '{workdir}' is not writable: {_why(e)}") from None
   return path
+
+
+def _why(e: Exception) -> str:
+  if getattr(e, "strerror", None):
+    return e.strerror
+  if isinstance(e, FileNotFoundError):  # gcsfs: an upload into a bucket that is not there
+    return "no such bucket"
+  return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
 def _loop_state(iterator_state, window: list[dict], evals: list[dict]) -> dict:
@@ -81,7 +92,7 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
       lock.release()
 
 
-def _train_and_evaluate(cfg: ConfigDict, workdir: pathlib.Path) -> dict:
+def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   wall_start = time.time()
   is_main = jax.process_index() == 0
   exp = build_experiment(cfg)  # every input is checked before anything is written

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
-
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
 from ftjax.errors import UserError
 from ftjax.models import layer_stack
+from ftjax.paths import as_path
 from ftjax.train.state import Experiment, TrainState
 
 CHECKPOINTS = ("latest", "best", "base")
@@ -39,7 +38,7 @@ def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
   """
   if checkpoint == "base":
     return exp.state, 0
-  directory = pathlib.Path(workdir) / "checkpoints"
+  directory = as_path(workdir) / "checkpoints"
   if checkpoint == "best":
     best = ckpt_lib.BestCheckpointer(directory / ckpt_lib.BEST_DIR, metric=exp.cfg.eval.metric,
                                      mode=exp.cfg.eval.mode, keep=max(exp.cfg.checkpoint.keep_best, 1))
