@@ -7,23 +7,19 @@ manager lists the killed run's steps). Run it with `python -m pytest tests/gcs_r
 
 import signal
 import subprocess
-import uuid
 
 from etils import epath
 
 from gcs_emulator import gcs_bucket  # noqa: F401  (the fixture)
-from test_gcs_workdir import STEPS, _committed_steps, _env, _errors, _rows, _state
+from test_gcs_workdir import (STEPS, _committed_steps, _env, _errors, _rows, _state,
+                              local_run_and_gs_workdir)
 from test_resilience import REPO, assert_trees_equal, cli_args, start, wait_for
 
 
 def test_gs_workdir_killed_after_a_checkpoint_resumes_exactly(gcs_bucket, tmp_path, tiny_bert_dir,  # noqa: F811
                                                               tiny_sentiment_files):
-  local = tmp_path / "local"
-  done = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, local, steps=STEPS), cwd=REPO,
-                        capture_output=True, text=True, env=_env())
-  assert done.returncode == 0, _errors(done.stderr)
-
-  workdir = epath.Path(f"{gcs_bucket}/run-{uuid.uuid4().hex[:8]}")
+  local, workdir = local_run_and_gs_workdir(gcs_bucket, tmp_path, tiny_bert_dir,
+                                            tiny_sentiment_files)
   args = cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=STEPS)
   proc = start(args)
   reached = wait_for(lambda: bool(_committed_steps(workdir / "checkpoints")), proc)

@@ -63,13 +63,19 @@ def _committed_steps(checkpoints: epath.Path) -> list[int]:
           if (checkpoints / str(s) / "commit_success.txt").exists()]
 
 
-def test_gs_workdir_run_equals_a_local_run(gcs_bucket, tmp_path, tiny_bert_dir,  # noqa: F811
-                                           tiny_sentiment_files):
+def local_run_and_gs_workdir(bucket, tmp_path, model, files):
+  """(the workdir of a finished local run of STEPS steps, a fresh workdir in `bucket`)."""
   local = tmp_path / "local"
-  done = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, local, steps=STEPS), cwd=REPO,
+  done = subprocess.run(cli_args(model, files, local, steps=STEPS), cwd=REPO,
                         capture_output=True, text=True, env=_env())
   assert done.returncode == 0, _errors(done.stderr)
-  workdir = epath.Path(f"{gcs_bucket}/run-{uuid.uuid4().hex[:8]}")
+  return local, epath.Path(f"{bucket}/run-{uuid.uuid4().hex[:8]}")
+
+
+def test_gs_workdir_run_equals_a_local_run(gcs_bucket, tmp_path, tiny_bert_dir,  # noqa: F811
+                                           tiny_sentiment_files):
+  local, workdir = local_run_and_gs_workdir(gcs_bucket, tmp_path, tiny_bert_dir,
+                                            tiny_sentiment_files)
   run = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=STEPS), cwd=REPO,
                        capture_output=True, text=True, env=_env())
   assert run.returncode == 0, _errors(run.stderr)
