@@ -26,7 +26,7 @@ LAYERS = (
     ("methods", ("ftjax.methods",)),
     ("weights", ("ftjax.weights", "ftjax.models.registry")),
     ("models and data", ("ftjax.models", "ftjax.data")),
-    ("foundations", ("ftjax.errors", "ftjax.sources")),
+    ("foundations", ("ftjax.errors", "ftjax.sources", "ftjax.paths")),
 )
 
 
@@ -89,10 +89,10 @@ def test_every_module_has_a_layer():
 def test_imports_only_go_down():
   upward = []
   for module, targets in import_graph().items():
-    if module == "ftjax":
+    if module == "ftjax" or layer_of(module) is None:  # (the test above names it)
       continue
     for target in sorted(targets):
-      if target != "ftjax" and layer_of(target) < layer_of(module):
+      if target != "ftjax" and layer_of(target) is not None and layer_of(target) < layer_of(module):
         upward.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {target} "
                       f"({LAYERS[layer_of(target)][0]})")
   assert not upward, "imports that go up a layer:\n" + "\n".join(upward)
