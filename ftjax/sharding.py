@@ -156,6 +156,15 @@ def variable_shardings(state, mesh, rules):
       logical, state)
 
 
+def variable_sharding(variable, mesh, rules) -> NamedSharding:
+  """The NamedSharding of one NNX variable (real or abstract) from its logical-axis metadata."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+
+  spec = nnx.get_partition_spec(variable).get_value()
+  shape = variable.get_value().shape
+  return NamedSharding(mesh, mesh_spec(tuple(spec or ()), shape, mesh, rules))
+
+
 def follow_params(tree, params, param_shardings, mesh):
   """Shardings for an optimizer state: each leaf follows the parameter whose path it ends with.
 

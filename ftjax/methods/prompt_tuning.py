@@ -95,17 +95,20 @@ class PromptTunedDecoder(prompt_layers.PrefilledDecoder):
     return cache
 
 
-def init_token_ids(options, vocab_size: int, key) -> np.ndarray:
+def init_token_ids(options, vocab_size: int, key):
   n = options["num_virtual_tokens"]
   if not options["init_text"]:
-    return np.asarray(jax.random.randint(key, (n,), 0, vocab_size))
+    return jax.random.randint(key, (n,), 0, vocab_size)  # traceable: built under jit
   if not options["tokenizer"]:
     raise UserError("config key 'method.prompt_tuning.tokenizer' must name a tokenizer source "
                     "(usually model.checkpoint) when 'method.prompt_tuning.init_text' is set")
   from ftjax import sources  # pylint: disable=g-import-not-at-top
   from ftjax.data.tokenization import load_tokenizer  # pylint: disable=g-import-not-at-top
   ids = load_tokenizer(sources.resolve(options["tokenizer"]))(options["init_text"])["input_ids"]
-  return np.resize(np.asarray(ids), n)  # repeats or cuts, like PEFT
+  if not ids:
+    raise UserError(f"config key 'method.prompt_tuning.init_text' {options['init_text']!r} gives "
+                    f"no tokens with the tokenizer of '{options['tokenizer']}'")
+  return np.resize(np.asarray(ids, np.int32), n)  # repeats or cuts, like PEFT
 
 
 @register

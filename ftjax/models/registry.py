@@ -8,9 +8,11 @@ Tasks: 'base' (the bare encoder), 'classification' (sequence classification
 head, like `AutoModelForSequenceClassification`) and 'causal_lm' (decoder with
 an LM head, like `AutoModelForCausalLM`). A family lists the tasks it has.
 
-`build_from_tensors` builds from an HF config dict and HF-named tensors
-without touching disk (the GGUF importer uses it); `build_model` reads a
-checkpoint directory and calls it.
+`model_spec` reads a checkpoint's `config.json` into a `ModelSpec` (how to build the
+model, its weight table) before any weight is read; training builds the model sharded from it
+(`ftjax.train.construct`). `build_model` builds and loads one whole model eagerly (tools,
+tests); `build_from_tensors` does the same from an HF config dict and HF-named tensors in
+memory, without touching disk.
 """
 
 import dataclasses
@@ -141,15 +143,74 @@ def _config_num_labels(hf: dict[str, Any]) -> int | None:
   return hf.get('num_labels')
 
 
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What a checkpoint directory says to build, known before any weight is read.
+
+  Attributes:
+    config: the family's config object (from `config.json`).
+    task: the model task built.
+    table: the class's weight table (HF name <-> NNX path).
+    source: the checkpoint directory, for error messages.
+    build: rngs -> the model with freshly initialised params (run it under `nnx.eval_shape`
+      for an abstract model, or inside `jax.jit` to make only what the checkpoint lacks).
+  """
+  config: Any
+  task: str
+  table: safetensors_io.WeightTable
+  source: str
+  build: Callable[[nnx.Rngs], nnx.Module]
+
+
+def model_spec(path: str | os.PathLike, *, task: str = 'classification',
+               num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
+               remat: str = 'none', attention: str = 'xla') -> ModelSpec:
+  """Reads a checkpoint directory's `config.json` into a `ModelSpec`; arguments as for
+  `build_model`. Reads no weights."""
+  _check_task(task)
+  path = pathlib.Path(path)
+  hf = read_hf_config(path)
+  return _spec(hf, task=task, num_labels=num_labels, dtype=dtype, param_dtype=param_dtype,
+               remat=remat, attention=attention, source=str(path),
+               config_source=str(path / CONFIG_FILE))
+
+
+def _spec(hf: dict[str, Any], *, task, num_labels, dtype, param_dtype, remat, attention,
+          source, config_source) -> ModelSpec:
+  model_type = hf.get('model_type')
+  family = _family(model_type, config_source)
+  _family_task(family, model_type, task)
+  config = family.config_cls.from_hf(hf)
+  if task == 'classification' and num_labels is None:
+    num_labels = _config_num_labels(hf) or 2
+  _, table, _ = family.classes[task]
+
+  def build(rngs: nnx.Rngs) -> nnx.Module:
+    return family.build(config, task, num_labels, dtype, param_dtype, rngs, remat=remat,
+                        attention=attention)
+  return ModelSpec(config, task, _table(table, config), source, build)
+
+
+def init_model(spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
+  """`spec`'s model with random params, initialised under `jax.jit` as the sharded build
+  (`ftjax.train.construct`) initialises them, so both give the same values (XLA's fused
+  initialisers round differently from op-by-op ones, by ~1e-9); `rngs` advances as an eager
+  build would advance it."""
+  return nnx.jit(spec.build)(rngs)
+
+
 def build_model(path: str | os.PathLike, *, task: str = 'classification',
                 num_labels: int | None = None, dtype=jnp.float32,
                 param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
                 attention: str = 'xla') -> tuple[nnx.Module, list[str]]:
-  """Builds a model from an HF checkpoint directory and loads its weights.
+  """Builds a model from an HF checkpoint directory and loads its weights, eagerly and whole.
+
+  Training builds its model sharded instead (`ftjax.train.construct`); this serves tools and
+  tests that want one model in memory.
 
   Args:
     path: directory with `config.json` and `model.safetensors` (or shards).
-    task: 'base' or 'classification'.
+    task: 'base', 'classification' or 'causal_lm' (what the family has).
     num_labels: classifier width; None takes it from config.json (else 2).
     dtype: compute dtype (e.g. jnp.bfloat16).
     param_dtype: storage dtype of params; checkpoint values are cast to it.
@@ -162,18 +223,12 @@ def build_model(path: str | os.PathLike, *, task: str = 'classification',
   Returns:
     (model, NNX paths of params that were newly initialised).
   """
-  _check_task(task)
-  path = pathlib.Path(path)
-  hf = read_hf_config(path)
-  # Check the config before reading (possibly large) weights.
-  family = _family(hf.get('model_type'), str(path / CONFIG_FILE))
-  _family_task(family, hf.get('model_type'), task)
-  family.config_cls.from_hf(hf)
+  # The config is checked before (possibly large) weights are read.
+  spec = model_spec(path, task=task, num_labels=num_labels, dtype=dtype,
+                    param_dtype=param_dtype, remat=remat, attention=attention)
+  model = init_model(spec, rngs)
   tensors = safetensors_io.read_safetensors_dir(path)
-  return build_from_tensors(
-      hf, tensors, task=task, num_labels=num_labels, dtype=dtype,
-      param_dtype=param_dtype, rngs=rngs, source=str(path),
-      config_source=str(path / CONFIG_FILE), remat=remat, attention=attention)
+  return model, safetensors_io.load_params(model, tensors, spec.table, source=spec.source)
 
 
 def build_from_tensors(
@@ -195,18 +250,11 @@ def build_from_tensors(
     (model, NNX paths of params that were newly initialised).
   """
   _check_task(task)
-  model_type = hf_config.get('model_type')
-  family = _family(model_type, config_source)
-  _family_task(family, model_type, task)
-  config = family.config_cls.from_hf(hf_config)
-  if task == 'classification' and num_labels is None:
-    num_labels = _config_num_labels(hf_config) or 2
-  model = family.build(config, task, num_labels, dtype, param_dtype, rngs, remat=remat,
-                       attention=attention)
-  _, table, _ = family.classes[task]
-  fresh = safetensors_io.load_params(model, tensors, _table(table, config),
-                                     source=source)
-  return model, fresh
+  spec = _spec(hf_config, task=task, num_labels=num_labels, dtype=dtype,
+               param_dtype=param_dtype, remat=remat, attention=attention, source=source,
+               config_source=config_source)
+  model = init_model(spec, rngs)
+  return model, safetensors_io.load_params(model, tensors, spec.table, source=source)
 
 
 def _lookup(cls: type, model_type) -> tuple[Family, str] | None:

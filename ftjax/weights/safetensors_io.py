@@ -125,13 +125,82 @@ def _shown(names: list[str]) -> str:
   return f"'{names[0]}'{more}"
 
 
+def match_tensors(param_shapes: dict[str, tuple[int, ...]],
+                  tensor_shapes: dict[str, tuple[int, ...]], table: WeightTable, *,
+                  source: str = 'checkpoint') -> tuple[dict[str, tuple[str, str]], list[str]]:
+  """Maps a checkpoint's tensors onto a model's params by name and shape; reads no values.
+
+  Every tensor must map to a param of matching shape and every param must get a tensor, except
+  the table's `ignore`d tensors and `optional` params.
+
+  Args:
+    param_shapes: NNX param path -> shape (of real or abstract params).
+    tensor_shapes: HF tensor name -> shape (from a file's header, or of arrays in memory).
+    table: the model class's weight table.
+    source: the file or directory the tensors come from, for error messages.
+
+  Returns:
+    (NNX path -> (HF name, transform) of every loaded param, NNX paths the checkpoint lacks:
+    they keep their fresh initialisation).
+
+  Raises:
+    UserError: naming the first unexpected, missing or mis-shaped tensor.
+  """
+  compiled = CompiledTable(table)
+  assigned: dict[str, tuple[str, str]] = {}  # nnx path -> (hf name, transform)
+  unexpected = []
+  for name in sorted(tensor_shapes):
+    candidates = [name] + [new + name[len(old):]
+                           for old, new in table.prefix_aliases
+                           if name.startswith(old)]
+    if any(compiled.is_ignored(c) for c in candidates):
+      continue
+    hit = None
+    for candidate in candidates:
+      hit = compiled.to_nnx(candidate)
+      if hit and hit[0] in param_shapes:
+        break
+      hit = None
+    if hit is None:
+      unexpected.append(name)
+      continue
+    path, rule = hit
+    if path in assigned:
+      raise UserError(
+          f"tensors '{assigned[path][0]}' and '{name}' in {source} both map to "
+          f"parameter '{path}'")
+    want = _hf_shape(rule.transform, param_shapes[path])
+    if tuple(tensor_shapes[name]) != want:
+      raise UserError(
+          f"tensor '{name}' in {source} has shape {tuple(tensor_shapes[name])}, "
+          f'model expects {want}')
+    assigned[path] = (name, rule.transform)
+  if unexpected:
+    raise UserError(
+        f'unexpected tensor {_shown(unexpected)} in {source}: '
+        'the model has no parameter for it')
+
+  missing, fresh = [], []
+  for path in sorted(param_shapes):
+    if path in assigned:
+      continue
+    if compiled.is_optional(path):
+      fresh.append(path)
+    else:
+      hit = compiled.to_hf(path)
+      missing.append(hit[0] if hit else path)
+  if missing:
+    raise UserError(f'missing tensor {_shown(missing)} in {source}')
+  return assigned, fresh
+
+
 def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
                 table: WeightTable, *, source: str = 'checkpoint') -> list[str]:
-  """Copies HF-named tensors into the model's params in place.
+  """Copies HF-named tensors into the model's params in place (eagerly, whole tensors).
 
-  Every tensor must map to a param of matching shape and every param must get
-  a tensor, except the table's `ignore`d tensors and `optional` params. Values
-  are cast to each param's dtype (its `param_dtype`).
+  Checked as `match_tensors` checks; values are cast to each param's dtype (its `param_dtype`).
+  Training builds its models sharded instead (`ftjax.weights.sharded_load`); this serves
+  in-memory tensors (tests, small tools).
 
   Args:
     model: the NNX model; its params are overwritten.
@@ -145,53 +214,10 @@ def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
   Raises:
     UserError: naming the first unexpected, missing or mis-shaped tensor.
   """
-  compiled = CompiledTable(table)
   params = param_vars(model)
-  assigned: dict[str, tuple[str, str]] = {}  # nnx path -> (hf name, transform)
-  unexpected = []
-  for name in sorted(tensors):
-    candidates = [name] + [new + name[len(old):]
-                           for old, new in table.prefix_aliases
-                           if name.startswith(old)]
-    if any(compiled.is_ignored(c) for c in candidates):
-      continue
-    hit = None
-    for candidate in candidates:
-      hit = compiled.to_nnx(candidate)
-      if hit and hit[0] in params:
-        break
-      hit = None
-    if hit is None:
-      unexpected.append(name)
-      continue
-    path, rule = hit
-    if path in assigned:
-      raise UserError(
-          f"tensors '{assigned[path][0]}' and '{name}' in {source} both map to "
-          f"parameter '{path}'")
-    want = _hf_shape(rule.transform, params[path][...].shape)
-    if tuple(tensors[name].shape) != want:
-      raise UserError(
-          f"tensor '{name}' in {source} has shape {tuple(tensors[name].shape)}, "
-          f'model expects {want}')
-    assigned[path] = (name, rule.transform)
-  if unexpected:
-    raise UserError(
-        f'unexpected tensor {_shown(unexpected)} in {source}: '
-        'the model has no parameter for it')
-
-  missing, fresh = [], []
-  for path in sorted(params):
-    if path in assigned:
-      continue
-    if compiled.is_optional(path):
-      fresh.append(path)
-    else:
-      hit = compiled.to_hf(path)
-      missing.append(hit[0] if hit else path)
-  if missing:
-    raise UserError(f'missing tensor {_shown(missing)} in {source}')
-
+  assigned, fresh = match_tensors({p: tuple(v[...].shape) for p, v in params.items()},
+                                  {n: tuple(t.shape) for n, t in tensors.items()}, table,
+                                  source=source)
   for path, (name, transform) in assigned.items():
     var = params[path]
     old = var[...]
@@ -231,35 +257,111 @@ def _load_file(file: pathlib.Path) -> dict[str, np.ndarray]:
     raise UserError(f'cannot read safetensors file {file}: {e}') from e
 
 
-def read_safetensors_dir(path: str | os.PathLike) -> dict[str, np.ndarray]:
-  """Reads all tensors of an HF checkpoint.
-
-  Args:
-    path: a directory holding `model.safetensors` or a sharded
-      `model.safetensors.index.json` with its shards, or one `.safetensors` file.
-
-  Returns:
-    Tensor name -> numpy array (bf16 as `ml_dtypes.bfloat16`).
-  """
+def checkpoint_files(path: str | os.PathLike) -> list[pathlib.Path]:
+  """The safetensors files of an HF checkpoint: one `.safetensors` file, a directory's
+  `model.safetensors`, or the shards its `model.safetensors.index.json` names."""
   path = pathlib.Path(path)
   if path.is_file():
-    return _load_file(path)
+    return [path]
   if not path.is_dir():
     raise UserError(f'checkpoint directory {path} does not exist')
   index = path / INDEX_FILE
   if index.is_file():
     try:
       weight_map = json.loads(index.read_text())['weight_map']
-      shards = sorted(set(weight_map.values()))
+      return [path / shard for shard in sorted(set(weight_map.values()))]
     except (ValueError, KeyError, TypeError, AttributeError) as e:
       raise UserError(f'invalid safetensors index {index}: {e}') from e
-    tensors = {}
-    for shard in shards:
-      tensors.update(_load_file(path / shard))
-    return tensors
   if (path / SINGLE_FILE).is_file():
-    return _load_file(path / SINGLE_FILE)
+    return [path / SINGLE_FILE]
   raise UserError(f'no {SINGLE_FILE} or {INDEX_FILE} in {path}')
+
+
+def read_safetensors_dir(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  """Reads all tensors of an HF checkpoint into memory.
+
+  Args:
+    path: as for `checkpoint_files`.
+
+  Returns:
+    Tensor name -> numpy array (bf16 as `ml_dtypes.bfloat16`).
+  """
+  tensors = {}
+  for file in checkpoint_files(path):
+    tensors.update(_load_file(file))
+  return tensors
+
+
+_DTYPE_BYTES = {'BOOL': 1, 'U8': 1, 'I8': 1, 'F8_E4M3': 1, 'F8_E5M2': 1, 'I16': 2, 'U16': 2,
+                'F16': 2, 'BF16': 2, 'I32': 4, 'U32': 4, 'F32': 4, 'I64': 8, 'U64': 8, 'F64': 8}
+
+
+def _itemsize(dtype: str) -> int:
+  return _DTYPE_BYTES.get(dtype, 0)
+
+
+class CheckpointReader:
+  """Reads slices of an HF checkpoint's tensors on demand, from memory-mapped files.
+
+  Opening reads only the files' headers (names, shapes, dtypes). Each `read` maps the tensor's
+  file, copies one slice out and unmaps it again, so a process that needs a quarter of each
+  tensor touches a quarter of the checkpoint, and the mapped file pages (which count in the
+  process's resident set while mapped) never add up to more than one slice. `bytes_requested`
+  counts the bytes every `read` returned: how much a process asked for, independent of the OS's
+  page cache.
+  """
+
+  def __init__(self, path: str | os.PathLike):
+    self.source = str(path)
+    self._files: dict[str, pathlib.Path] = {}  # tensor name -> its file
+    self.shapes: dict[str, tuple[int, ...]] = {}
+    self.bytes_requested = 0
+    self.total_bytes = 0  # of every tensor's data
+    for file in checkpoint_files(path):
+      if not file.is_file():
+        raise UserError(f'safetensors file {file} does not exist')
+      try:
+        with safetensors.safe_open(str(file), framework='numpy') as handle:
+          slices = {n: handle.get_slice(n) for n in handle.keys()}
+          shapes = {n: tuple(s.get_shape()) for n, s in slices.items()}
+          self.total_bytes += sum(int(np.prod(shapes[n])) * _itemsize(s.get_dtype())
+                                  for n, s in slices.items())
+      except Exception as e:  # SafetensorError, OSError: truncated or corrupt header.
+        raise UserError(f'cannot read safetensors file {file}: {e}') from e
+      for name in shapes:
+        if name in self._files:
+          raise UserError(f"tensor '{name}' appears in two files of {path}")
+        self._files[name] = file
+      self.shapes.update(shapes)
+
+  def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
+    """The slice `index` (a tuple of slices, as `jax.make_array_from_callback` passes) of tensor
+    `name`, as a numpy array."""
+    file = self._files[name]
+    try:
+      with safetensors.safe_open(str(file), framework='numpy') as handle:
+        array = np.array(handle.get_slice(name)[index] if index else handle.get_tensor(name))
+    except Exception as e:  # a truncated data section shows up only when read
+      raise UserError(f"cannot read tensor '{name}' from {file}: {e}") from e
+    self.bytes_requested += array.nbytes
+    return array
+
+  def read_param(self, name: str, transform: str, dtype,
+                 index: tuple[slice, ...] = ()) -> np.ndarray:
+    """The slice `index` of the NNX param that tensor `name` loads into through `transform`,
+    cast on the host to the param's `dtype` (bf16 <-> fp32 casts round as XLA's do)."""
+    hf_index = tuple(reversed(index)) if transform == 'T' else index
+    value = apply_transform(transform, self.read(name, hf_index))
+    return np.ascontiguousarray(value.astype(dtype, copy=False))
+
+  def close(self) -> None:
+    """Nothing stays open between reads; kept so the reader works as a context manager."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
 
 
 def write_safetensors(tensors: dict[str, np.ndarray],
