@@ -7,8 +7,10 @@ and renames it when complete (on `gs://`, where a rename is a copy, it writes a
 leftover temporary directories are cleaned up on the next start.
 
 Two managers share the workdir:
-  checkpoints/        the last `keep` full states (params, optimizer, rng, data) for resuming;
-  checkpoints/best/   the best `keep_best` parameter sets by the eval metric, for eval/export.
+  checkpoints/        the last `keep` train states for resuming: trainable params, optimizer,
+                      rng, step, data state; the frozen variables are left out (the caller
+                      passes them, `train.restore.checkpointed`) and rebuilt from the base;
+  checkpoints/best/   the best `keep_best` trainable parameter sets by the eval metric.
 
 Layer layouts (`model.scan_layers`): a checkpoint holds the layout it was trained with (layer
 arrays `model.layers.{i}.*`, or stacked `model.layers.*` with a leading layer axis, in params,
@@ -102,6 +104,33 @@ class Checkpointer:
       raise CorruptCheckpointError(
           f"checkpoint step {step} in {self.directory} is unreadable "
           f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    return restored["state"], restored["data"] or None
+
+  def restore_part(self, step: int, abstract_part: dict):
+    """Restores only the top-level entries of `abstract_part` (e.g. the params and step, without
+    the optimizer state an evaluation has no use for), reading nothing else, and the data item.
+    The layer layout must be the checkpoint's own (the run's config)."""
+    where = f"checkpoint step {step} in {self.directory}"
+    saved = _saved_leaves(self._manager, step, "state")
+    if saved is not None:
+      names = set(abstract_part)
+      kept = [(n, m) for n, m in zip(saved[1], saved[2]) if n[0] in names]
+      _check_fits([n for n, _ in kept], [m for _, m in kept], abstract_part, where)
+    reader = ocp.CheckpointManager(self.directory, item_handlers={
+        "state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+    try:
+      restored = reader.restore(step, args=ocp.args.Composite(
+          state=ocp.args.PyTreeRestore(
+              item=abstract_part, partial_restore=True,
+              restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_part)),
+          data=ocp.args.JsonRestore()))
+    except CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      raise CorruptCheckpointError(f"{where} is unreadable ({type(e).__name__}: "
+                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    finally:
+      reader.close()
     return restored["state"], restored["data"] or None
 
   def restore_latest_good(self, abstract_state, *, on_corrupt: str):
@@ -268,6 +297,11 @@ def _check_fits(saved_names, saved_meta, abstract, where: str) -> None:
   saved = {n: tuple(m.shape) for n, m in zip(saved_names, saved_meta)}
   target_names, target_leaves, _ = _names(abstract)
   target = {n: tuple(x.shape) for n, x in zip(target_names, target_leaves)}
+  if any(n[0] == "frozen" for n in saved) and not any(n[0] == "frozen" for n in target):
+    raise CheckpointMismatchError(
+        f"{where} holds the frozen variables: an ftjax from before checkpoints left them out "
+        "(rebuilding them from the base checkpoint) wrote it; resume it with that version, or "
+        "start a new workdir")
   for name in sorted(set(saved) | set(target)):
     if saved.get(name) != target.get(name):
       shape = lambda s: "absent" if s is None else f"shape {s}"

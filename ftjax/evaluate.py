@@ -28,7 +28,7 @@ def run(cfg, workdir, checkpoint: str | int = "latest", split: str | None = None
     raise UserError(f"workdir '{workdir}' has no checkpoints/ (use --checkpoint=base for the "
                     f"untrained model)")
   split = split or cfg.data.eval_split
-  exp = train.build_experiment(cfg)
+  exp = train.build_experiment(cfg, optimizer=False)
   if split not in exp.dataset.split_sizes:
     raise UserError(f"split '{split}' not in data '{cfg.data.name}' "
                     f"(splits: {', '.join(sorted(exp.dataset.split_sizes))})")

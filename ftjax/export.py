@@ -77,7 +77,7 @@ def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest") -> path
                     "renames it into place); copy it to the object store afterwards")
   cfg = load_workdir_config(workdir)
   checkpoint = train.parse_checkpoint(str(checkpoint))
-  exp = train.build_experiment(cfg)
+  exp = train.build_experiment(cfg, optimizer=False)
   state, step = train.restore_state(exp, workdir, checkpoint)
   model = train.model_from_state(exp, state)
   method = exp.method

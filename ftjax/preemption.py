@@ -48,10 +48,6 @@ class PreemptionGuard:
         self.received = signal.SIGTERM
     return self.received is not None
 
-  @property
-  def requested(self) -> bool:
-    return self.received is not None
-
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)

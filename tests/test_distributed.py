@@ -135,6 +135,12 @@ def test_two_processes_train_like_one(tmp_path, tiny_bert_dir, varied_files, bas
   for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
   assert "ftjax: step 6: eval" in outputs[0][0]
+  # Each process read only the slices its device holds: about half of the checkpoint (the
+  # vectors without an `embed` axis are replicated, so each reads those whole).
+  total = sum(f.stat().st_size for f in pathlib.Path(tiny_bert_dir).glob("*.safetensors"))
+  for i, (out, _) in enumerate(outputs):
+    read = int(re.search(rf"process {i} read ([\d,]+) bytes", out).group(1).replace(",", ""))
+    assert 0.45 * total < read <= 0.55 * total, (i, read, total)
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
 
@@ -231,5 +237,11 @@ def test_two_srun_tasks_join_without_flags(tmp_path, tiny_bert_dir, varied_files
     assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
     assert f"ftjax: joined a 2-process run (slurm) as process {i}" in out
   assert "ftjax: step 6: eval" in outputs[0][0]
+  # Each process read only the slices its device holds: about half of the checkpoint (the
+  # vectors without an `embed` axis are replicated, so each reads those whole).
+  total = sum(f.stat().st_size for f in pathlib.Path(tiny_bert_dir).glob("*.safetensors"))
+  for i, (out, _) in enumerate(outputs):
+    read = int(re.search(rf"process {i} read ([\d,]+) bytes", out).group(1).replace(",", ""))
+    assert 0.45 * total < read <= 0.55 * total, (i, read, total)
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))

@@ -272,3 +272,39 @@ def test_test_split_uses_the_best_checkpoint_with_frozen_params(tmp_path, tiny_b
   summary = train.train_and_evaluate(cfg, str(tmp_path / "run"))
   assert summary["best_step"] == 0 and summary["test_step"] == 0 and summary["steps"] == 6
   assert summary["test"]["accuracy"] == summary["initial_eval"]["accuracy"]
+
+
+def test_checkpoints_hold_what_changes_and_refuse_another_base(tmp_path, tiny_bert_dir,
+                                                               tiny_sentiment_files):
+  """A LoRA checkpoint leaves the frozen base out and records its fingerprint; a resume on a
+  base whose weights changed is an error naming both, unless checkpoint.accept_base_change."""
+  import shutil
+  from ftjax.weights import safetensors_io
+
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, steps=3, method="lora")
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(cfg, str(workdir))  # checkpoint at 3
+  mngr = ocp.CheckpointManager(workdir / "checkpoints", item_handlers={
+      "state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()})
+  saved = mngr.item_metadata(3)["state"]
+  data = mngr.restore(3, args=ocp.args.Composite(data=ocp.args.JsonRestore()))["data"]
+  mngr.close()
+  tree = getattr(saved, "tree", saved)
+  assert tree["frozen"] == {} and tree["params"], "frozen variables were checkpointed"
+  assert data["base"]["files"]["model.safetensors"]["size"] > 0
+
+  changed = tmp_path / "changed_base"
+  shutil.copytree(tiny_bert_dir, changed)
+  tensors = safetensors_io.read_safetensors_dir(changed)
+  name = sorted(tensors)[0]
+  tensors[name] = tensors[name] + np.float32(1e-3)  # same shapes, other weights
+  safetensors_io.write_safetensors(tensors, changed / "model.safetensors")
+  with cfg.unlocked():
+    cfg.model.checkpoint = str(changed)
+    cfg.train.steps = 6
+  with pytest.raises(UserError, match=r"the base checkpoint changed since checkpoint step 3 .*: "
+                                      r"it was .*tiny_bert.* digest \w+\), it is now .*changed_base"):
+    train.train_and_evaluate(cfg, str(workdir))
+  with cfg.unlocked():
+    cfg.checkpoint.accept_base_change = True
+  assert train.train_and_evaluate(cfg, str(workdir))["resumed_from_step"] == 3

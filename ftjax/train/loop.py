@@ -21,7 +21,7 @@ from ftjax.paths import as_path, is_local
 from ftjax.preemption import PreemptionGuard
 from ftjax.progress import Progress
 from ftjax.reports import data_quality, eval_results, run_report
-from ftjax.train.restore import model_from_state, restore_state
+from ftjax.train.restore import check_base, checkpointed, model_from_state, restore_state
 from ftjax.train.state import build_experiment, local_batch_size
 from ftjax.train.steps import Evaluator, make_train_step
 from ftjax.workdir_lock import WorkdirLock
@@ -49,14 +49,15 @@ def _why(e: Exception) -> str:
   return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
 
 
-def _loop_state(iterator_state, window: list[dict], evals: list[dict]) -> dict:
+def _loop_state(iterator_state, window: list[dict], evals: list[dict], base: dict | None) -> dict:
   """The loop's host state for a checkpoint's `data` item: the data position, the open logging
   window's per-step metrics (values by key with their dtype, so a resumed row's means are
-  bit-identical) and the eval records so far (early stopping resumes alike on every process)."""
+  bit-identical), the eval records so far (early stopping resumes alike on every process) and the
+  base checkpoint's fingerprint (the frozen variables are rebuilt from it, `restore.checkpointed`)."""
   columns = {k: {"dtype": str(np.asarray(window[0][k]).dtype),
                  "values": [np.asarray(m[k]).item() for m in window]}
              for k in (window[0] if window else ())}
-  return {"iterator": iterator_state, "log_window": columns, "evals": evals}
+  return {"iterator": iterator_state, "log_window": columns, "evals": evals, "base": base}
 
 
 def _read_loop_state(loop_state: dict | None):
@@ -104,6 +105,9 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   print(f"ftjax: method {cfg.method.name}, trainable parameters "
         f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,} "
         f"({100 * exp.param_counts['trainable'] / max(exp.param_counts['total'], 1):.3f}%)", flush=True)
+  if jax.process_count() > 1:  # each process reads only the slices its devices hold
+    print(f"ftjax: process {jax.process_index()} read {exp.checkpoint_bytes_read:,} bytes of the "
+          f"base checkpoint", flush=True)
   print(f"ftjax: data '{cfg.data.name}': {exp.dataset.split_sizes}"
         + (f", duplicates removed: {exp.dataset.duplicates_removed}"
            if getattr(exp.dataset, "duplicates_removed", None) else ""), flush=True)
@@ -122,11 +126,13 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   writer = MetricWriter(workdir)
   state = exp.state
   start_step = 0
-  restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(state),
+  restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(checkpointed(state)),
                                               on_corrupt=cfg.checkpoint.on_corrupt)
   window, evals = [], None  # the open logging window's per-step metrics; the eval records
   if restored is not None:
-    start_step, state, loop_state = restored
+    start_step, saved, loop_state = restored
+    check_base(exp, loop_state, f"checkpoint step {start_step} in {checkpointer.directory}")
+    state = saved.replace(frozen=state.frozen)
     iterator_state, window, evals = _read_loop_state(loop_state)
     if iterator_state:
       train_iter.set_state(iterator_state)
@@ -234,8 +240,8 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
         if checkpointer.should_save(step) or last or stop_reason:
           check_finite()  # never checkpoint past a non-finite update under on_nan=halt
           window, pending = window + jax.device_get(pending), []
-          paused(checkpointer.save, step, state,
-                 _loop_state(train_iter.get_state(), window, evals))
+          paused(checkpointer.save, step, checkpointed(state),
+                 _loop_state(train_iter.get_state(), window, evals, exp.base_fingerprint))
         if stop_reason:
           break
     finally:

@@ -9,8 +9,28 @@ from ftjax.errors import UserError
 from ftjax.models import layer_stack
 from ftjax.paths import as_path
 from ftjax.train.state import Experiment, TrainState
+from ftjax.weights import fingerprint
 
 CHECKPOINTS = ("latest", "best", "base")
+
+
+# What an evaluation or export restores of a checkpointed train state (no optimizer state).
+PART_FIELDS = ("step", "params", "rng", "nonfinite", "first_nonfinite")
+
+
+def checkpointed(state: TrainState) -> TrainState:
+  """What a checkpoint holds of a train state: all but the frozen variables, which never change
+  and are rebuilt from the base checkpoint (its fingerprint, `Experiment.base_fingerprint`, is
+  saved beside them and checked on restore). A LoRA run's checkpoint is its adapter, optimizer
+  state, step, rng and data state."""
+  return state.replace(frozen={})
+
+
+def check_base(exp: Experiment, loop_state: dict | None, where: str) -> None:
+  """Refuses a checkpoint written on another base checkpoint (`checkpoint.accept_base_change`)."""
+  saved = (loop_state or {}).get("base")
+  fingerprint.check_same(saved, exp.base_fingerprint, where=where,
+                         accept=bool(exp.cfg.checkpoint.get("accept_base_change", False)))
 
 
 def parse_checkpoint(text: str) -> str | int:
@@ -57,12 +77,18 @@ def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
     if step is None or step not in available:
       raise UserError(f"checkpoint '{checkpoint}' not found in {directory}; available steps: {available}")
     try:
-      state, _ = checkpointer.restore(step, ckpt_lib.abstract_like(exp.state))
+      if exp.state.opt_state is None:  # an evaluation or export: no optimizer state to read
+        part = {k: getattr(exp.state, k) for k in PART_FIELDS}
+        restored, loop_state = checkpointer.restore_part(step, ckpt_lib.abstract_like(part))
+        saved = exp.state.replace(**restored)
+      else:
+        saved, loop_state = checkpointer.restore(step, ckpt_lib.abstract_like(checkpointed(exp.state)))
     except ckpt_lib.CorruptCheckpointError as e:
       raise UserError(str(e)) from None
   finally:
     checkpointer.close()
-  return state, int(step)
+  check_base(exp, loop_state, f"checkpoint step {step} in {directory}")
+  return saved.replace(frozen=exp.state.frozen), int(step)
 
 
 def model_from_state(exp: Experiment, state: TrainState) -> nnx.Module:

@@ -19,9 +19,9 @@ from ftjax import methods, optim, sharding, sources, tasks
 from ftjax.config import ConfigDict
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.errors import UserError
-from ftjax.models import layer_stack
 from ftjax.models import registry as model_registry
-from ftjax.weights import gguf
+from ftjax.train import construct
+from ftjax.weights import fingerprint, gguf, safetensors_io
 
 log = logging.getLogger("ftjax")
 
@@ -51,6 +51,8 @@ class Experiment:
   method: methods.base.Method
   model_path: pathlib.Path
   param_counts: dict
+  checkpoint_bytes_read: int = 0  # bytes this process requested from the checkpoint
+  base_fingerprint: dict | None = None  # of the base checkpoint (`weights.fingerprint`)
 
 
 def count_params(tree) -> int:
@@ -72,7 +74,9 @@ def trainable_filter(method, freeze: str):
   return nnx.All(method.trainable(), nnx.Not(methods.base.path_matches(freeze)))
 
 
-def build_experiment(cfg: ConfigDict) -> Experiment:
+def build_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
+  """Builds the run `cfg` describes. `optimizer=False` (evaluation, export) builds no optimizer
+  state: `state.opt_state` is None and restores read the parameters alone."""
   task = tasks.get(cfg.model.task)
   if cfg.model.get("logits_chunk", 0):  # a loss option (validated: only the causal-LM task)
     task = task.with_logits_chunk(cfg.model.logits_chunk)
@@ -86,26 +90,29 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   dataset = sharding.process_zero_first(
       lambda: task.load_data(cfg.data, tokenizer, seed=cfg.seed), "data")
 
-  rngs = nnx.Rngs(params=cfg.seed)
-  model, newly_initialised = model_registry.build_model(
-      model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
-      param_dtype=jnp.dtype(cfg.model.param_dtype), rngs=rngs, remat=cfg.model.remat,
-      attention=cfg.model.get("attention", "xla"), **task.model_kwargs(dataset))
-  if newly_initialised:
-    log.info("Newly initialised (not in the checkpoint): %s", ", ".join(newly_initialised))
   method = methods.get(cfg.method.name, cfg.method)
   method.check_config(cfg)
-  model = method.apply(model, rngs=rngs)
-  # Methods see the unscanned model; layers are stacked afterwards (every layer wrapped alike),
-  # with the trainable split decided on the unscanned paths. The remat policy and attention
-  # implementation were fixed at construction and hold in both layouts.
-  trainable = trainable_filter(method, cfg.method.freeze)
-  if cfg.model.scan_layers:
-    model, trainable = layer_stack.stack_with_filter(
-        model, trainable, why=f"method '{cfg.method.name}'"
-        + (f", method.freeze '{cfg.method.freeze}'" if cfg.method.freeze else ""))
-  graphdef, params, frozen = nnx.split(model, trainable, ...)
-  del model  # its arrays now live in the state; the step donates them
+  rules = tuple(tuple(r) for r in cfg.mesh.rules)
+  spec = model_registry.model_spec(
+      model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
+      param_dtype=jnp.dtype(cfg.model.param_dtype), remat=cfg.model.remat,
+      attention=cfg.model.get("attention", "xla"), **task.model_kwargs(dataset))
+  # Built sharded from the checkpoint, the method applied on the unscanned model, the layers
+  # stacked afterwards when asked (`construct`).
+  why = f"method '{cfg.method.name}'" + (f", method.freeze '{cfg.method.freeze}'"
+                                         if cfg.method.freeze else "")
+  trainable_dtype = cfg.model.get("trainable_dtype", "")
+  with safetensors_io.CheckpointReader(model_path) as reader:
+    built = construct.build_state(
+        spec, reader, seed=cfg.seed, method=method,
+        trainable=lambda m: trainable_filter(m, cfg.method.freeze),
+        scan_layers=cfg.model.scan_layers, mesh=mesh, rules=rules,
+        trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why)
+  if built.fresh:
+    log.info("Newly initialised (not in the checkpoint): %s", ", ".join(built.fresh))
+  log.info("Read %.1f MiB of the checkpoint's %.1f MiB on this process (the slices its devices "
+           "hold)", built.bytes_requested / 2**20, reader.total_bytes / 2**20)
+  graphdef, params, frozen = built.graphdef, built.params, built.frozen
   if not jax.tree.leaves(params):  # e.g. linear_probe on a causal LM: no classifier head
     raise UserError(f"method '{cfg.method.name}' trains no parameters of this "
                     f"{task.MODEL_TASK} model" + (f" after method.freeze '{cfg.method.freeze}'"
@@ -113,13 +120,12 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
 
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
-  rules = tuple(tuple(r) for r in cfg.mesh.rules)
-  param_shardings = sharding.variable_shardings(params, mesh, rules)
-  params = sharding.put_global(params, param_shardings)
-  frozen = sharding.put_global(frozen, sharding.variable_shardings(frozen, mesh, rules))
-  abstract_opt = jax.eval_shape(tx.init, params)
-  opt_shardings = sharding.follow_params(abstract_opt, params, param_shardings, mesh)
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  opt_state = None
+  if optimizer:
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    opt_shardings = sharding.follow_params(jax.eval_shape(tx.init, params), params,
+                                           param_shardings, mesh)
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   scalar = lambda x: sharding.put_global(x, sharding.replicated(mesh))
   state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
@@ -128,8 +134,10 @@ def build_experiment(cfg: ConfigDict) -> Experiment:
   shardings = jax.tree.map(lambda x: x.sharding, state)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
   counts["total"] = counts["trainable"] + counts["frozen"]
+  base = fingerprint.fingerprint(model_path, safetensors_io.checkpoint_files(model_path),
+                                 cfg.model.checkpoint)
   return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
-                    model_path, counts)
+                    model_path, counts, built.bytes_requested, base)
 
 
 def local_batch_size(global_batch: int, mesh, accum_steps: int = 1) -> int:

@@ -10,7 +10,9 @@ what the rest of ftjax reads from an HF directory: a transformers-style
 Conventions followed, checked against transformers' own GGUF loader (the
 oracle in tests/weights/test_gguf.py):
   * Tensors are dequantized to float32 with `gguf.quants.dequantize` (numpy;
-    no torch at runtime).
+    no torch at runtime). The cached HF directory is written one tensor at a time, in
+    safetensors shards, F16/BF16 tensors in their own dtype (the same values): converting never
+    holds the whole model, let alone a float32 copy of it.
   * llama.cpp's converter permutes the rows of Q and K (and their biases) from
     HF's rotate-half rotary layout to GGML's interleaved one; we undo it exactly
     as transformers' `LlamaTensorProcessor._reverse_permute_weights` does.
@@ -34,6 +36,7 @@ from typing import Any
 
 import filelock
 import gguf
+import ml_dtypes
 import numpy as np
 
 from ftjax import sources
@@ -48,7 +51,8 @@ PathLike = str | os.PathLike
 SUPPORTED_ARCHITECTURES = ('llama',)
 
 # Bump when the conversion changes, so cached HF directories are rebuilt.
-FORMAT_VERSION = 2  # 2: legacy rope_scaling, eot/eom ids in generation_config eos_token_id
+FORMAT_VERSION = 3  # 2: legacy rope_scaling, eot/eom ids in generation_config eos_token_id;
+# 3: safetensors shards written tensor by tensor, F16/BF16 kept in their dtype
 _COMPLETE = '.ftjax-complete'
 
 _GT = gguf.GGMLQuantizationType
@@ -131,10 +135,17 @@ def _metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
           if not key.startswith('GGUF.')}
 
 
-def _dequantize(tensor, path: pathlib.Path) -> np.ndarray:
-  """One tensor as float32 in numpy (HF) axis order."""
+# GGUF types kept in their own dtype in the HF cache; every other (quantized) type becomes
+# float32, which holds its dequantized values exactly.
+_OWN_DTYPE = {_GT.F16: np.float16, _GT.BF16: ml_dtypes.bfloat16}
+
+
+def _dequantize(tensor, path: pathlib.Path, *, own_dtype: bool = False) -> np.ndarray:
+  """One tensor in numpy (HF) axis order: float32, or with `own_dtype` F16/BF16 kept as
+  float16/bfloat16 (the same values, half the bytes)."""
   qtype = tensor.tensor_type
   shape = tuple(int(d) for d in reversed(tensor.shape))  # GGML lists dims fastest first.
+  dtype = _OWN_DTYPE.get(qtype, np.float32) if own_dtype else np.float32
   if qtype in _PLAIN:
     values = tensor.data
   else:
@@ -145,7 +156,7 @@ def _dequantize(tensor, path: pathlib.Path) -> np.ndarray:
           f"tensor '{tensor.name}' in {path} has GGUF type {qtype.name}, which "
           f'ftjax cannot dequantize; supported: {", ".join(supported_types())}'
       ) from None
-  return np.array(values, dtype=np.float32).reshape(shape)  # Copy: off the mmap.
+  return np.array(values, dtype=dtype).reshape(shape)  # Copy: off the mmap.
 
 
 def supported_types() -> tuple[str, ...]:
@@ -256,22 +267,26 @@ def _check_architecture(meta: dict[str, Any], path: pathlib.Path) -> None:
                     + ', '.join(SUPPORTED_ARCHITECTURES))
 
 
-def _tensors(reader: gguf.GGUFReader, config: dict[str, Any],
-             path: pathlib.Path) -> dict[str, np.ndarray]:
+def _iter_tensors(reader: gguf.GGUFReader, config: dict[str, Any], path: pathlib.Path, *,
+                  own_dtype: bool = False):
+  """(HF name, array) of every weight, dequantized one at a time (`_dequantize`)."""
   heads = config['num_attention_heads']
   kv_heads = config['num_key_value_heads']
-  tensors = {}
   for tensor in reader.tensors:
     name = _hf_name(tensor.name, path)  # Before dequantizing: fail fast.
     if name is None:
       continue
-    array = _dequantize(tensor, path)
+    array = _dequantize(tensor, path, own_dtype=own_dtype)
     if '.attn_q.' in tensor.name:
       array = _reverse_permute(array, heads)
     elif '.attn_k.' in tensor.name:
       array = _reverse_permute(array, kv_heads)
-    tensors[name] = array
-  return tensors
+    yield name, array
+
+
+def _tensors(reader: gguf.GGUFReader, config: dict[str, Any],
+             path: pathlib.Path) -> dict[str, np.ndarray]:
+  return dict(_iter_tensors(reader, config, path))
 
 
 def _tokenizer_parts(meta: dict[str, Any]) -> tuple[dict, dict]:
@@ -369,7 +384,8 @@ def _write_json(obj: dict[str, Any], file: pathlib.Path) -> None:
 def materialize_hf_dir(gguf_path: PathLike, out_dir: PathLike) -> pathlib.Path:
   """Writes an HF checkpoint directory for a GGUF file, atomically.
 
-  `out_dir` gets `config.json`, `model.safetensors` (float32),
+  `out_dir` gets `config.json`, safetensors shards with their index (F16/BF16 tensors in their
+  own dtype, quantized ones dequantized to float32, one tensor at a time),
   `generation_config.json` and the tokenizer files. Everything is written into
   a temporary sibling directory that is renamed into place, so a crash never
   leaves a directory that looks complete. An existing complete `out_dir` of
@@ -384,10 +400,10 @@ def materialize_hf_dir(gguf_path: PathLike, out_dir: PathLike) -> pathlib.Path:
   out.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(prefix=f'.{out.name}.tmp-', dir=out.parent))
   try:
-    ckpt = read_gguf(gguf_path, tokenizer_dir=tmp)
+    ckpt = read_gguf(gguf_path, tensors=False, tokenizer_dir=tmp)
     _write_json(ckpt.hf_config, tmp / 'config.json')
     _write_json(ckpt.generation_config, tmp / 'generation_config.json')
-    safetensors_io.write_safetensors(ckpt.tensors, tmp / safetensors_io.SINGLE_FILE)
+    _write_shards(_iter_tensors(_open(gguf_path), ckpt.hf_config, gguf_path, own_dtype=True), tmp)
     _write_json({'source': str(gguf_path.absolute()), 'format': FORMAT_VERSION},
                 tmp / _COMPLETE)
     if out.exists():  # Incomplete or an older format: replace it.
@@ -396,6 +412,32 @@ def materialize_hf_dir(gguf_path: PathLike, out_dir: PathLike) -> pathlib.Path:
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
   return out
+
+
+SHARD_BYTES = 1 << 30  # safetensors shard size of the HF cache
+
+
+def _write_shards(tensors, out: pathlib.Path) -> None:
+  """Writes (name, array) pairs as safetensors shards of at most SHARD_BYTES (or one tensor) with
+  their `model.safetensors.index.json`; at most one shard is in memory at a time."""
+  weight_map, shard, size, count = {}, {}, 0, 0
+
+  def flush():
+    nonlocal shard, size, count
+    count += 1
+    file = f'model-{count:05d}.safetensors'
+    safetensors_io.write_safetensors(shard, out / file)
+    weight_map.update({name: file for name in shard})
+    shard, size = {}, 0
+
+  for name, array in tensors:
+    if shard and size + array.nbytes > SHARD_BYTES:
+      flush()
+    shard[name] = array
+    size += array.nbytes
+  if shard:
+    flush()
+  _write_json({'metadata': {}, 'weight_map': weight_map}, out / safetensors_io.INDEX_FILE)
 
 
 def _is_complete(out: pathlib.Path) -> bool:

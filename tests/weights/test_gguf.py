@@ -13,6 +13,7 @@ import textwrap
 
 import gguf
 from gguf import GGMLQuantizationType as GT
+import ml_dtypes
 import numpy as np
 import pytest
 from transformers.convert_slow_tokenizer import bytes_to_unicode
@@ -263,6 +264,24 @@ def test_not_a_gguf_and_missing(tmp_path):
     ftgguf.read_gguf(tmp_path / 'nope.gguf')
 
 
+def _check_cache_tensors(path, tensors):
+  """The cache holds `read_gguf`'s float32 values, F16/BF16 tensors in their own dtype."""
+  ckpt = ftgguf.read_gguf(path, tokenizer=False)
+  own = {'F16': np.dtype(np.float16), 'BF16': np.dtype(ml_dtypes.bfloat16)}
+  for name, value in tensors.items():
+    assert value.dtype == own.get(ckpt.tensor_types[_gguf_name(name)], np.float32), name
+    np.testing.assert_array_equal(value.astype(np.float32), ckpt.tensors[name], err_msg=name)
+
+
+def test_cache_keeps_f16_tensors_in_f16(tmp_path):
+  path = tmp_path / 'f16.gguf'
+  write_tiny_gguf(path, quant=GT.F16)
+  out = ftgguf.materialize_hf_dir(path, tmp_path / 'hf')
+  tensors = safetensors_io.read_safetensors_dir(out)
+  assert np.dtype(np.float16) in {v.dtype for v in tensors.values()}
+  _check_cache_tensors(path, tensors)
+
+
 def test_materialize_and_resolve_cache(tiny_gguf, tmp_path, monkeypatch):
   path, hf = tiny_gguf
   assert ftgguf.resolve_checkpoint_dir(tmp_path) == tmp_path  # A directory: as is.
@@ -270,8 +289,8 @@ def test_materialize_and_resolve_cache(tiny_gguf, tmp_path, monkeypatch):
   assert out.parent == tmp_path / 'cache' / 'gguf'
   assert len(out.name) == 16
   names = {p.name for p in out.iterdir()}
-  assert {'config.json', 'generation_config.json', 'model.safetensors', 'tokenizer.json',
-          'tokenizer_config.json'} <= names
+  assert {'config.json', 'generation_config.json', 'model.safetensors.index.json',
+          'model-00001.safetensors', 'tokenizer.json', 'tokenizer_config.json'} <= names
   assert not [p for p in out.parent.iterdir() if p.name.startswith('.') and p.is_dir()
               and p.name != '.locks']  # No temp dirs left.
   config = json.loads((out / 'config.json').read_text())
@@ -280,6 +299,7 @@ def test_materialize_and_resolve_cache(tiny_gguf, tmp_path, monkeypatch):
   tensors = safetensors_io.read_safetensors_dir(out)
   assert set(tensors) == set(hf)
   np.testing.assert_array_equal(tensors['model.norm.weight'], hf['model.norm.weight'])
+  _check_cache_tensors(path, tensors)
 
   # Second call: no conversion.
   def fail(*a, **k):
