@@ -72,7 +72,7 @@ def _floating(x) -> bool:
 
 def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, seed: int,
                 method, trainable: Callable[[Any], Any], scan_layers: bool, mesh, rules,
-                trainable_dtype=None, why: str = "") -> Built:
+                trainable_dtype=None, why: str = "", abstract: bool = False) -> Built:
   """Builds the sharded (trainable, frozen) states of `spec`'s model with `method` applied.
 
   Args:
@@ -87,6 +87,8 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
     trainable_dtype: the dtype of floating trainable params (and so of their optimizer state);
       None keeps the param dtype.
     why: names the method and freeze regex in the error of a stacking that cannot be done.
+    abstract: read nothing; the states' leaves are `jax.ShapeDtypeStruct`s with the shardings
+      the real build gives (`ftjax.plan` compiles the step on them).
   """
   abstract_model = nnx.eval_shape(lambda: spec.build(nnx.Rngs(params=seed)))
   abstract_params = safetensors_io.param_vars(abstract_model)
@@ -134,6 +136,16 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
   abstract_out = jax.eval_shape(construct, abstract_loaded)  # method errors surface here
   out_shardings = tuple(sharding.variable_shardings(s, mesh, rules) for s in abstract_out)
 
+  if abstract:
+    attach = lambda tree, shardings: jax.tree.map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
+    if scan_layers:
+      graphdef, *states = held["stacked"]
+      states = [attach(t, sharding.variable_shardings(t, mesh, rules)) for t in states]
+    else:
+      graphdef, states = held["graphdef"], [attach(t, sh) for t, sh in zip(abstract_out,
+                                                                          out_shardings)]
+    return Built(graphdef, states[0], states[1], fresh, 0)
   before = reader.bytes_requested
   loaded = {keys[p]: _read_sharded(reader, name, transform, abstract_loaded[keys[p]],
                                    base_shardings[p])

@@ -74,9 +74,11 @@ def trainable_filter(method, freeze: str):
   return nnx.All(method.trainable(), nnx.Not(methods.base.path_matches(freeze)))
 
 
-def build_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
+def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool = False) -> Experiment:
   """Builds the run `cfg` describes. `optimizer=False` (evaluation, export) builds no optimizer
-  state: `state.opt_state` is None and restores read the parameters alone."""
+  state: `state.opt_state` is None and restores read the parameters alone. `abstract=True`
+  (`ftjax.plan`) reads no weight and allocates nothing: the state's leaves are
+  `jax.ShapeDtypeStruct`s with the shardings a real build gives."""
   task = tasks.get(cfg.model.task)
   if cfg.model.get("logits_chunk", 0):  # a loss option (validated: only the causal-LM task)
     task = task.with_logits_chunk(cfg.model.logits_chunk)
@@ -107,11 +109,13 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
         spec, reader, seed=cfg.seed, method=method,
         trainable=lambda m: trainable_filter(m, cfg.method.freeze),
         scan_layers=cfg.model.scan_layers, mesh=mesh, rules=rules,
-        trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why)
+        trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why,
+        abstract=abstract)
   if built.fresh:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(built.fresh))
-  log.info("Read %.1f MiB of the checkpoint's %.1f MiB on this process (the slices its devices "
-           "hold)", built.bytes_requested / 2**20, reader.total_bytes / 2**20)
+  if not abstract:
+    log.info("Read %.1f MiB of the checkpoint's %.1f MiB on this process (the slices its "
+             "devices hold)", built.bytes_requested / 2**20, reader.total_bytes / 2**20)
   graphdef, params, frozen = built.graphdef, built.params, built.frozen
   if not jax.tree.leaves(params):  # e.g. linear_probe on a causal LM: no classifier head
     raise UserError(f"method '{cfg.method.name}' trains no parameters of this "
@@ -125,8 +129,13 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
     param_shardings = jax.tree.map(lambda x: x.sharding, params)
     opt_shardings = sharding.follow_params(jax.eval_shape(tx.init, params), params,
                                            param_shardings, mesh)
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  scalar = lambda x: sharding.put_global(x, sharding.replicated(mesh))
+    if abstract:
+      opt_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                               jax.eval_shape(tx.init, params), opt_shardings)
+    else:
+      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  scalar = lambda x: (jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh))
+                      if abstract else sharding.put_global(x, sharding.replicated(mesh)))
   state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=scalar(jnp.zeros((), jnp.int32)),
