@@ -5,6 +5,7 @@ import pytest
 
 from ftjax import plan as plan_lib
 from ftjax import train
+from ftjax.train import memory_plan
 from ftjax.errors import UserError
 from ftjax.weights import safetensors_io
 from test_train import tiny_config
@@ -29,17 +30,17 @@ def test_plan_reads_nothing_and_matches_the_real_build(tiny_bert_dir, tiny_senti
   assert plan.per_device["frozen params"] == device0_bytes(exp.state.frozen)
   assert plan.per_device["optimizer state"] == device0_bytes(exp.state.opt_state)
   assert plan.compiled["temp"] > 0 and plan.peak >= plan.compiled["argument"]
-  text = plan_lib.report(plan)
+  text = memory_plan.report(plan)
   assert "trainable params" in text and "not reported by this backend" in text  # CPU
 
 
 def test_a_run_that_cannot_fit_fails_naming_the_largest_consumer(tiny_bert_dir, tiny_sentiment_files,
                                                                  monkeypatch):
   cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, method="full")
-  monkeypatch.setattr(plan_lib, "device_limit", lambda: 1024)
+  monkeypatch.setattr(memory_plan, "device_limit", lambda: 1024)
   plan = plan_lib.make_plan(cfg)
-  assert plan.fits() is False and "DOES NOT FIT" in plan_lib.report(plan)
+  assert plan.fits() is False and "DOES NOT FIT" in memory_plan.report(plan)
   with pytest.raises(UserError, match=r"needs .* per device and the device has .*; the largest "
                                       r"consumer is (optimizer state|step temporaries|.* params) "
                                       r"\(.*\); shrink it with"):
-    plan_lib.check_fits(plan)
+    memory_plan.check_fits(plan)

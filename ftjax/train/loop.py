@@ -23,7 +23,8 @@ from ftjax.progress import Progress
 from ftjax.reports import data_quality, eval_results, run_report
 from ftjax.train.restore import check_base, checkpointed, model_from_state, restore_state
 from ftjax.train.state import build_experiment, local_batch_size
-from ftjax.train.steps import Evaluator, make_train_step
+from ftjax.train import memory_plan
+from ftjax.train.steps import Evaluator
 from ftjax.workdir_lock import WorkdirLock
 
 
@@ -144,11 +145,19 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
-  train_step = jax.jit(make_train_step(exp.graphdef, exp.tx, exp.schedule, exp.task,
-                                       cfg.train.grad_accum_steps),
-                       in_shardings=(exp.state_shardings, batch_sharding),
-                       out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
-                       donate_argnums=0)
+  jitted_step = memory_plan.jit_train_step(exp)
+  # The step compiled once ahead of time for the largest batch: its memory per device is printed
+  # (and checked against the device's, where the backend reports it) before the first step, and
+  # the executable serves every batch of that shape; other shapes (smaller buckets) compile as usual.
+  planned_step, planned_shapes, plan = memory_plan.compile_step(exp, jitted_step)
+  if is_main:
+    print("ftjax: " + memory_plan.report(plan).replace("\n", "\nftjax: "), flush=True)
+  memory_plan.check_fits(plan)
+
+  def train_step(state, batch):
+    if {k: tuple(v.shape) for k, v in batch.items()} == planned_shapes:
+      return planned_step(state, batch)
+    return jitted_step(state, batch)
 
   eval_split = cfg.data.eval_split
   stopper = EarlyStopping(cfg.eval.metric, cfg.eval.mode, patience=cfg.eval.patience,
