@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import logging
 import warnings
@@ -54,16 +55,18 @@ def _shape_key(index) -> tuple:
 def _read_sharded(reader: safetensors_io.CheckpointReader, name: str, transform: str, abstract,
                   target: jax.sharding.Sharding) -> jax.Array:
   """One param as a global array in `target`, each process reading only its devices' slices
-  (a slice that several local devices hold, e.g. a replicated one, is read once)."""
-  read = {}
-
-  def slice_of(index):
+  (a slice that several local devices hold, e.g. a replicated one, is read once). Each slice is
+  copied into a buffer XLA owns (`may_alias=False`) and the host copy dropped at once: a device
+  buffer that aliased numpy's memory would, once freed (a stacked layout replaces it), stay in
+  the process's heap instead of going back to the system."""
+  read, shards = {}, []
+  for device, index in target.addressable_devices_indices_map(abstract.shape).items():
     key = _shape_key(index)
     if key not in read:
       read[key] = reader.read_param(name, transform, abstract.dtype, index)
-    return read[key]
-
-  return jax.make_array_from_callback(abstract.shape, target, slice_of)
+    shards.append(jax.device_put(read[key], device, may_alias=False))
+  del read
+  return jax.make_array_from_single_device_arrays(abstract.shape, target, shards)
 
 
 def _floating(x) -> bool:
@@ -163,6 +166,16 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
   return Built(graphdef, train, frozen, fresh, requested)
 
 
+def _return_freed_memory() -> None:
+  """Hands freed heap memory back to the system (glibc's `malloc_trim`; a no-op elsewhere):
+  the per-layer buffers freed by stacking otherwise stay in the heap, which would hold the
+  model twice by the end of the stacking."""
+  try:
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+  except (OSError, AttributeError):
+    pass
+
+
 def _names(tree):
   leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
   return ([tuple(jax.tree_util.keystr((k,), simple=True, separator="") for k in path)
@@ -191,7 +204,9 @@ def _stack_leaf_by_leaf(state, abstract_stacked, mesh, rules):
     with warnings.catch_warnings():  # per-layer pieces cannot hold the stack: freed, not reused
       warnings.filterwarnings("ignore", "Some donated buffers were not usable")
       out.append(jax.jit(convert, out_shardings=target, donate_argnums=0)(inputs))
-    del inputs
+    for piece in inputs.values():  # free them now: the caller's unscanned tree still refers to them
+      piece.delete()
+    _return_freed_memory()
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
