@@ -120,13 +120,13 @@ def checkpoint_bytes(path: str) -> int:
 # ------------------------------------------------------------------------------ the child
 
 def legacy_build_state(spec, reader, *, seed, method, trainable, scan_layers, mesh, rules,
-                       trainable_dtype=None, why=""):
+                       trainable_dtype=None, why="", abstract=False):
   """The construction ftjax had before `ftjax.train.construct` (commit f61afe2): the whole
   checkpoint in host memory, the model built and loaded eagerly, then copied onto the mesh."""
   import jax
   from flax import nnx
   from ftjax import sharding
-  from ftjax.models import layer_stack, registry
+  from ftjax.models import layer_stack
   from ftjax.train.construct import Built
   from ftjax.weights import safetensors_io
 
@@ -325,7 +325,9 @@ def main() -> None:
         (r,) = run_child(assets, build=build, model="big", method="lora", limit_bytes=limit, steps=0)
         results[f"cgroup_{build}"] = r
         outcome = (f"finished, peak RSS {mib(r['hwm_bytes'])} MiB" if "hwm_bytes" in r
-                   else f"killed (return code {r['returncode']})")
+                   else f"killed by the kernel (return code {r['returncode']})"
+                   if r["returncode"] in (-9, 137) else
+                   f"FAILED otherwise (return code {r['returncode']}):\n{r['tail']}")
         print(f"- {build}: {outcome}", flush=True)
       CGROUP.rmdir()
   out = pathlib.Path(args.dir) / "results.json"
