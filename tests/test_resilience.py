@@ -1,6 +1,7 @@
 """Never lose a run: SIGKILL/SIGTERM at any point, corrupt checkpoints, NaNs, early stopping, locks."""
 
 import json
+import re
 import os
 import pathlib
 import signal
@@ -308,3 +309,28 @@ def test_checkpoints_hold_what_changes_and_refuse_another_base(tmp_path, tiny_be
   with cfg.unlocked():
     cfg.checkpoint.accept_base_change = True
   assert train.train_and_evaluate(cfg, str(workdir))["resumed_from_step"] == 3
+
+
+def test_sigkill_then_rerun_rebuilds_the_frozen_base_bit_identically(
+    tmp_path, tiny_bert_dir, tiny_sentiment_files, method="qlora"):
+  """QLoRA (LoRA's frozen-base path plus requantization; plain LoRA's in-process resume is
+  test_train's and test_construct's): the checkpoint holds the adapter and optimizer state only; a run killed
+  between checkpoints and rerun (the base rebuilt from model.checkpoint, QLoRA's codes
+  requantized) ends with the uninterrupted run's trainable params bit for bit."""
+  extra = [f"--config.method.name={method}", "--config.method.qlora.block_size=16"]
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  done = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, straight, steps=8) + extra,
+                        cwd=REPO, capture_output=True, text=True,
+                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert done.returncode == 0, done.stderr[-2000:]
+  proc = start(cli_args(tiny_bert_dir, tiny_sentiment_files, killed, steps=8) + extra)
+  reached = wait_for(lambda: train_steps_logged(killed) >= 5, proc)
+  proc.send_signal(signal.SIGKILL)
+  out, _ = proc.communicate()
+  assert reached, out[-3000:]
+  final = subprocess.run(cli_args(tiny_bert_dir, tiny_sentiment_files, killed, steps=8) + extra,
+                         cwd=REPO, capture_output=True, text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert final.returncode == 0, final.stderr[-2000:]
+  assert re.search(r"resumed from step [24]\b", final.stdout), final.stdout[-2000:]
+  assert_trees_equal(final_params(straight, 8), final_params(killed, 8))

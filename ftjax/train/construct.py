@@ -56,9 +56,9 @@ def _read_sharded(reader: safetensors_io.CheckpointReader, name: str, transform:
                   target: jax.sharding.Sharding) -> jax.Array:
   """One param as a global array in `target`, each process reading only its devices' slices
   (a slice that several local devices hold, e.g. a replicated one, is read once). Each slice is
-  copied into a buffer XLA owns (`may_alias=False`) and the host copy dropped at once: a device
-  buffer that aliased numpy's memory would, once freed (a stacked layout replaces it), stay in
-  the process's heap instead of going back to the system."""
+  copied into a buffer XLA owns (`may_alias=False`) and the host copy dropped at once, rather
+  than kept alive under a device buffer that aliases it (the 1B build of experiments/scale:
+  1.22x -> 1.13x the checkpoint's bytes)."""
   read, shards = {}, []
   for device, index in target.addressable_devices_indices_map(abstract.shape).items():
     key = _shape_key(index)
@@ -167,9 +167,9 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
 
 
 def _return_freed_memory() -> None:
-  """Hands freed heap memory back to the system (glibc's `malloc_trim`; a no-op elsewhere):
-  the per-layer buffers freed by stacking otherwise stay in the heap, which would hold the
-  model twice by the end of the stacking."""
+  """Hands freed heap memory back to the system (glibc's `malloc_trim`; a no-op elsewhere): the
+  per-layer buffers that stacking frees otherwise stay in the process's heap (the scanned 1B
+  build of experiments/scale: 2.77x -> 2.32x the checkpoint's bytes)."""
   try:
     ctypes.CDLL("libc.so.6").malloc_trim(0)
   except (OSError, AttributeError):
