@@ -101,9 +101,7 @@ class Checkpointer:
     except CheckpointMismatchError:
       raise
     except Exception as e:  # Orbax raises many types for missing/truncated/corrupt files.
-      raise CorruptCheckpointError(
-          f"checkpoint step {step} in {self.directory} is unreadable "
-          f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from e
+      raise _unreadable(f"checkpoint step {step} in {self.directory}", e) from e
     return restored["state"], restored["data"] or None
 
   def restore_part(self, step: int, abstract_part: dict):
@@ -126,9 +124,8 @@ class Checkpointer:
           data=ocp.args.JsonRestore()))
     except CheckpointMismatchError:
       raise
-    except Exception as e:  # pylint: disable=broad-except
-      raise CorruptCheckpointError(f"{where} is unreadable ({type(e).__name__}: "
-                                   f"{str(e).splitlines()[0][:200] if str(e) else ''})") from e
+    except Exception as e:  # pylint: disable=broad-except  (as in `restore`)
+      raise _unreadable(where, e) from e
     finally:
       reader.close()
     return restored["state"], restored["data"] or None
@@ -180,6 +177,11 @@ class Checkpointer:
 
 class CorruptCheckpointError(Exception):
   """A checkpoint step exists, fits the target, but cannot be read (an integrity error)."""
+
+
+def _unreadable(where: str, e: Exception) -> "CorruptCheckpointError":
+  return CorruptCheckpointError(
+      f"{where} is unreadable ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})")
 
 
 class CheckpointMismatchError(UserError):
@@ -240,15 +242,6 @@ def abstract_like(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
 
 
-def _key_name(key) -> str:
-  return jax.tree_util.keystr((key,), simple=True, separator="")
-
-
-def _names(tree, is_leaf=None):
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
-  return [tuple(_key_name(k) for k in path) for path, _ in leaves], [x for _, x in leaves], treedef
-
-
 def _restore(manager: ocp.CheckpointManager, step: int, item: str, abstract, **other_args):
   """`manager.restore` of `item` onto `abstract` (plus `other_args` items), converting a
   checkpoint saved in the other layer layout (see the module docstring); a checkpoint whose tree
@@ -286,7 +279,7 @@ def _saved_leaves(manager, step: int, item: str):
   tree = getattr(metadata, "tree", metadata)
   if tree is None:
     return None
-  saved_names, saved_meta, _ = _names(tree, is_leaf=_is_meta)
+  saved_names, saved_meta, _ = layer_stack.named_leaves(tree, is_leaf=_is_meta)
   if not all(_is_meta(m) for m in saved_meta):
     return None
   return tree, saved_names, saved_meta
@@ -295,7 +288,7 @@ def _saved_leaves(manager, step: int, item: str):
 def _check_fits(saved_names, saved_meta, abstract, where: str) -> None:
   """Raises `CheckpointMismatchError` naming the first key whose presence or shape differs."""
   saved = {n: tuple(m.shape) for n, m in zip(saved_names, saved_meta)}
-  target_names, target_leaves, _ = _names(abstract)
+  target_names, target_leaves, _ = layer_stack.named_leaves(abstract)
   target = {n: tuple(x.shape) for n, x in zip(target_names, target_leaves)}
   if any(n[0] == "frozen" for n in saved) and not any(n[0] == "frozen" for n in target):
     raise CheckpointMismatchError(
@@ -316,7 +309,7 @@ def _layout_conversion(saved_leaves, abstract):
   `abstract`'s layout), or None when the layouts agree or do not correspond. `saved_leaves` is
   `_saved_leaves`' answer."""
   tree, saved_names, saved_meta = saved_leaves
-  target_names, target_leaves, target_def = _names(abstract)
+  target_names, target_leaves, target_def = layer_stack.named_leaves(abstract)
   plan = layer_stack.plan_conversion(
       {n: tuple(x.shape) for n, x in zip(target_names, target_leaves)},
       {n: tuple(m.shape) for n, m in zip(saved_names, saved_meta)})
@@ -330,14 +323,14 @@ def _layout_conversion(saved_leaves, abstract):
   index = {name: i for i, name in enumerate(saved_names)}
 
   def abstract_saved(path, meta):
-    leaf, plan_step = feeds[tuple(_key_name(k) for k in path)]
+    leaf, plan_step = feeds[tuple(layer_stack.key_name(k) for k in path)]
     return jax.ShapeDtypeStruct(tuple(meta.shape), leaf.dtype,
                                 sharding=layer_stack.saved_sharding(plan_step, leaf.sharding))
 
   saved_target = jax.tree_util.tree_map_with_path(abstract_saved, tree, is_leaf=_is_meta)
 
   def finish(restored):
-    names, values, _ = _names(restored)
+    names, values, _ = layer_stack.named_leaves(restored)
     by_name = dict(zip(names, values))
     ordered = [by_name[n] for n in sorted(index, key=index.get)]
 

@@ -82,12 +82,11 @@ def eager(spec, model_dir, method, *, seed, scan_layers, dtype=None):
 
 def sharded(spec, model_dir, method, *, seed=0, scan_layers=False, trainable_dtype=None,
             shape=(1, 1, 1)):
-  with safetensors_io.CheckpointReader(model_dir) as reader:
-    built = construct.build_state(
-        spec, reader, seed=seed, method=method, trainable=lambda m: m.trainable(),
-        scan_layers=scan_layers, mesh=sharding.make_mesh(shape), rules=sharding.DEFAULT_RULES,
-        trainable_dtype=trainable_dtype, why="test")
-  return built
+  return construct.build_state(
+      spec, safetensors_io.CheckpointReader(model_dir), seed=seed, method=method,
+      trainable=lambda m: m.trainable(), scan_layers=scan_layers,
+      mesh=sharding.make_mesh(shape), rules=sharding.DEFAULT_RULES,
+      trainable_dtype=trainable_dtype, why="test")
 
 
 def checkpoint_values(model_dir) -> list[np.ndarray]:
@@ -179,8 +178,8 @@ def test_dtypes(model_dirs, tmp_path):
       got = flat(built.params)[path]
       assert got.dtype == np.float32, path
       np.testing.assert_allclose(got, want.astype(np.float32), atol=DERIVED_ATOL, err_msg=path)
-  with safetensors_io.CheckpointReader(bf16_dir) as reader:
-    assert {reader.read(n).dtype for n in reader.shapes} == {np.dtype(ml_dtypes.bfloat16)}
+  reader = safetensors_io.CheckpointReader(bf16_dir)
+  assert {reader.read(n).dtype for n in reader.shapes} == {np.dtype(ml_dtypes.bfloat16)}
   spec = registry.model_spec(bf16_dir, task=task, param_dtype=jnp.bfloat16)
   stacked = sharded(spec, bf16_dir, method_for("lora", bf16_dir), trainable_dtype=jnp.float32,
                     scan_layers=True)

@@ -361,6 +361,18 @@ def _plan_leaf(name: tuple[str, ...], shape, saved: dict[tuple[str, ...], tuple]
   return None
 
 
+def key_name(key) -> str:
+  """One JAX key-path entry as the string `plan_conversion`'s names are made of."""
+  return jax.tree_util.keystr((key,), simple=True, separator='')
+
+
+def named_leaves(tree, is_leaf=None):
+  """(each leaf's name, a tuple of `key_name`s; the leaves; the treedef) of a pytree: the names
+  `plan_conversion` and `convert_leaves` take."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  return [tuple(key_name(k) for k in path) for path, _ in leaves], [x for _, x in leaves], treedef
+
+
 def plan_conversion(target: dict[tuple[str, ...], tuple],
                     saved: dict[tuple[str, ...], tuple]) -> dict | None:
   """Maps every target leaf (name -> shape) to saved leaves of the other layer layout.

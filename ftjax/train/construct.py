@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import logging
 import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from ftjax import sharding
 from ftjax.models import layer_stack
 from ftjax.models.registry import ModelSpec
 from ftjax.weights import safetensors_io
-
-log = logging.getLogger("ftjax")
 
 
 @dataclasses.dataclass
@@ -176,19 +172,13 @@ def _return_freed_memory() -> None:
     pass
 
 
-def _names(tree):
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  return ([tuple(jax.tree_util.keystr((k,), simple=True, separator="") for k in path)
-           for path, _ in leaves], [x for _, x in leaves], treedef)
-
-
 def _stack_leaf_by_leaf(state, abstract_stacked, mesh, rules):
   """`state` (unscanned layers) in the stacked layout of `abstract_stacked`, one stacked leaf
   at a time: each leaf's per-layer arrays are donated to the jit that stacks them, so the two
   layouts coexist for one leaf only, never for the whole model."""
-  names, leaves, _ = _names(state)
+  names, leaves, _ = layer_stack.named_leaves(state)
   target_shardings = sharding.variable_shardings(abstract_stacked, mesh, rules)
-  target_names, targets, treedef = _names(abstract_stacked)
+  target_names, targets, treedef = layer_stack.named_leaves(abstract_stacked)
   plan = layer_stack.plan_conversion({n: tuple(x.shape) for n, x in zip(target_names, targets)},
                                      {n: tuple(x.shape) for n, x in zip(names, leaves)})
   if plan is None:  # nothing to stack (the layouts agree)
@@ -208,8 +198,3 @@ def _stack_leaf_by_leaf(state, abstract_stacked, mesh, rules):
       piece.delete()
     _return_freed_memory()
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def nbytes(tree) -> int:
-  """Bytes of a tree of (global) arrays."""
-  return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree)))

@@ -15,7 +15,7 @@ import math
 import jax
 import numpy as np
 
-from ftjax import sharding
+from ftjax import checkpoint, sharding
 from ftjax.errors import UserError
 from ftjax.train.state import Experiment, local_batch_size
 from ftjax.train.steps import make_train_step
@@ -87,8 +87,7 @@ def compile_step(exp: Experiment, step=None):
   """(the train step compiled for the largest batch, the batch's shapes, the Plan). `exp` may be
   abstract (`build_experiment(cfg, abstract=True)`) or real: the executable is the same."""
   state = exp.state
-  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          state)
+  abstract = checkpoint.abstract_like(state)
   per_device = {"trainable params": _device_bytes(abstract.params),
                 "frozen params": _device_bytes(abstract.frozen),
                 "optimizer state": _device_bytes(abstract.opt_state)}

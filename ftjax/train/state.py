@@ -104,13 +104,13 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool 
   why = f"method '{cfg.method.name}'" + (f", method.freeze '{cfg.method.freeze}'"
                                          if cfg.method.freeze else "")
   trainable_dtype = cfg.model.get("trainable_dtype", "")
-  with safetensors_io.CheckpointReader(model_path) as reader:
-    built = construct.build_state(
-        spec, reader, seed=cfg.seed, method=method,
-        trainable=lambda m: trainable_filter(m, cfg.method.freeze),
-        scan_layers=cfg.model.scan_layers, mesh=mesh, rules=rules,
-        trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why,
-        abstract=abstract)
+  reader = safetensors_io.CheckpointReader(model_path)
+  built = construct.build_state(
+      spec, reader, seed=cfg.seed, method=method,
+      trainable=lambda m: trainable_filter(m, cfg.method.freeze),
+      scan_layers=cfg.model.scan_layers, mesh=mesh, rules=rules,
+      trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why,
+      abstract=abstract)
   if built.fresh:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(built.fresh))
   if not abstract:

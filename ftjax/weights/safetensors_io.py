@@ -301,7 +301,8 @@ def _itemsize(dtype: str) -> int:
 
 
 class CheckpointReader:
-  """Reads slices of an HF checkpoint's tensors on demand, from memory-mapped files.
+  """Reads slices of an HF checkpoint's tensors on demand, from memory-mapped files; holds no
+  open file between reads, so it needs no closing.
 
   Opening reads only the files' headers (names, shapes, dtypes). Each `read` maps the tensor's
   file, copies one slice out and unmaps it again, so a process that needs a quarter of each
@@ -353,15 +354,6 @@ class CheckpointReader:
     hf_index = tuple(reversed(index)) if transform == 'T' else index
     value = apply_transform(transform, self.read(name, hf_index))
     return np.ascontiguousarray(value.astype(dtype, copy=False))
-
-  def close(self) -> None:
-    """Nothing stays open between reads; kept so the reader works as a context manager."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 def write_safetensors(tensors: dict[str, np.ndarray],
