@@ -19,6 +19,7 @@ from typing import Sequence
 
 from flax import nnx
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
@@ -53,11 +54,14 @@ def _sample(logits, key, *, greedy, temperature, top_k, top_p):
 @functools.partial(
     jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'greedy',
                               'cache_dtype'))
-def _generate(graphdef, state, ids, mask, key, stop_ids, temperature, top_k,
-              top_p, pad_token_id, *, max_new_tokens, greedy, cache_dtype):
+def _generate(graphdef, state, ids, mask, key_data, stop_ids, temperature,
+              top_k, top_p, pad_token_id, *, max_new_tokens, greedy,
+              cache_dtype):
   """Returns (tokens [B, max_new_tokens] padded after each row's stop,
-  number of decode steps run)."""
+  number of decode steps run). Every host-side input is a NumPy array, which
+  a multi-process run treats as replicated (the same on every process)."""
   model = nnx.merge(graphdef, state)
+  key = jax.random.wrap_key_data(key_data)
   b, p = ids.shape
   sample = functools.partial(_sample, greedy=greedy, temperature=temperature,
                              top_k=top_k, top_p=top_p)
@@ -178,10 +182,13 @@ def generate(model: nnx.Module,
   graphdef, state = nnx.split(layer_stack.unstack_layers(model))
   greedy = temperature == 0.0
   out, _ = _generate(
-      graphdef, state, ids, mask, jax.random.key(seed), stop,
+      graphdef, state, ids, mask,
+      np.asarray(jax.random.key_data(jax.random.key(seed))), stop,
       np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p),
       np.int32(pad_token_id), max_new_tokens=max_new_tokens, greedy=greedy,
       cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+  if not out.is_fully_addressable:  # a model sharded over several processes
+    out = multihost_utils.process_allgather(out, tiled=True)
   stops = set(stop_token_ids)
   results = []
   for row in np.asarray(out).tolist():

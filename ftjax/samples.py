@@ -20,12 +20,12 @@ FILE = "samples.jsonl"
 
 
 def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
-  """Appends greedy generations of `model` on the eval split's first prompts; returns them."""
+  """Appends greedy generations of `model` on the eval split's first prompts; returns them.
+  Every process calls it (a model sharded over several generates as one program on the same
+  prompts); process 0 alone writes."""
   cfg = exp.cfg
   dataset = exp.dataset
   if not hasattr(dataset, "prompts") or cfg.eval.num_samples <= 0:
-    return None
-  if jax.process_count() > 1:  # generation runs on one host's devices; skip on multi-host
     return None
   tokenizer = dataset.tokenizer
   prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)
@@ -37,5 +37,6 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
   records = [{"checkpoint": label, "step": step, "prompt": p["text"], "reference": p["reference"],
               "generation": tokenizer.decode(out, skip_special_tokens=True)}
              for p, out in zip(prompts, outputs)]
-  append_text(as_path(workdir) / FILE, "".join(json.dumps(r) + "\n" for r in records))
+  if jax.process_index() == 0:
+    append_text(as_path(workdir) / FILE, "".join(json.dumps(r) + "\n" for r in records))
   return records

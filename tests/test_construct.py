@@ -188,6 +188,37 @@ def test_dtypes(model_dirs, tmp_path):
   assert any(v.shape[0] == 2 for v in flat(stacked.frozen).values())  # stacked: [L, ...]
 
 
+def test_qlora_quantizes_each_kernel_as_it_is_read(model_dirs, monkeypatch):
+  """The full-precision kernels QLoRA quantizes never exist together: after each read, one at
+  most is alive (fp32 arrays of a targeted kernel's shape), where a LoRA build holds them all
+  by the end of its reads."""
+  model_dir, task = model_dirs["llama"]
+  spec = registry.model_spec(model_dir, task=task)
+  method = method_for("qlora", model_dir)
+  method.options["targets"] = r"(q|k|v|o|gate|up|down)_proj"
+  abstract = nnx.eval_shape(lambda: spec.build(nnx.Rngs(params=0)))
+  targeted = [v.get_value().shape for p, v in safetensors_io.param_vars(abstract).items()
+              if p in method.load_transforms(abstract)]
+  assert len(targeted) == 14  # 7 kernels x 2 layers
+  read = construct._read_sharded
+  def most_alive(m):
+    before = {id(x) for x in jax.live_arrays()}
+    counts = []
+    def spy(*args):
+      out = read(*args)
+      counts.append(sum(1 for x in jax.live_arrays() if id(x) not in before
+                        and x.dtype == jnp.float32 and x.shape in targeted))
+      return out
+    monkeypatch.setattr(construct, "_read_sharded", spy)
+    built = sharded(spec, model_dir, m)
+    monkeypatch.setattr(construct, "_read_sharded", read)
+    return max(counts), built
+  assert most_alive(method_for("lora", model_dir))[0] == 14
+  alive, built = most_alive(method)
+  assert alive == 1
+  assert not any(k.endswith("kernel") and "proj" in k for k in flat(built.frozen))  # all quantized
+
+
 def test_method_error_before_any_read(model_dirs, monkeypatch):
   model_dir, task = model_dirs["llama"]
   spec = registry.model_spec(model_dir, task=task)

@@ -5,7 +5,8 @@ mixed (2,2,2) mesh must give the 1-device parameters within 1e-5 after several s
 checkpoints move between topologies; 2 and 4 processes joined with `jax.distributed` on 127.0.0.1
 train like one (on rows of very different lengths: every process pads a batch to one length);
 a SIGTERM to one process stops them all at one step, as a non-finite loss halts them all at one
-step; SLURM's environment joins without flags.
+step; SLURM's environment joins without flags; a packed chat run on 2 processes gives the
+1-process losses and generation samples.
 """
 
 import json
@@ -22,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from tiny_assets import make_sentiment_rows, write_jsonl
+from tiny_assets import make_conversations, make_sentiment_rows, make_tiny_llama, write_jsonl
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -185,8 +186,8 @@ def test_sigterm_to_one_process_saves_every_process_at_the_same_step(
         for i in range(2)]
 
   procs = launch()
-  # Process 1 prints its parameter count once both processes joined and built the model, before
-  # the train step compiles: a SIGTERM from then on lands inside the run, on process 1 alone.
+  # Process 1 prints its parameter count once both processes joined, compiled the step and built
+  # the model, before the first step: a SIGTERM from then on lands inside the run, on process 1 alone.
   seen = []
   for line in procs[1].stdout:
     seen.append(line)
@@ -270,3 +271,44 @@ def test_two_srun_tasks_join_without_flags(tmp_path, tiny_bert_dir, varied_files
     assert 0.95 * total < read <= total, (i, read, total)
   np.testing.assert_allclose(train_losses(workdir), train_losses(baseline), atol=1e-5)
   assert_close(params_at(workdir, STEPS), params_at(baseline, STEPS))
+
+
+def test_packed_chat_on_two_processes_trains_and_samples_like_one(tmp_path):
+  # Conversations of very different lengths (every 5th ~6x longer), packed: the global batch and
+  # its length must not depend on the process count. Generation runs as one program over the
+  # FSDP-sharded model on every process; process 0 alone writes the samples.
+  model = make_tiny_llama(tmp_path / "llama")
+  rows = [{"messages": [m if m["role"] == "user" or i % 5 else
+                        {**m, "content": " ".join([m["content"]] * 6)} for m in r["messages"]]}
+          for i, r in enumerate(make_conversations(40, 0))]
+  files = {"train": write_jsonl(tmp_path / "train.jsonl", rows),
+           "validation": write_jsonl(tmp_path / "dev.jsonl", make_conversations(8, 1))}
+  def chat_args(workdir, mesh):
+    return [sys.executable, "-m", "ftjax.main", "--config=configs/classify_files.py",
+            f"--workdir={workdir}", f"--config.model.checkpoint={model}",
+            "--config.model.task=causal_lm", "--config.data.name=chat_files",
+            f"--config.data.files.train={files['train']}",
+            f"--config.data.files.validation={files['validation']}", "--config.data.packing=True",
+            "--config.data.max_length=32", "--config.data.bucket_boundaries=(16,32)",
+            "--config.train.steps=4", "--config.train.batch_size=4", "--config.train.log_every_steps=1",
+            "--config.eval.every_steps=4", "--config.eval.batch_size=4", "--config.eval.metric=loss",
+            "--config.eval.mode=min", "--config.eval.num_samples=3",
+            "--config.eval.sample_max_new_tokens=4", "--config.checkpoint.every_steps=4",
+            "--config.optimizer.lr=1e-2", f"--config.mesh.shape={mesh}"]
+  run(chat_args(tmp_path / "one", "(1,1,1)"))
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  procs = [subprocess.Popen(
+      chat_args(tmp_path / "two", "(1,2,1)") +
+      [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
+    assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
+  np.testing.assert_allclose(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), atol=1e-5)
+  samples = {n: [json.loads(l) for l in (tmp_path / n / "samples.jsonl").read_text().splitlines()]
+             for n in ("one", "two")}
+  assert [s["checkpoint"] for s in samples["two"]] == ["base"] * 3 + ["final"] * 3  # written once
+  assert samples["two"] == samples["one"]
+  assert "![loss]" in (tmp_path / "two" / "report.md").read_text()

@@ -44,3 +44,15 @@ def test_a_run_that_cannot_fit_fails_naming_the_largest_consumer(tiny_bert_dir, 
                                       r"consumer is (optimizer state|step temporaries|.* params) "
                                       r"\(.*\); shrink it with"):
     memory_plan.check_fits(plan)
+
+
+def test_a_training_run_that_cannot_fit_stops_before_reading_or_writing(
+    tiny_bert_dir, tiny_sentiment_files, tmp_path, monkeypatch):
+  cfg = tiny_config(tiny_bert_dir, tiny_sentiment_files, method="lora")
+  monkeypatch.setattr(memory_plan, "device_limit", lambda: 1024)
+  monkeypatch.setattr(safetensors_io.CheckpointReader, "read",
+                      lambda *a: pytest.fail("the run read a weight before checking its plan"))
+  with pytest.raises(UserError, match="the largest consumer is"):
+    train.train_and_evaluate(cfg, str(tmp_path / "run"))
+  written = {p.name for p in (tmp_path / "run").iterdir()} - {".ftjax.lock", ".ftjax.lock.holder"}
+  assert not written  # no config, data report, metrics or checkpoint half-written

@@ -1,6 +1,6 @@
 """Host memory of building a >1B model on 8 fake CPU devices: the sharded build against the old one.
 
-  python experiments/scale/load_memory.py [--dir /tmp/ftjax_scale] [--rows lora,full,procs,cgroup]
+  python experiments/scale/load_memory.py [--dir /tmp/ftjax_scale] [--rows lora,qlora,full,procs,cgroup]
 
 Makes once (in --dir) a random Llama-architecture checkpoint of 1.04B parameters (hidden 2048,
 16 layers, MLP 8192, 32/8 heads, vocab 32000, tied embeddings: Llama-3.2-1B's shape with a
@@ -15,6 +15,9 @@ tokens of chat data). A process reports its peak RSS (`VmHWM`) and what device 0
   the build ftjax had before it (`legacy_build_state` below: the whole checkpoint read into host
   memory, an eager model, `put_global`). Target: peak RSS minus the tiny model's peak, at most
   1.25x the checkpoint's bytes.
+- `qlora`: QLoRA (nf4, blocks of 64) on every linear layer, build only: each kernel quantized as
+  it is read (`Method.load_transforms`) against all kernels read first and quantized in the one
+  construction jit (`whole_kernels`, the build before that hook).
 - `full`: full fine-tuning (AdamW) of the same checkpoint in bf16; parameter, gradient and
   optimizer bytes per device reported separately (gradients: the trainable params' bytes, which
   the compiled step holds among its temporaries).
@@ -44,6 +47,7 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             num_key_value_heads=2, vocab_size=32000)
 SHARD_BYTES = 512 * 2**20
 CGROUP = pathlib.Path("/sys/fs/cgroup/memory/ftjax_load_memory")
+QLORA_TARGETS = r"(q|k|v|o|gate|up|down)_proj"
 
 
 # ------------------------------------------------------------------------------ assets
@@ -120,7 +124,7 @@ def checkpoint_bytes(path: str) -> int:
 # ------------------------------------------------------------------------------ the child
 
 def legacy_build_state(spec, reader, *, seed, method, trainable, scan_layers, mesh, rules,
-                       trainable_dtype=None, why="", abstract=False):
+                       trainable_dtype=None, why=""):
   """The construction ftjax had before `ftjax.train.construct` (commit f61afe2): the whole
   checkpoint in host memory, the model built and loaded eagerly, then copied onto the mesh."""
   import jax
@@ -159,13 +163,18 @@ def child(args) -> None:
   import numpy as np
   from ftjax import sharding, train
   from ftjax.config import base_config
+  from ftjax.methods import qlora
   from ftjax.train import construct
 
   if args.num_processes > 1:
     jax.distributed.initialize(f"127.0.0.1:{args.port}", num_processes=args.num_processes,
                                process_id=args.process_id)
-  if args.build == "legacy":
-    construct.build_state = legacy_build_state  # what train.state calls
+  if args.build == "legacy":  # the planned (abstract) state as today, loaded the old way
+    plan_state = construct.plan_state
+    construct.plan_state = lambda spec, reader, **kw: construct.Blueprint(
+        plan_state(spec, reader, **kw).abstract, lambda: legacy_build_state(spec, reader, **kw))
+  if args.build == "whole_kernels":  # QLoRA quantizing in the one construction jit, as before
+    qlora.QLoRA.load_transforms = lambda self, model: {}
   assets = json.loads(args.assets)
   c = base_config()
   c.model.checkpoint = assets[args.model]
@@ -173,8 +182,9 @@ def child(args) -> None:
   c.model.dtype = "bfloat16"
   c.model.param_dtype = "bfloat16"
   c.method.name = args.method
-  if args.method == "lora":
+  if args.method in ("lora", "qlora"):
     c.model.trainable_dtype = "float32"
+  c.method.qlora.targets = QLORA_TARGETS
   c.data.name = "chat_files"
   c.data.files.train, c.data.files.validation = assets["train"], assets["validation"]
   c.data.test_split = ""
@@ -257,7 +267,7 @@ def mib(x) -> str:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--dir", default="/tmp/ftjax_scale")
-  parser.add_argument("--rows", default="lora,full,procs,cgroup")
+  parser.add_argument("--rows", default="lora,qlora,full,procs,cgroup")
   parser.add_argument("--child", action="store_true")
   for flag in ("assets", "build", "model", "method"):
     parser.add_argument(f"--{flag}")
@@ -305,6 +315,20 @@ def main() -> None:
             flush=True)
     else:
       print(f"\nfull fine-tuning failed: rc {r['returncode']}\n{r['tail']}")
+  if "qlora" in rows:
+    # Every linear layer quantized (nf4, blocks of 64), as the QLoRA paper trains.
+    print("\n| QLoRA build | after build: peak RSS MiB | - tiny, / checkpoint | build s | "
+          "device 0 frozen MiB |\n|---|---|---|---|---|")
+    for build in ("sharded", "whole_kernels"):
+      (base,) = run_child(assets, build=build, model="tiny", method="qlora", steps=0)
+      (r,) = run_child(assets, build=build, model="big", method="qlora", steps=0)
+      results[f"qlora_{build}"] = r
+      if "hwm_bytes" not in r or "hwm_bytes" not in base:
+        print(f"| {build} | failed |\n{r.get('tail', '')}{base.get('tail', '')}")
+        continue
+      print(f"| {build} | {mib(r['build_hwm_bytes'])} | "
+            f"{(r['build_hwm_bytes'] - base['build_hwm_bytes']) / ckpt:.2f}x | {r['build_s']} | "
+            f"{mib(r['frozen_dev'])} |", flush=True)
   if "procs" in rows:
     got = run_child(assets, build="sharded", model="big", method="lora", procs=2)
     results["procs"] = got

@@ -95,6 +95,21 @@ class Method:
     """Returns a plain model with the method folded in, or None if this method cannot merge."""
     return model
 
+  def load_transforms(self, model: nnx.Module) -> dict[str, Any]:
+    """{dotted param path: fn(value) -> pytree} for params this method keeps only transformed
+    (QLoRA: the kernels it quantizes). `model` is the abstract, unapplied model. The sharded
+    build (`train.construct`) applies each fn under jit to its param right after reading it, so
+    the untransformed values never exist together, and hands the results to `adopt` after
+    `apply`. Default: none."""
+    del model
+    return {}
+
+  def adopt(self, model: nnx.Module, transformed: dict[str, Any]) -> None:
+    """Puts `load_transforms`' results (by the same paths) into the applied `model`, in place,
+    where `apply` made its own from the placeholders the build passed it."""
+    if transformed:
+      raise NotImplementedError(f"method '{self.name}' declares load transforms but no adopt")
+
   def check_config(self, cfg) -> None:
     """Raises a UserError naming the key when the rest of `cfg` asks for something this method
     cannot honour (e.g. prompt tuning with packed sequences). Default: everything goes."""

@@ -71,6 +71,13 @@ class QLoRALinear(lora_layers.LoRALinear):
     self.q_scales_scale = store(q.scales_scale, False)
     self.q_scales_mean = store(q.scales_mean, False)
 
+  def set_quantized(self, q: quant.Quantized) -> None:
+    """Replaces the stored codes and scales with `q` (quantized elsewhere, same layout)."""
+    for var, value in ((self.q_codes, q.codes), (self.q_scales, q.scales),
+                       (self.q_scales_scale, q.scales_scale), (self.q_scales_mean, q.scales_mean)):
+      if var is not None:
+        var.set_value(value)
+
   def quantized(self) -> quant.Quantized:
     opt = lambda v: None if v is None else v[...]
     return quant.Quantized(self.q_codes[...], self.q_scales[...], opt(self.q_scales_scale),
@@ -145,19 +152,40 @@ class QLoRA(LoRA):
   name = "qlora"
   defaults = dict(LoRA.defaults, quant="nf4", block_size=64, double_quant=False)
 
-  def wrap(self, model, *, rngs):
+  def _targets(self, model):
+    """The targeted Linears, their options checked."""
     o = self.options
-    dropout = check_dropout(self.name, o)
     if o["quant"] not in quant.KINDS:
       raise UserError(f"config key 'method.qlora.quant' must be one of {', '.join(quant.KINDS)}, "
                       f"got '{o['quant']}'")
     if o["block_size"] <= 0 or o["block_size"] % 2:
       raise UserError(f"config key 'method.qlora.block_size' must be a positive even number, "
                       f"got {o['block_size']}")
-    for path, linear in lora_layers.find_linears(model, o["targets"],
-                                                 option="method.qlora.targets"):
+    found = lora_layers.find_linears(model, o["targets"], option="method.qlora.targets")
+    for path, linear in found:
       quant.check_shape(linear.kernel.shape, o["block_size"],
                         f"kernel of '{path_string(path)}'")
+    return found
+
+  def _quantize(self, kernel) -> quant.Quantized:
+    o = self.options
+    return quant.quantize(kernel, o["quant"], o["block_size"], o["double_quant"], DOUBLE_QUANT_BLOCK)
+
+  def load_transforms(self, model):
+    """Each targeted kernel is quantized as soon as it is read: the full-precision base never
+    exists whole (the wrapper then adopts the codes instead of quantizing a placeholder)."""
+    return {path_string(path + ("kernel",)): self._quantize for path, _ in self._targets(model)}
+
+  def adopt(self, model, transformed):
+    for path, wrapper in lora_layers.iter_wrappers(model, QLoRALinear):
+      q = transformed.get(path_string(path + ("kernel",)))
+      if q is not None:
+        wrapper.set_quantized(q)
+
+  def wrap(self, model, *, rngs):
+    o = self.options
+    dropout = check_dropout(self.name, o)
+    self._targets(model)
     return lora_layers.wrap_lora(
         model, o["targets"], option="method.qlora.targets", rank=o["rank"], alpha=o["alpha"],
         rslora=o["rslora"], dora=False, dropout=dropout, rngs=rngs, linear_cls=QLoRALinear, kind=o["quant"],

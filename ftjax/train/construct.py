@@ -5,12 +5,15 @@
    abstractly too, so a config error in a method surfaces before any weight is read.
 2. Every loaded param is created as a global array directly in its mesh sharding: each process
    reads from the memory-mapped safetensors only the slices its own devices hold
-   (`safetensors_io.CheckpointReader`), cast on the host to the param dtype.
+   (`safetensors_io.CheckpointReader`), cast on the host to the param dtype. A param the method
+   keeps only transformed (`Method.load_transforms`: QLoRA's kernels) is transformed under jit
+   right after its read, its full-precision value donated: QLoRA's full-precision base never
+   exists whole.
 3. One jitted function, with out_shardings from the logical-axis rules, makes everything else:
    it builds the model (params the checkpoint lacks get their random init in the same draw order
    as an eager build; XLA drops the draws for the loaded ones), puts the loaded arrays in,
-   applies the method (new LoRA/adapter params, DoRA magnitudes from the loaded kernels, QLoRA's
-   quantization, prompt initialisation), casts the trainable params to `model.trainable_dtype`
+   applies the method (new LoRA/adapter params, DoRA magnitudes from the loaded kernels, prompt
+   initialisation), casts the trainable params to `model.trainable_dtype`
    and splits trainable from frozen. The loaded arrays are donated, so a frozen param that
    passes through unchanged is not copied.
 4. With `model.scan_layers`, the layers are stacked afterwards one stacked leaf at a time (its
@@ -44,6 +47,15 @@ class Built:
   bytes_requested: int  # bytes this process read from the checkpoint
 
 
+@dataclasses.dataclass
+class Blueprint:
+  """A build planned and checked but not yet done: `abstract` holds the states as
+  `jax.ShapeDtypeStruct`s with the shardings the real build gives (nothing read or allocated);
+  `load()` reads this process's slices of the checkpoint and builds the real states."""
+  abstract: Built
+  load: Callable[[], Built]
+
+
 def _shape_key(index) -> tuple:
   return tuple((s.start, s.stop, s.step) for s in index)
 
@@ -69,10 +81,19 @@ def _floating(x) -> bool:
   return jnp.issubdtype(x.dtype, jnp.floating)
 
 
-def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, seed: int,
-                method, trainable: Callable[[Any], Any], scan_layers: bool, mesh, rules,
-                trainable_dtype=None, why: str = "", abstract: bool = False) -> Built:
-  """Builds the sharded (trainable, frozen) states of `spec`'s model with `method` applied.
+def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *,
+                abstract: bool = False, **options) -> Built:
+  """`plan_state(spec, reader, **options)`'s abstract states, or (`abstract=False`) its real ones."""
+  blueprint = plan_state(spec, reader, **options)
+  return blueprint.abstract if abstract else blueprint.load()
+
+
+def plan_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, seed: int,
+               method, trainable: Callable[[Any], Any], scan_layers: bool, mesh, rules,
+               trainable_dtype=None, why: str = "") -> Blueprint:
+  """Plans the sharded (trainable, frozen) states of `spec`'s model with `method` applied:
+  matches the checkpoint's headers, traces the whole construction abstractly (a method's config
+  error surfaces here, before any weight is read) and returns the `Blueprint` that builds it.
 
   Args:
     spec: the model to build (`registry.model_spec`).
@@ -86,8 +107,6 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
     trainable_dtype: the dtype of floating trainable params (and so of their optimizer state);
       None keeps the param dtype.
     why: names the method and freeze regex in the error of a stacking that cannot be done.
-    abstract: read nothing; the states' leaves are `jax.ShapeDtypeStruct`s with the shardings
-      the real build gives (`ftjax.plan` compiles the step on them).
   """
   abstract_model = nnx.eval_shape(lambda: spec.build(nnx.Rngs(params=seed)))
   abstract_params = safetensors_io.param_vars(abstract_model)
@@ -96,6 +115,10 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
       {p: tuple(v.shape) for p, v in abstract_values.items()}, reader.shapes, spec.table,
       source=spec.source)
   held = {}  # static results of the traced construction
+  # Params the method keeps only transformed (QLoRA's quantized kernels): each is transformed
+  # under jit as soon as it is read, so their untransformed values never exist together.
+  transforms = {p: fn for p, fn in method.load_transforms(abstract_model).items() if p in assigned}
+  jitted = {fn: jax.jit(fn, donate_argnums=0) for fn in set(transforms.values())}
 
   def cast(train):
     if trainable_dtype is None:
@@ -113,8 +136,12 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
     model = spec.build(rngs)
     params = safetensors_io.param_vars(model)
     for path in assigned:
-      params[path].set_value(loaded[keys[path]])
+      if path in transforms:  # a placeholder the method's own transform of it replaces (dead code)
+        params[path].set_value(jnp.zeros(abstract_values[path].shape, abstract_values[path].dtype))
+      else:
+        params[path].set_value(loaded[keys[path]])
     model = method.apply(model, rngs=rngs)
+    method.adopt(model, {p: loaded[keys[p]] for p in transforms})
     chosen = trainable(method)
     if scan_layers and "stacked" not in held:  # the abstract pass: check it can be stacked and
       # keep the stacked tree's structure (shapes, dtypes, logical axes), not its values
@@ -130,36 +157,42 @@ def build_state(spec: ModelSpec, reader: safetensors_io.CheckpointReader, *, see
   # Loaded params' shardings, by the logical axes of the model they load into.
   base_shardings = {p: sharding.variable_sharding(v, mesh, rules)
                     for p, v in abstract_params.items()}
-  abstract_loaded = {keys[p]: jax.ShapeDtypeStruct(abstract_values[p].shape, abstract_values[p].dtype,
-                                                   sharding=base_shardings[p]) for p in assigned}
+  abstract_read = {keys[p]: jax.ShapeDtypeStruct(abstract_values[p].shape, abstract_values[p].dtype,
+                                                 sharding=base_shardings[p]) for p in assigned}
+  abstract_loaded = {keys[p]: jax.eval_shape(transforms[p], abstract_read[keys[p]])
+                     if p in transforms else abstract_read[keys[p]] for p in assigned}
   abstract_out = jax.eval_shape(construct, abstract_loaded)  # method errors surface here
   out_shardings = tuple(sharding.variable_shardings(s, mesh, rules) for s in abstract_out)
 
-  if abstract:
-    attach = lambda tree, shardings: jax.tree.map(
-        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
-    if scan_layers:
-      graphdef, *states = held["stacked"]
-      states = [attach(t, sharding.variable_shardings(t, mesh, rules)) for t in states]
-    else:
-      graphdef, states = held["graphdef"], [attach(t, sh) for t, sh in zip(abstract_out,
-                                                                          out_shardings)]
-    return Built(graphdef, states[0], states[1], fresh, 0)
-  before = reader.bytes_requested
-  loaded = {keys[p]: _read_sharded(reader, name, transform, abstract_loaded[keys[p]],
-                                   base_shardings[p])
-            for p, (name, transform) in assigned.items()}
-  requested = reader.bytes_requested - before
-  with warnings.catch_warnings():  # a param the method replaces (QLoRA's kernels) is freed, not reused
-    warnings.filterwarnings("ignore", "Some donated buffers were not usable")
-    train, frozen = jax.jit(construct, out_shardings=out_shardings, donate_argnums=0)(loaded)
-  del loaded
-  graphdef = held["graphdef"]
+  attach = lambda tree, shardings: jax.tree.map(
+      lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), tree, shardings)
   if scan_layers:
-    graphdef, stacked_train, stacked_frozen = held["stacked"]
-    train = _stack_leaf_by_leaf(train, stacked_train, mesh, rules)
-    frozen = _stack_leaf_by_leaf(frozen, stacked_frozen, mesh, rules)
-  return Built(graphdef, train, frozen, fresh, requested)
+    graphdef, *states = held["stacked"]
+    states = [attach(t, sharding.variable_shardings(t, mesh, rules)) for t in states]
+  else:
+    graphdef, states = held["graphdef"], [attach(t, sh) for t, sh in zip(abstract_out,
+                                                                        out_shardings)]
+
+  def load() -> Built:
+    before = reader.bytes_requested
+    loaded = {}
+    with warnings.catch_warnings():  # a donated input of another shape is freed, not reused
+      warnings.filterwarnings("ignore", "Some donated buffers were not usable")
+      for p, (name, transform) in assigned.items():
+        value = _read_sharded(reader, name, transform, abstract_read[keys[p]], base_shardings[p])
+        loaded[keys[p]] = jitted[transforms[p]](value) if p in transforms else value
+        del value
+      requested = reader.bytes_requested - before
+      train, frozen = jax.jit(construct, out_shardings=out_shardings, donate_argnums=0)(loaded)
+    del loaded
+    graphdef = held["graphdef"]
+    if scan_layers:
+      graphdef, stacked_train, stacked_frozen = held["stacked"]
+      train = _stack_leaf_by_leaf(train, stacked_train, mesh, rules)
+      frozen = _stack_leaf_by_leaf(frozen, stacked_frozen, mesh, rules)
+    return Built(graphdef, train, frozen, fresh, requested)
+
+  return Blueprint(Built(graphdef, states[0], states[1], fresh, 0), load)
 
 
 def _return_freed_memory() -> None:

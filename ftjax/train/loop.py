@@ -22,7 +22,7 @@ from ftjax.preemption import PreemptionGuard
 from ftjax.progress import Progress
 from ftjax.reports import data_quality, eval_results, run_report
 from ftjax.train.restore import check_base, checkpointed, model_from_state, restore_state
-from ftjax.train.state import build_experiment, local_batch_size
+from ftjax.train.state import load_experiment, local_batch_size, plan_experiment
 from ftjax.train import memory_plan
 from ftjax.train.steps import Evaluator
 from ftjax.workdir_lock import WorkdirLock
@@ -97,12 +97,22 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
 def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   wall_start = time.time()
   is_main = jax.process_index() == 0
-  exp = build_experiment(cfg)  # every input is checked before anything is written
+  exp = plan_experiment(cfg)  # every input is checked before anything is written or read
+  # The step compiled once ahead of time, on the planned state, for the largest batch: its
+  # memory per device is printed and checked against the device's (where the backend reports
+  # it) before any weight is read, and the executable serves every batch of that shape; other
+  # shapes (smaller buckets) compile as usual.
+  jitted_step = memory_plan.jit_train_step(exp)
+  planned_step, planned_shapes, plan = memory_plan.compile_step(exp, jitted_step)
+  if is_main:
+    print("ftjax: " + memory_plan.report(plan).replace("\n", "\nftjax: "), flush=True)
+  memory_plan.check_fits(plan)
   eval_results.configure(exp)
   if is_main:
     write_json(workdir / "config.json", cfg.to_dict())
     if not (workdir / data_quality.JSON_FILE).exists():
       data_quality.write(workdir, exp.dataset, load_tokenizer(exp.model_path), cfg)
+  exp = load_experiment(exp)
   print(f"ftjax: method {cfg.method.name}, trainable parameters "
         f"{exp.param_counts['trainable']:,} / {exp.param_counts['total']:,} "
         f"({100 * exp.param_counts['trainable'] / max(exp.param_counts['total'], 1):.3f}%)", flush=True)
@@ -145,15 +155,6 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
 
   evaluator = Evaluator(exp)
   batch_sharding = sharding.batch_sharding(exp.mesh)
-  jitted_step = memory_plan.jit_train_step(exp)
-  # The step compiled once ahead of time for the largest batch: its memory per device is printed
-  # (and checked against the device's, where the backend reports it) before the first step, and
-  # the executable serves every batch of that shape; other shapes (smaller buckets) compile as usual.
-  planned_step, planned_shapes, plan = memory_plan.compile_step(exp, jitted_step)
-  if is_main:
-    print("ftjax: " + memory_plan.report(plan).replace("\n", "\nftjax: "), flush=True)
-  memory_plan.check_fits(plan)
-
   def train_step(state, batch):
     if {k: tuple(v.shape) for k, v in batch.items()} == planned_shapes:
       return planned_step(state, batch)
@@ -181,8 +182,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
 
   if start_step == 0 and cfg.eval.at_start:
     run_eval(0)
-    if is_main:
-      samples.write(workdir, exp, model_from_state(exp, state), "base", 0)
+    samples.write(workdir, exp, model_from_state(exp, state), "base", 0)
 
   progress = Progress(cfg.train.steps, start_step, enabled=is_main)
   pending: list[dict] = []  # device metrics of the steps since the last fetch
@@ -277,8 +277,8 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
     print(f"ftjax: test split '{cfg.data.test_split}' (checkpoint of step {test_step}): "
           f"{_headline(exp.task, test_metrics)}", flush=True)
   writer.close()
+  samples.write(workdir, exp, model_from_state(exp, state), "final", step)  # on every process
   if is_main:
-    samples.write(workdir, exp, model_from_state(exp, state), "final", step)
     names = getattr(exp.dataset, "label_names", None)
     results = [("base", 0), ("final", step)]
     if stopper.best:

@@ -1,5 +1,5 @@
 """A run's memory per device from its compiled train step: what `ftjax.plan` prints and what
-every training run prints before its first step.
+every training run prints and checks before it reads its weights.
 
 The step is compiled ahead of time for the largest batch the data can give (`data.max_length`)
 on the state's shapes and shardings; `memory_analysis()` gives its arguments, outputs and
@@ -85,7 +85,7 @@ def jit_train_step(exp: Experiment):
 
 def compile_step(exp: Experiment, step=None):
   """(the train step compiled for the largest batch, the batch's shapes, the Plan). `exp` may be
-  abstract (`build_experiment(cfg, abstract=True)`) or real: the executable is the same."""
+  planned (`plan_experiment`) or loaded: the executable is the same."""
   state = exp.state
   abstract = checkpoint.abstract_like(state)
   per_device = {"trainable params": _device_bytes(abstract.params),

@@ -53,6 +53,12 @@ class Experiment:
   param_counts: dict
   checkpoint_bytes_read: int = 0  # bytes this process requested from the checkpoint
   base_fingerprint: dict | None = None  # of the base checkpoint (`weights.fingerprint`)
+  blueprint: Any = None  # a planned experiment's `construct.Blueprint`; None once loaded
+
+  @property
+  def abstract(self) -> bool:
+    """Planned (`plan_experiment`): the state's leaves are shapes with shardings, no weight read."""
+    return self.blueprint is not None
 
 
 def count_params(tree) -> int:
@@ -75,10 +81,18 @@ def trainable_filter(method, freeze: str):
 
 
 def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool = False) -> Experiment:
-  """Builds the run `cfg` describes. `optimizer=False` (evaluation, export) builds no optimizer
-  state: `state.opt_state` is None and restores read the parameters alone. `abstract=True`
-  (`ftjax.plan`) reads no weight and allocates nothing: the state's leaves are
-  `jax.ShapeDtypeStruct`s with the shardings a real build gives."""
+  """Builds the run `cfg` describes: `load_experiment(plan_experiment(cfg))`. `optimizer=False`
+  (evaluation, export) builds no optimizer state: `state.opt_state` is None and restores read
+  the parameters alone. `abstract=True` (`ftjax.plan`) stops at the plan: no weight is read."""
+  exp = plan_experiment(cfg, optimizer=optimizer)
+  return exp if abstract else load_experiment(exp)
+
+
+def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
+  """Everything of the run but its arrays: mesh, data, tokenizer, method, optimizer, and the
+  state as `jax.ShapeDtypeStruct`s with the shardings a real build gives. Every config error
+  (a method's included) surfaces here, before any weight is read; the trainer compiles its step
+  and checks that it fits on this (`memory_plan`) before `load_experiment`."""
   task = tasks.get(cfg.model.task)
   if cfg.model.get("logits_chunk", 0):  # a loss option (validated: only the causal-LM task)
     task = task.with_logits_chunk(cfg.model.logits_chunk)
@@ -104,18 +118,14 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool 
   why = f"method '{cfg.method.name}'" + (f", method.freeze '{cfg.method.freeze}'"
                                          if cfg.method.freeze else "")
   trainable_dtype = cfg.model.get("trainable_dtype", "")
-  reader = safetensors_io.CheckpointReader(model_path)
-  built = construct.build_state(
-      spec, reader, seed=cfg.seed, method=method,
+  blueprint = construct.plan_state(
+      spec, safetensors_io.CheckpointReader(model_path), seed=cfg.seed, method=method,
       trainable=lambda m: trainable_filter(m, cfg.method.freeze),
       scan_layers=cfg.model.scan_layers, mesh=mesh, rules=rules,
-      trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why,
-      abstract=abstract)
+      trainable_dtype=jnp.dtype(trainable_dtype) if trainable_dtype else None, why=why)
+  built = blueprint.abstract
   if built.fresh:
     log.info("Newly initialised (not in the checkpoint): %s", ", ".join(built.fresh))
-  if not abstract:
-    log.info("Read %.1f MiB of the checkpoint's %.1f MiB on this process (the slices its "
-             "devices hold)", built.bytes_requested / 2**20, reader.total_bytes / 2**20)
   graphdef, params, frozen = built.graphdef, built.params, built.frozen
   if not jax.tree.leaves(params):  # e.g. linear_probe on a causal LM: no classifier head
     raise UserError(f"method '{cfg.method.name}' trains no parameters of this "
@@ -126,16 +136,12 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool 
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
   opt_state = None
   if optimizer:
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
-    opt_shardings = sharding.follow_params(jax.eval_shape(tx.init, params), params,
-                                           param_shardings, mesh)
-    if abstract:
-      opt_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
-                               jax.eval_shape(tx.init, params), opt_shardings)
-    else:
-      opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-  scalar = lambda x: (jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh))
-                      if abstract else sharding.put_global(x, sharding.replicated(mesh)))
+    shapes = jax.eval_shape(tx.init, params)
+    opt_shardings = sharding.follow_params(shapes, params, jax.tree.map(lambda x: x.sharding, params),
+                                           mesh)
+    opt_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                             shapes, opt_shardings)
+  scalar = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh))
   state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=scalar(jnp.zeros((), jnp.int32)),
@@ -146,7 +152,29 @@ def build_experiment(cfg: ConfigDict, *, optimizer: bool = True, abstract: bool 
   base = fingerprint.fingerprint(model_path, safetensors_io.checkpoint_files(model_path),
                                  cfg.model.checkpoint)
   return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
-                    model_path, counts, built.bytes_requested, base)
+                    model_path, counts, 0, base, blueprint)
+
+
+def load_experiment(exp: Experiment) -> Experiment:
+  """`exp` (planned) with its state built: this process's slices of the checkpoint read, new
+  parameters initialised, the optimizer state made, each directly in its sharding."""
+  if not exp.abstract:
+    return exp
+  built = exp.blueprint.load()
+  log.info("Read %.1f MiB of the checkpoint on this process (the slices its devices hold)",
+           built.bytes_requested / 2**20)
+  opt_state = None
+  if exp.state.opt_state is not None:
+    opt_shardings = jax.tree.map(lambda x: x.sharding, exp.state.opt_state)
+    opt_state = jax.jit(exp.tx.init, out_shardings=opt_shardings)(built.params)
+  cfg, replicated = exp.cfg, sharding.replicated(exp.mesh)
+  put = lambda x: sharding.put_global(x, replicated)
+  state = TrainState(step=put(jnp.zeros((), jnp.int32)), params=built.params, frozen=built.frozen,
+                     opt_state=opt_state, rng=put(jax.random.key_data(jax.random.key(cfg.seed + 1))),
+                     nonfinite=put(jnp.zeros((), jnp.int32)),
+                     first_nonfinite=put(jnp.full((), -1, jnp.int32)))
+  return dataclasses.replace(exp, graphdef=built.graphdef, state=state,
+                             checkpoint_bytes_read=built.bytes_requested, blueprint=None)
 
 
 def local_batch_size(global_batch: int, mesh, accum_steps: int = 1) -> int:
