@@ -9,8 +9,10 @@ LM Studio and transformers' GGUF loader run the file with its chat format.
 
 Types (`GGUF_TYPES`): `f16`, `bf16` or `q8_0` for the matrices; vectors (norms, biases) stay
 F32 as llama.cpp keeps them; a matrix whose rows do not split into Q8_0's blocks of 32 falls
-back to F16 (as llama.cpp does). Tokenizers: byte-level BPE (`tokenizer.ggml.model = gpt2`:
-SmolLM2, Llama 3, Qwen); others are refused by name.
+back to F16 (as llama.cpp does). Covered: `model_type` llama with default or linear RoPE
+(SmolLM2, Llama 3; not yet Llama 3.1's `llama3` RoPE, which llama.cpp stores as a
+`rope_freqs` tensor) and byte-level BPE tokenizers (`tokenizer.ggml.model = gpt2`); anything
+else is refused by name.
 """
 
 from __future__ import annotations
