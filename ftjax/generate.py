@@ -8,6 +8,10 @@ calls with the same model graph, batch size, padded prompt length (rounded up
 to `prompt_multiple`), `max_new_tokens` and mode (greedy or sampling; the
 temperature, top-k, top-p, seed and stop-token values are traced).
 
+`stream` yields one prompt's tokens as they are made (the chat command): the
+same prefill and decode step, each its own jitted program, so it gives token
+for token what `generate` gives.
+
 Decoding: temperature 0 is greedy (argmax, token for token what
 `transformers` `generate(do_sample=False)` gives); otherwise logits are
 divided by the temperature, then filtered by top-k and top-p (nucleus), as
@@ -15,7 +19,7 @@ transformers' warpers do, and sampled.
 """
 
 import functools
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from flax import nnx
 import jax
@@ -51,6 +55,29 @@ def _sample(logits, key, *, greedy, temperature, top_k, top_p):
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _first_token(model, ids, mask, key, sample, *, max_new_tokens, cache_dtype):
+  """Prefill: (the first new token [B], the cache, the key) of the prompts [B, P]."""
+  b, p = ids.shape
+  cache = model.init_cache(b, p + max_new_tokens, cache_dtype)
+  logits, cache = model(ids, mask, cache=cache)
+  key, sub = jax.random.split(key)
+  return sample(logits[:, -1], sub), cache, key
+
+
+def _next_token(model, token, cache, key, done, sample, pad_token_id):
+  """One decode step: (the next token [B], pad where `done`; the cache; the key)."""
+  logits, cache = model(token[:, None], jnp.ones((token.shape[0], 1), jnp.int32),
+                        cache=cache)
+  key, sub = jax.random.split(key)
+  token = jnp.where(done, pad_token_id, sample(logits[:, 0], sub))
+  return token, cache, key
+
+
+def _sampler(greedy, temperature, top_k, top_p):
+  return functools.partial(_sample, greedy=greedy, temperature=temperature,
+                           top_k=top_k, top_p=top_p)
+
+
 @functools.partial(
     jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'greedy',
                               'cache_dtype'))
@@ -61,15 +88,11 @@ def _generate(graphdef, state, ids, mask, key_data, stop_ids, temperature,
   number of decode steps run). Every host-side input is a NumPy array, which
   a multi-process run treats as replicated (the same on every process)."""
   model = nnx.merge(graphdef, state)
-  key = jax.random.wrap_key_data(key_data)
-  b, p = ids.shape
-  sample = functools.partial(_sample, greedy=greedy, temperature=temperature,
-                             top_k=top_k, top_p=top_p)
-  cache = model.init_cache(b, p + max_new_tokens, cache_dtype)
-  logits, cache = model(ids, mask, cache=cache)
-  key, sub = jax.random.split(key)
-  token = sample(logits[:, -1], sub)
-  out = jnp.full((b, max_new_tokens), pad_token_id, jnp.int32)
+  sample = _sampler(greedy, temperature, top_k, top_p)
+  token, cache, key = _first_token(
+      model, ids, mask, jax.random.wrap_key_data(key_data), sample,
+      max_new_tokens=max_new_tokens, cache_dtype=cache_dtype)
+  out = jnp.full((ids.shape[0], max_new_tokens), pad_token_id, jnp.int32)
   out = out.at[:, 0].set(token)
   done = jnp.isin(token, stop_ids)
 
@@ -79,10 +102,8 @@ def _generate(graphdef, state, ids, mask, key_data, stop_ids, temperature,
 
   def body(carry):
     step, token, cache, out, done, key = carry
-    logits, cache = model(token[:, None], jnp.ones((b, 1), jnp.int32),
-                          cache=cache)
-    key, sub = jax.random.split(key)
-    token = jnp.where(done, pad_token_id, sample(logits[:, 0], sub))
+    token, cache, key = _next_token(model, token, cache, key, done, sample,
+                                    pad_token_id)
     out = jax.lax.dynamic_update_slice(out, token[:, None], (0, step))
     done = done | jnp.isin(token, stop_ids)
     return step + 1, token, cache, out, done, key
@@ -90,6 +111,32 @@ def _generate(graphdef, state, ids, mask, key_data, stop_ids, temperature,
   step, _, _, out, _, _ = jax.lax.while_loop(
       cond, body, (jnp.int32(1), token, cache, out, done, key))
   return out, step
+
+
+# Token by token (`stream`): the same prefill and decode step as `_generate`,
+# each its own jitted program, so a caller sees every token as it is made.
+@functools.partial(
+    jax.jit, static_argnames=('graphdef', 'max_new_tokens', 'greedy',
+                              'cache_dtype'))
+def _prefill(graphdef, state, ids, mask, key_data, temperature, top_k, top_p,
+             *, max_new_tokens, greedy, cache_dtype):
+  token, cache, key = _first_token(
+      nnx.merge(graphdef, state), ids, mask,
+      jax.random.wrap_key_data(key_data),
+      _sampler(greedy, temperature, top_k, top_p),
+      max_new_tokens=max_new_tokens, cache_dtype=cache_dtype)
+  return token, cache, jax.random.key_data(key)
+
+
+@functools.partial(jax.jit, static_argnames=('graphdef', 'greedy'),
+                   donate_argnames=('cache',))
+def _decode(graphdef, state, token, cache, key_data, temperature, top_k, top_p,
+            pad_token_id, *, greedy):
+  token, cache, key = _next_token(
+      nnx.merge(graphdef, state), token, cache,
+      jax.random.wrap_key_data(key_data), jnp.zeros(token.shape, bool),
+      _sampler(greedy, temperature, top_k, top_p), pad_token_id)
+  return token, cache, jax.random.key_data(key)
 
 
 def _as_lists(prompts, attention_mask) -> list[list[int]]:
@@ -152,6 +199,71 @@ def generate(model: nnx.Module,
     token when one was produced, as transformers does.
   """
   rows = _as_lists(prompts, attention_mask)
+  ids, mask = _left_padded(model, rows, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p,
+                           pad_token_id=pad_token_id,
+                           prompt_multiple=prompt_multiple)
+  stop = np.asarray(list(stop_token_ids) or [-1], np.int32)
+  # The KV cache is per layer: decode a scanned (stacked) model as its layer list.
+  graphdef, state = nnx.split(layer_stack.unstack_layers(model))
+  greedy = temperature == 0.0
+  out, _ = _generate(
+      graphdef, state, ids, mask, _key_data(seed), stop,
+      np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p),
+      np.int32(pad_token_id), max_new_tokens=max_new_tokens, greedy=greedy,
+      cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+  if not out.is_fully_addressable:  # a model sharded over several processes
+    out = multihost_utils.process_allgather(out, tiled=True)
+  stops = set(stop_token_ids)
+  results = []
+  for row in np.asarray(out).tolist():
+    cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
+    results.append(row[:cut])
+  return results
+
+
+def stream(model: nnx.Module, prompt: Sequence[int], *, max_new_tokens: int,
+           temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+           stop_token_ids: Sequence[int] = (), pad_token_id: int = 0,
+           seed: int = 0, prompt_multiple: int = 8,
+           cache_dtype=None) -> Iterator[int]:
+  """Yields the new tokens of one prompt as they are made: token for token
+  what `generate` returns for it with the same settings (the same prefill,
+  decode step and key sequence, one jitted call per token), ending with the
+  first stop token when one is produced. Single-process only."""
+  ids, mask = _left_padded(model, [list(map(int, prompt))],
+                           max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p,
+                           pad_token_id=pad_token_id,
+                           prompt_multiple=prompt_multiple)
+  graphdef, state = nnx.split(layer_stack.unstack_layers(model))
+  greedy = temperature == 0.0
+  settings = (np.float32(temperature or 1.0), np.int32(top_k),
+              np.float32(top_p))
+  token, cache, key = _prefill(
+      graphdef, state, ids, mask, _key_data(seed), *settings,
+      max_new_tokens=max_new_tokens, greedy=greedy,
+      cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
+  stops = set(stop_token_ids)
+  for step in range(max_new_tokens):
+    if step:
+      token, cache, key = _decode(graphdef, state, token, cache, key,
+                                  *settings, np.int32(pad_token_id),
+                                  greedy=greedy)
+    value = int(np.asarray(token)[0])
+    yield value
+    if value in stops:
+      return
+
+
+def _key_data(seed: int) -> np.ndarray:
+  return np.asarray(jax.random.key_data(jax.random.key(seed)))
+
+
+def _left_padded(model, rows, *, max_new_tokens, temperature, top_k, top_p,
+                 pad_token_id, prompt_multiple):
+  """The checked prompts left-padded into ([B, P] ids, [B, P] mask), P a
+  multiple of `prompt_multiple`."""
   if not rows or any(not r for r in rows):
     raise UserError('generate needs at least one prompt and no empty prompt')
   if max_new_tokens < 1:
@@ -177,21 +289,4 @@ def generate(model: nnx.Module,
   for i, r in enumerate(rows):
     ids[i, p - len(r):] = r
     mask[i, p - len(r):] = 1
-  stop = np.asarray(list(stop_token_ids) or [-1], np.int32)
-  # The KV cache is per layer: decode a scanned (stacked) model as its layer list.
-  graphdef, state = nnx.split(layer_stack.unstack_layers(model))
-  greedy = temperature == 0.0
-  out, _ = _generate(
-      graphdef, state, ids, mask,
-      np.asarray(jax.random.key_data(jax.random.key(seed))), stop,
-      np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p),
-      np.int32(pad_token_id), max_new_tokens=max_new_tokens, greedy=greedy,
-      cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))
-  if not out.is_fully_addressable:  # a model sharded over several processes
-    out = multihost_utils.process_allgather(out, tiled=True)
-  stops = set(stop_token_ids)
-  results = []
-  for row in np.asarray(out).tolist():
-    cut = next((k + 1 for k, t in enumerate(row) if t in stops), len(row))
-    results.append(row[:cut])
-  return results
+  return ids, mask

@@ -116,6 +116,24 @@ def test_sampling_settings(models):
       top_p=0.95, seed=1)
 
 
+@pytest.mark.parametrize('name', ['llama', 'gpt2'])
+def test_stream_yields_what_generate_returns(models, name):
+  # Token by token (the chat command's path): greedy and sampled alike, with a stop token.
+  model, _ = models[name]
+  free = generate_lib.generate(model, PROMPTS, max_new_tokens=8)
+  settings = [dict(), dict(temperature=5.0, top_k=50, top_p=0.95, seed=4),
+              dict(stop_token_ids=[free[1][2]])]
+  for kw in settings:
+    want = generate_lib.generate(model, PROMPTS, max_new_tokens=8, **kw)
+    for prompt, row in zip(PROMPTS, want):
+      got = list(generate_lib.stream(model, prompt, max_new_tokens=8, **kw))
+      if kw.get('seed') is None:  # sampling draws per batch: compare one-row batches
+        assert got == row, kw
+      else:
+        assert got == generate_lib.generate(model, [prompt], max_new_tokens=8,
+                                            **kw)[0]
+
+
 def test_array_prompts_with_mask_and_compile_reuse(models):
   model, _ = models['gpt2']
   want = generate_lib.generate(model, PROMPTS, max_new_tokens=4)
