@@ -14,6 +14,7 @@ where the run read them (the template and tokenizer come from the run's data set
 
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 
@@ -26,6 +27,9 @@ from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 
 FLAGS = flags.FLAGS
 HELP = "/reset starts a new conversation, /exit quits"
+# Prompts are padded to a multiple of this: a growing conversation recompiles the prefill and
+# decode step once per 64 tokens, not once per 8.
+PROMPT_MULTIPLE = 64
 
 
 class Chat:
@@ -56,13 +60,19 @@ class Chat:
   def reply(self, text: str, out=sys.stdout) -> str:
     """Appends the user's `text`, writes the reply to `out` as it is generated, returns it."""
     self.messages.append({"role": "user", "content": text})
-    prompt = chat_template.render(self.tokenizer, self.messages, self.template,
-                                  add_generation_prompt=True)
-    ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    try:  # the template and the prompt's length are checked before anything is printed
+      prompt = chat_template.render(self.tokenizer, self.messages, self.template,
+                                    add_generation_prompt=True)
+      ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+      stream = generate.stream(self.model, ids, stop_token_ids=self.stops,
+                               pad_token_id=self.pad_id, seed=self.seed + self.turns,
+                               prompt_multiple=PROMPT_MULTIPLE, **self.settings)
+      first = next(stream)
+    except UserError:
+      self.messages.pop()  # a message that could not be answered is not kept
+      raise
     new, shown = [], ""
-    for token in generate.stream(self.model, ids, stop_token_ids=self.stops,
-                                 pad_token_id=self.pad_id, seed=self.seed + self.turns,
-                                 **self.settings):
+    for token in itertools.chain([first], stream):
       if token in self.stops:
         break
       new.append(token)
@@ -96,7 +106,10 @@ def repl(chat: Chat, read=input, out=sys.stdout) -> None:
     elif line.startswith("/"):
       out.write(f"unknown command {line.split()[0]}; {HELP}\n")
     elif line:
-      chat.reply(line, out)
+      try:
+        chat.reply(line, out)
+      except UserError as e:  # e.g. the conversation outgrew the model: say so, keep chatting
+        out.write(f"error: {e}; /reset starts a new conversation\n")
 
 
 def main(argv) -> None:

@@ -12,14 +12,13 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pexpect
 import pytest
 
 from ftjax import chat as chat_lib
 from ftjax import generate, train
 from ftjax.config import base_config
-from ftjax.data import chat_template, tokenization
+from ftjax.data import chat_template
 from ftjax.metric_writers import write_json
 from tiny_assets import make_conversations, make_tiny_llama, write_jsonl
 
@@ -63,7 +62,7 @@ def test_one_shot_prompt_prints_the_greedy_reply_and_turns_keep_history(sft_run)
                                             add_generation_prompt=True),
                        add_special_tokens=False)["input_ids"]
   (want,) = generate.generate(chat.model, [ids], max_new_tokens=6, stop_token_ids=chat.stops,
-                              pad_token_id=chat.pad_id)
+                              pad_token_id=chat.pad_id, prompt_multiple=chat_lib.PROMPT_MULTIPLE)
   want_text = chat.tokenizer.decode([t for t in want if t not in chat.stops],
                                     skip_special_tokens=True)
   out = io.StringIO()
@@ -72,6 +71,13 @@ def test_one_shot_prompt_prints_the_greedy_reply_and_turns_keep_history(sft_run)
   chat.reply("help me with python !", io.StringIO())  # the second turn sees the first
   assert [m["role"] for m in chat.messages] == ["user", "assistant", "user", "assistant"]
   chat.reset()
+  assert chat.messages == []
+  # A message that cannot be answered is an error line; the chat goes on without it.
+  chat.settings["max_new_tokens"] = 0
+  lines, out = iter(["hello how are you ?", "/exit"]), io.StringIO()
+  chat_lib.repl(chat, read=lambda _: next(lines), out=out)
+  assert out.getvalue() == ("error: max_new_tokens must be >= 1, got 0; /reset starts a new "
+                            "conversation\n")
   assert chat.messages == []
   result = subprocess.run(_cli(sft_run, "--temperature=0", "--prompt=hello how are you ?"),
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
