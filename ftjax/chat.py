@@ -21,7 +21,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from ftjax import export, generate, train
+from ftjax import generate, train
 from ftjax.data import chat_template, tokenization
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 
@@ -38,7 +38,7 @@ class Chat:
   def __init__(self, workdir: str, checkpoint: str = "latest", *, system: str = "",
                temperature: float = 0.7, top_p: float = 0.95, top_k: int = 0,
                max_new_tokens: int = 256, seed: int = 0):
-    cfg = export.load_workdir_config(workdir)
+    cfg = train.load_workdir_config(workdir)
     if cfg.model.task != "causal_lm":
       raise UserError(f"workdir '{workdir}' holds a {cfg.model.task} run; the chat command needs "
                       "a causal language model (model.task=causal_lm)")

@@ -26,11 +26,11 @@ import shutil
 from absl import app, flags
 from absl import logging as absl_logging
 
-from ftjax import config as config_lib
 from ftjax import train
+from ftjax.train.restore import load_workdir_config  # noqa: F401  (export.load_workdir_config, as before)
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 from ftjax.models import registry
-from ftjax.paths import as_path, is_local
+from ftjax.paths import is_local
 from ftjax.weights import gguf_export
 
 FORMATS = ("hf", "peft", "gguf")
@@ -39,14 +39,6 @@ TOKENIZER_PATTERNS = ("tokenizer*", "special_tokens_map.json", "added_tokens.jso
                       "merges.txt", "*.model", "spiece*", "chat_template*")
 
 FLAGS = flags.FLAGS
-
-
-def load_workdir_config(workdir):
-  """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
-  file = as_path(workdir) / "config.json"
-  if not file.is_file():
-    raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
-  return config_lib.load_json(file)
 
 
 def _copy_tokenizer(src: pathlib.Path, dst: pathlib.Path) -> list[str]:

@@ -5,13 +5,14 @@ The names below are the package's public API, used by the entry points and exper
 """
 
 from ftjax.train.loop import train_and_evaluate
-from ftjax.train.restore import CHECKPOINTS, model_from_state, parse_checkpoint, restore_state
+from ftjax.train.restore import (CHECKPOINTS, load_workdir_config, model_from_state,
+                                 parse_checkpoint, restore_state)
 from ftjax.train.state import (Experiment, TrainState, build_experiment, count_params,
                                load_experiment, local_batch_size, plan_experiment,
                                trainable_filter)
 from ftjax.train.steps import Evaluator, make_eval_step, make_train_step
 
 __all__ = ["CHECKPOINTS", "Evaluator", "Experiment", "TrainState", "build_experiment",
-           "count_params", "load_experiment", "local_batch_size", "make_eval_step", "make_train_step",
+           "count_params", "load_experiment", "load_workdir_config", "local_batch_size", "make_eval_step", "make_train_step",
            "model_from_state", "parse_checkpoint", "plan_experiment", "restore_state", "train_and_evaluate",
            "trainable_filter"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flax import nnx
 
 from ftjax import checkpoint as ckpt_lib
+from ftjax import config as config_lib
 from ftjax.errors import UserError
 from ftjax.models import layer_stack
 from ftjax.paths import as_path
@@ -16,6 +17,14 @@ CHECKPOINTS = ("latest", "best", "base")
 
 # What an evaluation or export restores of a checkpointed train state (no optimizer state).
 PART_FIELDS = ("step", "params", "rng", "nonfinite", "first_nonfinite")
+
+
+def load_workdir_config(workdir):
+  """The resolved config a run wrote to `WORKDIR/config.json`, validated like a config file."""
+  file = as_path(workdir) / "config.json"
+  if not file.is_file():
+    raise UserError(f"no config.json in workdir '{workdir}' (is it a ftjax run?)")
+  return config_lib.load_json(file)
 
 
 def checkpointed(state: TrainState) -> TrainState:
