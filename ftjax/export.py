@@ -27,10 +27,10 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ftjax import train
-from ftjax.train.restore import load_workdir_config  # noqa: F401  (export.load_workdir_config, as before)
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 from ftjax.models import registry
 from ftjax.paths import is_local
+from ftjax.train.restore import load_workdir_config  # noqa: F401  (export.load_workdir_config, as before)
 from ftjax.weights import gguf_export
 
 FORMATS = ("hf", "peft", "gguf")
