@@ -9,7 +9,8 @@ LM Studio and transformers' GGUF loader run the file with its chat format.
 
 Types (`GGUF_TYPES`): `f16`, `bf16` or `q8_0` for the matrices; vectors (norms, biases) stay
 F32 as llama.cpp keeps them; a matrix whose rows do not split into Q8_0's blocks of 32 falls
-back to F16 (as llama.cpp does). Covered: `model_type` llama with default or linear RoPE
+back to F16 (as llama.cpp does). The tensor infos are written first and the data one tensor at
+a time, so the writer holds one tensor in memory, not the model. Covered: `model_type` llama with default or linear RoPE
 (SmolLM2, Llama 3; not yet Llama 3.1's `llama3` RoPE, which llama.cpp stores as a
 `rope_freqs` tensor) and byte-level BPE tokenizers (`tokenizer.ggml.model = gpt2`); anything
 else is refused by name.
@@ -48,6 +49,7 @@ def _inverted(gguf_pattern: str, hf_replacement: str) -> tuple[re.Pattern, str]:
 # HF name -> GGUF name: the import's table (`gguf._LLAMA_NAMES`) inverted.
 _TO_GGUF = tuple(_inverted(g, hf) for g, hf in gguf_import._LLAMA_NAMES)  # pylint: disable=protected-access
 _TOKEN_TYPE = gguf.TokenType
+_BLOCKED = (_GT.Q8_0, _GT.BF16)  # stored as bytes: their numpy shape is in bytes, not values
 
 
 def gguf_name(hf_name: str, source: pathlib.Path) -> str:
@@ -156,18 +158,31 @@ def write_gguf(source: os.PathLike, out: os.PathLike, kind: str = "f16", *,
     heads = config["num_attention_heads"]
     kv_heads = config.get("num_key_value_heads", heads)
     reader = safetensors_io.CheckpointReader(source)
-    for hf_name in sorted(reader.shapes, key=_layer_order):
-      target = gguf_name(hf_name, source)
+    names = sorted(reader.shapes, key=_layer_order)
+    targets = [gguf_name(n, source) for n in names]  # every name checked before any write
+
+    def encoded(hf_name, target):
       array = reader.read(hf_name)
       if ".attn_q." in target:
         array = _permute(array, heads)
       elif ".attn_k." in target:
         array = _permute(array, kv_heads)
-      data, qtype = _encode(target, array, kind)
-      writer.add_tensor(target, data, raw_dtype=qtype)
+      return _encode(target, array, kind)
+
+    # Tensor infos first (shapes and byte sizes from a one-row encoding), then the data one
+    # tensor at a time: the file is written with one tensor in memory, not the whole model.
+    for hf_name, target in zip(names, targets):
+      shape = tuple(reader.shapes[hf_name])
+      row, qtype = _encode(target, np.zeros((1,) * (len(shape) - 1) + shape[-1:], np.float32), kind)
+      rows = int(np.prod(shape[:-1], dtype=np.int64))
+      writer.add_tensor_info(target, shape[:-1] + row.shape[-1:] if qtype in _BLOCKED else shape,
+                             row.dtype, rows * row.nbytes, raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
+    writer.write_ti_data_to_file()
+    for hf_name, target in zip(names, targets):
+      data, _ = encoded(hf_name, target)
+      writer.write_tensor_data(data)
   except BaseException:
     writer.close()
     out.unlink(missing_ok=True)
