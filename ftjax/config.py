@@ -61,6 +61,20 @@ def base_config() -> ConfigDict:
   # one more LM-head matmul per step). 0 = all positions at once.
   c.model.logits_chunk = 0
 
+  # The loss and data on the model's head (ftjax/tasks/__init__.py): "" = the head's own
+  # (classification, or sft for causal_lm); "preference" = DPO and its family on
+  # chosen/rejected pairs (data.name "preference_files").
+  c.objective = ConfigDict()
+  c.objective.name = ""
+  c.objective.preference = ConfigDict()
+  # sigmoid (DPO; with label_smoothing: conservative DPO), robust, ipo, hinge (reference policy:
+  # the step-0 trainable parameters) or simpo, orpo (reference-free).
+  c.objective.preference.loss = "sigmoid"
+  c.objective.preference.beta = 0.1  # DPO's beta (IPO's tau; SimPO's beta; ORPO's lambda)
+  c.objective.preference.label_smoothing = 0.0  # share of pairs assumed flipped (cDPO, robust, SimPO)
+  c.objective.preference.simpo_gamma = 0.5  # SimPO's target reward margin
+  c.objective.preference.sft_weight = 0.0  # + this x the chosen reply's NLL (RPO; ORPO's is 1)
+
   c.method = ConfigDict()
   c.method.name = "full"
   c.method.freeze = ""  # regex over parameter paths frozen on top of any method ("" = none)
@@ -89,6 +103,10 @@ def base_config() -> ConfigDict:
   c.data.packing = False  # pack whole conversations into rows of max_length (training)
   c.data.chatterbot_categories = ()  # ChatterBot YAML file stems, e.g. ("coding",); () = all
   c.data.eval_fraction = 0.1  # ChatterBot: share of conversations (by prompt hash) in validation
+  # --- Preference pairs (objective "preference"; data.name "preference_files" or "hhh") ---
+  c.data.hhh_categories = ()  # BIG-bench HHH: harmless, helpful, honest, other; () = all
+  c.data.hhh_source = ""  # "" = the pinned BIG-bench sdist (ftjax/data/hhh.py)
+  c.data.test_fraction = 0.3  # HHH: share of pairs (by request hash) in test; eval_fraction: validation
   # --- end chat data ---
 
   c.train = ConfigDict()
@@ -333,8 +351,16 @@ def validate(cfg: ConfigDict) -> None:
   _require(impl != "cudnn" or cfg.model.dtype == "bfloat16", "model.attention",
            f"'cudnn' runs in bfloat16 only; set model.dtype=bfloat16 (got '{cfg.model.dtype}')")
   from ftjax import tasks  # pylint: disable=g-import-not-at-top
-  _require(cfg.model.task in tasks.names(), "model.task",
-           f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.names())}")
+  _require(cfg.model.task in tasks.MODEL_TASKS, "model.task",
+           f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.MODEL_TASKS)}")
+  _require(cfg.objective.name in ("", *tasks.names()), "objective.name",
+           f"names an unknown objective '{cfg.objective.name}'; known: {', '.join(tasks.names())}")
+  objective = tasks.get(tasks.objective_name(cfg))
+  _require(objective.MODEL_TASK == cfg.model.task, "objective.name",
+           f"'{tasks.objective_name(cfg)}' trains a {objective.MODEL_TASK} model; set "
+           f"model.task={objective.MODEL_TASK} (got '{cfg.model.task}')")
+  if hasattr(objective, "check_config"):
+    objective.check_config(cfg)
   chunk = cfg.model.get("logits_chunk", 0)
   _require(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
            "model.logits_chunk", f"must be an integer >= 0, got {chunk!r}")
@@ -382,9 +408,10 @@ def validate(cfg: ConfigDict) -> None:
   _require(cfg.eval.every_steps > 0, "eval.every_steps", "must be > 0")
   _require(cfg.eval.batch_size > 0, "eval.batch_size", "must be > 0")
   _require(cfg.eval.mode in ("max", "min"), "eval.mode", f"must be 'max' or 'min', got '{cfg.eval.mode}'")
-  metrics = tasks.get(cfg.model.task).METRICS  # name -> the direction that is better
+  metrics = objective.METRICS  # name -> the direction that is better
   _require(cfg.eval.metric in metrics, "eval.metric",
-           f"names '{cfg.eval.metric}', which task '{cfg.model.task}' does not report; choose from "
+           f"names '{cfg.eval.metric}', which objective '{tasks.objective_name(cfg)}' does not "
+           "report; choose from "
            f"{', '.join(metrics)}")
   _require(cfg.eval.mode == metrics[cfg.eval.metric], "eval.mode",
            f"is '{cfg.eval.mode}', but eval.metric '{cfg.eval.metric}' is better when "

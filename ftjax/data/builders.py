@@ -10,11 +10,13 @@ import tensorflow_datasets as tfds
 from ftjax.data import chat_files
 from ftjax.data import chatterbot
 from ftjax.data import classification_files
+from ftjax.data import hhh
 from ftjax.data import paths
+from ftjax.data import preference_files
 from ftjax.data import rotten_tomatoes
 from ftjax.errors import UserError
 
-NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files")
+NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -36,6 +38,10 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return chatterbot.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "chat_files":
     return chat_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "preference_files":
+    return preference_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "hhh":
+    return hhh.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

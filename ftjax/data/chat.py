@@ -14,7 +14,6 @@ number of eval batches from the split size alone), bucketed, with all-zero paddi
 
 from collections.abc import Iterator
 import json
-import math
 
 from absl import logging
 import grain
@@ -22,59 +21,32 @@ import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import chat_template
-from ftjax.data import collate as collate_lib
 from ftjax.data import epoch_shuffle
 from ftjax.data import packing as packing_lib
-from ftjax.data import tokenization
+from ftjax.data import templated
 from ftjax.errors import UserError
 
 __all__ = ["ChatData", "load_chat_data"]
 
 
-class ChatData:
+class ChatData(templated.TemplatedSplits):
   """One prepared chat dataset, rendered and tokenised lazily per (split, shard)."""
 
-  def __init__(self, builder, tokenizer, *, max_length: int, packing: bool = False,
-               padding: str = "bucket", bucket_boundaries=(), chat_template_name: str = "",
-               train_split: str = "train", max_train_examples: int = 0, seed: int = 0):
-    if padding not in collate_lib.PADDINGS:
-      raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
-    if max_length < 2:
-      raise UserError(f"data.max_length={max_length} must be >= 2")
-    self._builder = builder
-    self.tokenizer = tokenizer
-    self.template = chat_template.resolve_template(tokenizer, chat_template_name)
-    self.max_length = int(max_length)
+  def __init__(self, builder, tokenizer, *, max_length: int, packing: bool = False, **options):
+    super().__init__(builder, tokenizer, max_length=max_length, **options)
     self.packing = bool(packing)
-    self._padding = padding
-    self._boundaries = tuple(int(b) for b in bucket_boundaries)
-    self._train_split = train_split
-    self._max_train = int(max_train_examples)
-    self._subset_seed = int(seed)
-    self.pad_id = tokenization.pad_id(tokenizer)
-    self._cache = {}
-    self._lengths = {}
-    self.split_sizes: dict[str, int] = {
-        split: len(self._records(split)) for split in builder.info.splits}
-    metadata = builder.info.metadata or {}
-    # Conversations the builder left out (no assistant turn; duplicates for ChatterBot).
-    self.skipped: dict[str, int] = {k: int(v) for k, v in dict(metadata.get("skipped", {})).items()}
     # Per split, over the shards tokenised so far: conversations cut at max_length, and those
-    # dropped because truncation left no assistant token to learn.
+    # dropped because truncation left no assistant token to learn. (`skipped`: conversations
+    # the builder left out, without an assistant turn or, for ChatterBot, duplicates.)
     self.truncated: dict[str, int] = {}
     self.dropped_no_loss: dict[str, int] = {}
     self.packed_fill: float | None = None
-
-  def _records(self, split: str) -> grain.MapDataset:
-    """The split's records; the training split cut to `max_train_examples` if set."""
-    return builders.split_records(self._builder, split, train_split=self._train_split,
-                                  max_train=self._max_train, seed=self._subset_seed)
 
   def conversations(self, split: str, shard_index: int = 0, shard_count: int = 1
                     ) -> list[list[dict]]:
     """The split's conversations (lists of `{"role", "content"}`), in eval order."""
     records = self._records(split)[shard_index::shard_count]
-    return [json.loads(_text(records[i]["messages_json"])) for i in range(len(records))]
+    return [json.loads(templated.text(records[i]["messages_json"])) for i in range(len(records))]
 
   def texts(self, split: str) -> list[str]:
     """Each conversation rendered with the chat template (for reports)."""
@@ -137,8 +109,7 @@ class ChatData:
     `longest` when the length is agreed beyond these rows (across processes)."""
     if longest is None:
       longest = max((len(ids) for ids, _ in examples), default=1)
-    length = collate_lib.padded_length(longest, self.max_length, self._padding,
-                                       self._boundaries)
+    length = self._padded_length(longest)
     return packing_lib.collate_rows([[e] for e in examples], length=length, pad_id=self.pad_id,
                                     batch_size=batch_size)
 
@@ -175,9 +146,6 @@ class ChatData:
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                           prefetch_buffer_size=0)))
 
-  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
-    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
-
   def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
                          shard_count: int = 1) -> np.ndarray:
     """The longest conversation of each of this shard's eval batches (0: an all-padding one);
@@ -198,30 +166,15 @@ class ChatData:
     b to the same length.
     """
     examples = self._encoded(split, shard_index, shard_count)
-    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
-      chunk = examples[b * batch_size:(b + 1) * batch_size]
-      yield self._collate_single(chunk, batch_size=batch_size,
-                                 longest=None if longest is None else max(int(longest[b]), 1))
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    for chunk, length in self._eval_chunks(examples, split, batch_size, shard_count, longest):
+      yield self._collate_single(chunk, batch_size=batch_size, longest=length)
 
 
 def load_chat_data(data_cfg, tokenizer, *, seed: int) -> ChatData:
   """Prepares the dataset named by `data_cfg` (building it once) and wraps it for training."""
   builder = builders.prepare(data_cfg)
-  data = ChatData(
-      builder, tokenizer,
-      max_length=data_cfg.max_length,
-      packing=data_cfg.get("packing", False),
-      padding=data_cfg.padding,
-      bucket_boundaries=tuple(data_cfg.bucket_boundaries or ()),
-      chat_template_name=data_cfg.get("chat_template", ""),
-      train_split=data_cfg.train_split,
-      max_train_examples=data_cfg.max_train_examples,
-      seed=seed,
-  )
+  data = ChatData(builder, tokenizer, packing=data_cfg.get("packing", False),
+                  **templated.options(data_cfg, seed=seed))
   if any(data.skipped.values()):
     logging.warning("chat data %s: skipped %s", builder.name, data.skipped)
   return data

@@ -82,10 +82,14 @@ def token_mask(offsets: Sequence[tuple[int, int]], spans: Sequence[tuple[int, in
   return mask
 
 
-def encode(tokenizer, conversations: Sequence[Sequence[dict]], template: str | None = None
-           ) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Token ids and assistant masks (both int32) of each conversation, untruncated."""
+def encode(tokenizer, conversations: Sequence[Sequence[dict]], template: str | None = None, *,
+           last_reply_only: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Token ids and assistant masks (both int32) of each conversation, untruncated; with
+  `last_reply_only` the mask marks the final assistant reply alone (a preference pair's reply
+  after a history that holds earlier assistant turns)."""
   rendered = [render_with_spans(tokenizer, messages, template) for messages in conversations]
+  if last_reply_only:
+    rendered = [(text, spans[-1:]) for text, spans in rendered]
   out = []
   for start in range(0, len(rendered), _CHUNK):
     chunk = rendered[start:start + _CHUNK]

@@ -17,6 +17,7 @@ import itertools
 
 import numpy as np
 
+from ftjax import tasks
 from ftjax.data import text_norm
 from ftjax.metric_writers import write_json
 from ftjax.paths import as_path
@@ -142,26 +143,49 @@ def classification_section(dataset, tokenizer, cfg) -> dict:
 def chat_section(dataset, tokenizer, cfg) -> dict:
   """The report of a `ChatData`: conversations, skipped ones, rendered token lengths, leakage."""
   del tokenizer  # the dataset renders with its own chat template
+  report = _templated_splits(dataset, cfg, lambda split: {"assistant_turns": sum(
+      sum(1 for m in c if m["role"] == "assistant") for c in dataset.conversations(split))})
+  report["skipped_without_assistant_turn"] = dict(getattr(dataset, "skipped", {}) or {})
+  return report
+
+
+def _templated_splits(dataset, cfg, extra) -> dict:
+  """Per split of a chat-template dataset: the stats of its rendered texts and token lengths,
+  plus `extra(split)`; and the leakage between splits."""
   order = split_order(dataset.split_sizes, cfg.data)
   splits, keys_by_split = {}, {}
   for split in order:
     keys = dataset.texts(split)
     splits[split] = split_stats(keys, None, (), np.asarray(dataset.token_lengths(split)),
                                 cfg.data.max_length)
-    splits[split]["assistant_turns"] = sum(
-        sum(1 for m in c if m["role"] == "assistant") for c in dataset.conversations(split))
+    splits[split].update(extra(split))
     keys_by_split[split] = keys
-  return {"splits": splits, "leakage": leakage(keys_by_split, order),
-          "skipped_without_assistant_turn": dict(getattr(dataset, "skipped", {}) or {})}
+  return {"splits": splits, "leakage": leakage(keys_by_split, order)}
 
 
-SECTIONS = {"classification": classification_section, "causal_lm": chat_section}
+def preference_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `PreferenceData`: pairs, skipped ones, token lengths (the longer side of
+  each pair, rendered), duplicate pairs and leakage (on prompt + chosen + rejected)."""
+  del tokenizer  # the dataset renders with its own chat template
+  report = _templated_splits(dataset, cfg, lambda split: {
+      "distinct_prompts": len({text_norm.normalize(str(p["prompt"]))
+                               for p in dataset.pairs(split)}),
+      "dropped_prompt_too_long": int(dataset.dropped_prompt_too_long.get(split, 0))})
+  report["skipped_pairs"] = dict(getattr(dataset, "skipped", {}) or {})
+  return report
+
+
+# objective (`tasks.objective_name`) -> its section
+SECTIONS = {"classification": classification_section, "sft": chat_section,
+            "preference": preference_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
   """The data report of `dataset` (as the trainer loaded it) for config `cfg`."""
-  report = {"task": cfg.model.task, "data": cfg.data.name, "max_length": int(cfg.data.max_length)}
-  report.update(SECTIONS[cfg.model.task](dataset, tokenizer, cfg))
+  objective = tasks.objective_name(cfg)
+  report = {"task": cfg.model.task, "objective": objective, "data": cfg.data.name,
+            "max_length": int(cfg.data.max_length)}
+  report.update(SECTIONS[objective](dataset, tokenizer, cfg))
   removed = getattr(dataset, "duplicates_removed", None)
   if removed:
     report["duplicates_removed_at_build"] = removed
@@ -204,6 +228,15 @@ def markdown(report: dict, heading: str = "##") -> str:
     for leak in report["leakage"]:
       lines.append(f"| {leak['split']} | {leak['seen_in']} | {leak['rows']} | {leak['exact']} | "
                    f"{leak['normalized']} |")
+  if report.get("skipped_pairs") and any(report["skipped_pairs"].values()):
+    skipped = report["skipped_pairs"]
+    lines += ["", "Pairs skipped when the dataset was built: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()) + "."]
+  dropped = {k: s["dropped_prompt_too_long"] for k, s in splits.items()
+             if s.get("dropped_prompt_too_long")}
+  if dropped:
+    lines += ["", "Pairs dropped, their prompt leaving no reply token within data.max_length: "
+              + ", ".join(f"{k} {v}" for k, v in dropped.items()) + "."]
   if report.get("duplicates_removed_at_build"):
     removed = report["duplicates_removed_at_build"]
     lines += ["", "Removed when the dataset was built: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + "."]
@@ -217,7 +250,7 @@ def write(workdir, dataset, tokenizer, cfg) -> dict | None:
 
   Does nothing (returns None) for a task without a section in `SECTIONS` yet.
   """
-  if cfg.model.task not in SECTIONS:
+  if tasks.objective_name(cfg) not in SECTIONS:
     return None
   report = build(dataset, tokenizer, cfg)
   workdir = as_path(workdir)

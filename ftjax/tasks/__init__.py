@@ -1,14 +1,26 @@
-"""Tasks: what a model is trained to do, chosen by `config.model.task`.
+"""Objectives: what a model is trained to minimise, chosen by `config.objective.name`.
 
-A task is a module that provides (see `classification.py`, the reference):
+`model.task` names the model's *head* (`classification`: a sequence classifier; `causal_lm`: a
+language model); the objective names the *loss and data* on that head. `objective.name = ""`
+(the default) is the head's own objective: `classification` (cross-entropy on labels) or `sft`
+(next-token loss on assistant tokens). Others (`preference`: DPO and its family) train the same
+head on other data; an objective names its head in `MODEL_TASK` and a run whose `model.task`
+differs is refused. Options live under `objective.<name>.*`.
+
+An objective is a module that provides (see `classification.py`, the reference):
   MODEL_TASK                            the head `models.registry.build_model` builds
+  configure(cfg) -> objective           the module itself, or an object with the same names
+                                        whose losses are bound to the run's options
+  uses_reference                        True: the train state holds a frozen copy of the step-0
+                                        trainable parameters and the losses get the model they
+                                        make as `reference=` (DPO's reference policy)
   load_data(data_cfg, tokenizer, *, seed) -> dataset with train_iterator / eval_batches /
-                                           split_sizes (the Grain pipeline for the task)
+                                           split_sizes (the Grain pipeline for the objective)
   model_kwargs(dataset) -> dict         extra build_model arguments (e.g. num_labels)
-  train_loss(model, batch, rngs) -> (loss, aux metrics)      inside the jitted train step;
-                                        aux["loss_weight"] = what the mean loss averages over
-                                        (examples, tokens), for exact gradient accumulation
-  eval_sums(model, batch, dataset) -> pytree of sums         inside the jitted eval step
+  train_loss(model, batch, rngs[, reference=]) -> (loss, aux metrics)   inside the jitted train
+                                        step; aux["loss_weight"] = what the mean loss averages
+                                        over (examples, tokens, pairs), for exact accumulation
+  eval_sums(model, batch, dataset[, reference=]) -> pytree of sums       inside the eval step
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
   HEADLINE_METRICS                      metrics printed after each evaluation
@@ -19,17 +31,41 @@ import importlib
 
 from ftjax.errors import UserError
 
-_TASKS = {
+MODEL_TASKS = ("classification", "causal_lm")  # the heads `model.task` may name
+
+_OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
-    "causal_lm": "ftjax.tasks.causal_lm",
+    "sft": "ftjax.tasks.causal_lm",
+    "preference": "ftjax.tasks.preference",
 }
+_DEFAULT = {"classification": "classification", "causal_lm": "sft"}  # model.task -> objective
 
 
 def names() -> list[str]:
-  return sorted(_TASKS)
+  """The objectives `objective.name` may name."""
+  return sorted(_OBJECTIVES)
 
 
 def get(name: str):
-  if name not in _TASKS:
-    raise UserError(f"unknown task '{name}' (config key model.task); known: {', '.join(names())}")
-  return importlib.import_module(_TASKS[name])
+  """The objective module registered as `name` (a head's name gives its default objective)."""
+  name = _DEFAULT.get(name, name) if name not in _OBJECTIVES else name
+  if name not in _OBJECTIVES:
+    raise UserError(f"unknown objective '{name}' (config key objective.name); known: "
+                    f"{', '.join(names())}")
+  return importlib.import_module(_OBJECTIVES[name])
+
+
+def objective_name(cfg) -> str:
+  """The run's objective: `objective.name`, or the default of its `model.task`."""
+  name = cfg.get("objective", {}).get("name", "")
+  return name or _DEFAULT.get(cfg.model.task, cfg.model.task)
+
+
+def for_config(cfg):
+  """The run's objective with its options bound (`configure(cfg)`); refuses a head mismatch."""
+  name = objective_name(cfg)
+  module = get(name)
+  if module.MODEL_TASK != cfg.model.task:
+    raise UserError(f"objective '{name}' trains a {module.MODEL_TASK} model; set "
+                    f"model.task={module.MODEL_TASK} (got '{cfg.model.task}')")
+  return module.configure(cfg)

@@ -1,4 +1,5 @@
-"""Causal language modelling on chat data (SFT): next-token loss on assistant tokens only.
+"""Supervised fine-tuning (objective `sft`) of a causal LM on chat data: next-token loss on
+assistant tokens only.
 
 Batches come from `ftjax.data.chat` (see `ftjax.data.packing` for the layout): the loss at
 position t predicts `targets[t]` and counts only where `loss_mask[t]` is 1 (the target is an
@@ -21,8 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 
 MODEL_TASK = "causal_lm"
+uses_reference = False
 HEADLINE_METRICS = ("loss", "perplexity", "token_accuracy")
 METRICS = {"loss": "min", "perplexity": "min", "token_accuracy": "max"}  # eval.metric -> mode
+
+
+def configure(cfg):
+  """This objective with the loss over chunks of `model.logits_chunk` positions (0: all)."""
+  return with_logits_chunk(cfg.model.get("logits_chunk", 0))
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):

@@ -7,6 +7,7 @@ combine exactly: the caller adds sums over batches and divides once at the end.
 from __future__ import annotations
 
 import functools
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +17,14 @@ import optax
 from ftjax import metrics as metrics_lib
 
 MODEL_TASK = "classification"
+uses_reference = False
 HEADLINE_METRICS = ("accuracy", "loss")
 METRICS = {"accuracy": "max", "loss": "min", "macro_f1": "max", "ece": "min"}  # eval.metric -> mode
+
+
+def configure(cfg):
+  del cfg  # no options
+  return sys.modules[__name__]
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):

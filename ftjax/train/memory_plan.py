@@ -69,8 +69,10 @@ def _largest_batch(exp) -> dict:
   length = cfg.data.max_length
   spec = sharding.batch_sharding(exp.mesh)
   global_rows = size * jax.process_count()
-  return {k: jax.ShapeDtypeStruct((global_rows,) + ((length,) if v.ndim >= 2 else ())
-                                  + v.shape[2:], v.dtype, sharding=spec)
+  # Rows lead, the sequence is last ([B, T]; a preference batch's [B, 2, T]).
+  return {k: jax.ShapeDtypeStruct((global_rows,) + v.shape[1:-1] + ((length,) if v.ndim >= 2
+                                                                    else ()),
+                                  v.dtype, sharding=spec)
           for k, v in batch.items()}
 
 

@@ -34,13 +34,16 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # raw uint32 key; dropout keys are folded in per step
   nonfinite: jax.Array  # updates skipped because the loss or gradients were not finite
   first_nonfinite: jax.Array  # step of the first such update, -1 if none
+  # The step-0 trainable parameters, for objectives with a reference policy (DPO); else None.
+  # Never checkpointed: like `frozen`, rebuilt at start from the base checkpoint and the seed.
+  reference: Any = None
 
 
 @dataclasses.dataclass
 class Experiment:
   """Everything a run builds before its first step; shared by training and evaluation."""
   cfg: ConfigDict
-  task: Any  # a module of ftjax.tasks
+  task: Any  # the objective (`ftjax.tasks.for_config`)
   mesh: jax.sharding.Mesh
   dataset: Any
   graphdef: Any
@@ -93,9 +96,7 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
   state as `jax.ShapeDtypeStruct`s with the shardings a real build gives. Every config error
   (a method's included) surfaces here, before any weight is read; the trainer compiles its step
   and checks that it fits on this (`memory_plan`) before `load_experiment`."""
-  task = tasks.get(cfg.model.task)
-  if cfg.model.get("logits_chunk", 0):  # a loss option (validated: only the causal-LM task)
-    task = task.with_logits_chunk(cfg.model.logits_chunk)
+  task = tasks.for_config(cfg)  # the objective, its options bound
   mesh = sharding.make_mesh(cfg.mesh.shape)
   # A .gguf file is converted once into a cached HF-style directory (dequantized weights,
   # tokenizer and chat template from its metadata); directories pass through.
@@ -145,7 +146,8 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
   state = TrainState(step=scalar(jnp.zeros((), jnp.int32)), params=params, frozen=frozen,
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=scalar(jnp.zeros((), jnp.int32)),
-                     first_nonfinite=scalar(jnp.full((), -1, jnp.int32)))
+                     first_nonfinite=scalar(jnp.full((), -1, jnp.int32)),
+                     reference=params if task.uses_reference else None)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
   counts["total"] = counts["trainable"] + counts["frozen"]
@@ -172,9 +174,17 @@ def load_experiment(exp: Experiment) -> Experiment:
   state = TrainState(step=put(jnp.zeros((), jnp.int32)), params=built.params, frozen=built.frozen,
                      opt_state=opt_state, rng=put(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=put(jnp.zeros((), jnp.int32)),
-                     first_nonfinite=put(jnp.full((), -1, jnp.int32)))
+                     first_nonfinite=put(jnp.full((), -1, jnp.int32)),
+                     reference=_copy(built.params) if exp.state.reference is not None else None)
   return dataclasses.replace(exp, graphdef=built.graphdef, state=state,
                              checkpoint_bytes_read=built.bytes_requested, blueprint=None)
+
+
+def _copy(tree):
+  """A copy of `tree` in new buffers with the same shardings: the train step donates `params`,
+  and the reference must outlive that."""
+  return jax.jit(lambda t: jax.tree.map(jnp.copy, t),
+                 out_shardings=jax.tree.map(lambda x: x.sharding, tree))(tree)
 
 
 def local_batch_size(global_batch: int, mesh, accum_steps: int = 1) -> int:
