@@ -108,6 +108,8 @@ def main() -> None:
   parser.add_argument("--workdir", default="/tmp/ftjax_hhh")
   parser.add_argument("--variant", default="sigmoid", help="objective.preference.loss")
   parser.add_argument("--steps", type=int, default=0, help="override train.steps (0: the config's)")
+  parser.add_argument("--score_only", action="store_true",
+                      help="score the workdir's best checkpoint so far; no training")
   args = parser.parse_args()
   cfg = config_lib.load_config(f"{REPO}/configs/dpo_hhh.py:{args.variant}")
   with cfg.unlocked():
@@ -116,7 +118,7 @@ def main() -> None:
       cfg.train.steps = args.steps
   config_lib.validate(cfg)
   start = time.time()
-  summary = train.train_and_evaluate(cfg, args.workdir)
+  summary = {} if args.score_only else train.train_and_evaluate(cfg, args.workdir)
   train_seconds = time.time() - start
 
   exp = train.build_experiment(cfg, optimizer=False)
@@ -127,7 +129,8 @@ def main() -> None:
   rows = summarize(base_scores, tuned_scores, categories, cfg.objective.preference.beta)
   header = (f"DPO ({args.variant}, beta {cfg.objective.preference.beta}) on HHH: "
             f"{exp.dataset.split_sizes} pairs, best step {best_step} of {cfg.train.steps} by "
-            f"validation reward accuracy; {train_seconds / 60:.1f} min of training and evals")
+            f"validation reward accuracy"
+            + ("" if args.score_only else f"; {train_seconds / 60:.1f} min of training and evals"))
   result = {"variant": args.variant, "best_step": best_step, "split_sizes": exp.dataset.split_sizes,
             "train_seconds": train_seconds, "initial_eval": summary.get("initial_eval"),
             "final_eval": summary.get("final_eval"), "test": rows,
