@@ -63,7 +63,8 @@ def base_config() -> ConfigDict:
 
   # The loss and data on the model's head (ftjax/tasks/__init__.py): "" = the head's own
   # (classification, or sft for causal_lm); "preference" = DPO and its family on
-  # chosen/rejected pairs (data.name "preference_files").
+  # chosen/rejected pairs (data.name "preference_files" or "hhh"); "reward" = a reward model
+  # (model.task classification, one label) on the same pairs.
   c.objective = ConfigDict()
   c.objective.name = ""
   c.objective.preference = ConfigDict()
@@ -74,6 +75,8 @@ def base_config() -> ConfigDict:
   c.objective.preference.label_smoothing = 0.0  # share of pairs assumed flipped (cDPO, robust, SimPO)
   c.objective.preference.simpo_gamma = 0.5  # SimPO's target reward margin
   c.objective.preference.sft_weight = 0.0  # + this x the chosen reply's NLL (RPO; ORPO's is 1)
+  c.objective.reward = ConfigDict()
+  c.objective.reward.center_rewards = 0.0  # + this x (r_chosen + r_rejected)^2 (TRL's coefficient)
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -103,7 +106,7 @@ def base_config() -> ConfigDict:
   c.data.packing = False  # pack whole conversations into rows of max_length (training)
   c.data.chatterbot_categories = ()  # ChatterBot YAML file stems, e.g. ("coding",); () = all
   c.data.eval_fraction = 0.1  # ChatterBot: share of conversations (by prompt hash) in validation
-  # --- Preference pairs (objective "preference"; data.name "preference_files" or "hhh") ---
+  # --- Preference pairs (objectives "preference", "reward"; data.name "preference_files", "hhh") ---
   c.data.hhh_categories = ()  # BIG-bench HHH: harmless, helpful, honest, other; () = all
   c.data.hhh_source = ""  # "" = the pinned BIG-bench sdist (ftjax/data/hhh.py)
   c.data.test_fraction = 0.3  # HHH: share of pairs (by request hash) in test; eval_fraction: validation

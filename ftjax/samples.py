@@ -25,7 +25,8 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
   prompts); process 0 alone writes."""
   cfg = exp.cfg
   dataset = exp.dataset
-  if not hasattr(dataset, "prompts") or cfg.eval.num_samples <= 0:
+  if (cfg.model.task != "causal_lm" or not hasattr(dataset, "prompts")  # a reward model's data
+      or cfg.eval.num_samples <= 0):                                       # has prompts, no LM
     return None
   tokenizer = dataset.tokenizer
   prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)

@@ -8,30 +8,15 @@ import pytest
 from ftjax import train
 from ftjax.config import base_config
 from ftjax.errors import UserError
-from tiny_assets import make_tiny_llama, write_jsonl
-
-ANSWERS = {"hello how are you ?": ("i am fine", "sure"),
-           "help me with python !": ("sure", "hello"),
-           "hi !": ("hello", "i am fine")}
-
-
-def _pairs(n, seed):
-  import random  # pylint: disable=g-import-not-at-top
-  rng = random.Random(seed)
-  rows = []
-  for i in range(n):
-    question = rng.choice(sorted(ANSWERS))
-    chosen, rejected = ANSWERS[question]
-    rows.append({"prompt": f"{question} {i}", "chosen": chosen, "rejected": rejected})
-  return rows
+from tiny_assets import make_preference_rows, make_tiny_llama, write_jsonl
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
   root = tmp_path_factory.mktemp("preference")
   return {"model": make_tiny_llama(root / "llama"),
-          "train": write_jsonl(root / "train.jsonl", _pairs(48, 0)),
-          "validation": write_jsonl(root / "dev.jsonl", _pairs(12, 1))}
+          "train": write_jsonl(root / "train.jsonl", make_preference_rows(48, 0)),
+          "validation": write_jsonl(root / "dev.jsonl", make_preference_rows(12, 1))}
 
 
 def _config(tiny, *, method="lora", loss="sigmoid", steps=24):

@@ -115,3 +115,21 @@ def make_conversations(n: int, seed: int) -> list[dict]:
     rows.append({"messages": [{"role": "user", "content": f"{question} {i}"},
                               {"role": "assistant", "content": answer}]})
   return rows
+
+
+# A reply is preferred by question: "sure" is right for python and wrong for hello.
+PREFERRED_REPLIES = {"hello how are you ?": ("i am fine", "sure"),
+                     "help me with python !": ("sure", "hello"),
+                     "hi !": ("hello", "i am fine")}
+
+
+def make_preference_rows(n: int, seed: int) -> list[dict]:
+  """Preference pairs for the tiny Llama's vocabulary: `{"prompt", "chosen", "rejected"}`."""
+  import random  # pylint: disable=g-import-not-at-top
+  rng = random.Random(seed)
+  rows = []
+  for i in range(n):
+    question = rng.choice(sorted(PREFERRED_REPLIES))
+    chosen, rejected = PREFERRED_REPLIES[question]
+    rows.append({"prompt": f"{question} {i}", "chosen": chosen, "rejected": rejected})
+  return rows

@@ -4,7 +4,7 @@ Module paths mirror HF so conversion is a table (`weights/gpt2_table.py`):
   transformer.{wte,wpe}, transformer.h.{i}.{ln_1,ln_2},
   transformer.h.{i}.attn.{c_attn,c_proj}, transformer.h.{i}.mlp.{c_fc,c_proj},
   transformer.ln_f, lm_head (only when `tie_word_embeddings` is false; GPT-2
-  ties it to `wte` by default).
+  ties it to `wte` by default); a sequence classifier has `score` instead.
 HF's `Conv1D` stores weights [in, out], which is already the NNX kernel
 layout: no transpose. Same call signature and KV cache as `LlamaForCausalLM`.
 Learned positions: a position >= `n_positions` has no embedding (`generate`
@@ -250,3 +250,30 @@ class GPT2LMHeadModel(nnx.Module):
   def lm_logits(self, hidden):
     """fp32 logits [B, T, vocab] of final hidden states [B, T, H]."""
     return layers.lm_logits(hidden, self.transformer.wte, self.lm_head, self.dtype)
+
+
+class GPT2ForSequenceClassification(nnx.Module):
+  """GPT-2 + linear `score` (no bias) on the last real token; HF
+  `GPT2ForSequenceClassification`. `remat` and `attention` as `GPT2LMHeadModel`'s."""
+
+  def __init__(self, config: GPT2Config, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.dtype = dtype
+    self.num_labels = num_labels
+    self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs, remat=remat, attention_impl=attention)
+    self.score = _linear(config, config.n_embd, num_labels, ('embed', None),
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs, bias=False)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               positions=None, segment_ids=None, rngs: nnx.Rngs | None = None):
+    """Logits [B, num_labels] (compute dtype), as `LlamaForSequenceClassification`."""
+    del token_type_ids
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, _ = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, None)
+    x, _ = self.transformer(input_ids, layout, positions, None, rngs)
+    return self.score(layers.last_token(x, input_ids, attention_mask,
+                                         self.config.pad_token_id))

@@ -76,3 +76,21 @@ def lm_logits(x, embed: nnx.Embed, lm_head: nnx.Linear | None, dtype):
     return jnp.einsum('bth,vh->btv', x, table, preferred_element_type=jnp.float32)
   kernel = lm_head.kernel[...].astype(dtype)
   return jnp.einsum('bth,hv->btv', x, kernel, preferred_element_type=jnp.float32)
+
+
+def last_token(hidden, input_ids, attention_mask, pad_token_id):
+  """Each row's hidden state at its last real token, [B, H] of [B, T, H] (any padding side).
+
+  The pooling of a decoder sequence classifier, as HF's: the last position that is not padding
+  and whose token is not `pad_token_id` (None: the mask alone). A checkpoint whose pad id is
+  its end-of-turn token (SmolLM2: both `<|im_end|>`) is thus read at the token before a
+  closing `<|im_end|>`, in ftjax as in transformers, so an exported reward model scores alike.
+  """
+  real = jnp.ones(input_ids.shape, bool) if attention_mask is None else (
+      jnp.asarray(attention_mask) > 0)
+  if isinstance(pad_token_id, (list, tuple)):  # a config may hold a list
+    pad_token_id = pad_token_id[0] if pad_token_id else None
+  if pad_token_id is not None:
+    real = real & (input_ids != pad_token_id)
+  last = jnp.argmax(jnp.arange(input_ids.shape[1]) * real, axis=-1)
+  return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0]

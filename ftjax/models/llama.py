@@ -11,7 +11,7 @@ Module paths mirror HF so conversion is a table (`weights/llama_table.py`):
   model.layers.{i}.self_attn.{q_norm,k_norm}, model.layers.{i}.mlp.
   {gate,up,down}_proj, model.layers.{i}.{input,post_attention}_layernorm,
   model.norm, lm_head (absent when `tie_word_embeddings`: the logits then use
-  `embed_tokens` transposed).
+  `embed_tokens` transposed); a sequence classifier has `score` instead of lm_head.
 
 Compute runs in `dtype`; RMSNorm statistics, RoPE, attention softmax and the
 logits are fp32. Params carry logical axes from {'vocab', 'embed', 'heads',
@@ -421,3 +421,33 @@ class LlamaForCausalLM(nnx.Module):
   def lm_logits(self, hidden):
     """fp32 logits [B, T, vocab] of final hidden states [B, T, H]."""
     return layers.lm_logits(hidden, self.model.embed_tokens, self.lm_head, self.dtype)
+
+
+class LlamaForSequenceClassification(nnx.Module):
+  """Decoder + linear `score` on the last real token; HF `LlamaForSequenceClassification` (and
+  the Mistral / Qwen2 / Qwen3 classes), so exported weights give the same logits. Reward
+  models are this class with one label. `remat` and `attention` as `LlamaForCausalLM`'s."""
+
+  def __init__(self, config: LlamaConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.dtype = dtype
+    self.num_labels = num_labels
+    self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs, remat=remat, attention_impl=attention)
+    self.score = _linear(config, config.hidden_size, num_labels, ('embed', None), False,
+                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               positions=None, segment_ids=None, rngs: nnx.Rngs | None = None):
+    """Logits [B, num_labels] (compute dtype); the classification objective's call
+    (`token_type_ids`, which decoders have none of, is ignored)."""
+    del token_type_ids
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, _ = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, None)
+    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    return self.score(layers.last_token(x, input_ids, attention_mask,
+                                         self.config.pad_token_id))
+

@@ -5,8 +5,9 @@ its model class for a task, which weight table each class uses and the HF
 architecture name it exports as. Adding Llama or GPT-2 is one entry.
 
 Tasks: 'base' (the bare encoder), 'classification' (sequence classification
-head, like `AutoModelForSequenceClassification`) and 'causal_lm' (decoder with
-an LM head, like `AutoModelForCausalLM`). A family lists the tasks it has.
+head, like `AutoModelForSequenceClassification`: BERT's pooler + classifier, a
+decoder's `score` on its last real token) and 'causal_lm' (decoder with an LM
+head, like `AutoModelForCausalLM`). A family lists the tasks it has.
 
 `model_spec` reads a checkpoint's `config.json` into a `ModelSpec` (how to build the
 model, its weight table) before any weight is read; training builds the model sharded from it
@@ -56,19 +57,24 @@ def _build_bert(config, task, num_labels, dtype, param_dtype, rngs, **options):
   return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
 
 
-def _build_causal_lm(cls):
+def _build_decoder(causal_lm_cls, classifier_cls):
   def build(config, task, num_labels, dtype, param_dtype, rngs, **options):
-    del task, num_labels  # only 'causal_lm'
-    return cls(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
+    if task == 'classification':
+      return classifier_cls(config, num_labels, **kw)
+    return causal_lm_cls(config, **kw)
   return build
 
 
-def _llama_family(architecture: str) -> Family:
+def _llama_family(prefix: str) -> Family:
   return Family(
       config_cls=llama.LlamaConfig,
       classes={'causal_lm': (llama.LlamaForCausalLM,
-                             llama_table.causal_lm_table, architecture)},
-      build=_build_causal_lm(llama.LlamaForCausalLM))
+                             llama_table.causal_lm_table, f'{prefix}ForCausalLM'),
+               'classification': (llama.LlamaForSequenceClassification,
+                                  llama_table.SEQUENCE_CLASSIFICATION,
+                                  f'{prefix}ForSequenceClassification')},
+      build=_build_decoder(llama.LlamaForCausalLM, llama.LlamaForSequenceClassification))
 
 
 _FAMILIES: dict[str, Family] = {
@@ -85,13 +91,16 @@ _FAMILIES: dict[str, Family] = {
     'gpt2': Family(
         config_cls=gpt2.GPT2Config,
         classes={'causal_lm': (gpt2.GPT2LMHeadModel,
-                               gpt2_table.lm_head_table, 'GPT2LMHeadModel')},
-        build=_build_causal_lm(gpt2.GPT2LMHeadModel),
+                               gpt2_table.lm_head_table, 'GPT2LMHeadModel'),
+                 'classification': (gpt2.GPT2ForSequenceClassification,
+                                    gpt2_table.SEQUENCE_CLASSIFICATION,
+                                    'GPT2ForSequenceClassification')},
+        build=_build_decoder(gpt2.GPT2LMHeadModel, gpt2.GPT2ForSequenceClassification),
     ),
-    'llama': _llama_family('LlamaForCausalLM'),
-    'mistral': _llama_family('MistralForCausalLM'),
-    'qwen2': _llama_family('Qwen2ForCausalLM'),
-    'qwen3': _llama_family('Qwen3ForCausalLM'),
+    'llama': _llama_family('Llama'),
+    'mistral': _llama_family('Mistral'),
+    'qwen2': _llama_family('Qwen2'),
+    'qwen3': _llama_family('Qwen3'),
 }
 
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))

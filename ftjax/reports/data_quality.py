@@ -177,7 +177,7 @@ def preference_section(dataset, tokenizer, cfg) -> dict:
 
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": chat_section,
-            "preference": preference_section}
+            "preference": preference_section, "reward": preference_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:

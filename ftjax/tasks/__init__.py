@@ -3,8 +3,9 @@
 `model.task` names the model's *head* (`classification`: a sequence classifier; `causal_lm`: a
 language model); the objective names the *loss and data* on that head. `objective.name = ""`
 (the default) is the head's own objective: `classification` (cross-entropy on labels) or `sft`
-(next-token loss on assistant tokens). Others (`preference`: DPO and its family) train the same
-head on other data; an objective names its head in `MODEL_TASK` and a run whose `model.task`
+(next-token loss on assistant tokens). Others train the same heads on other data (`preference`:
+DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
+classifier); an objective names its head in `MODEL_TASK` and a run whose `model.task`
 differs is refused. Options live under `objective.<name>.*`.
 
 An objective is a module that provides (see `classification.py`, the reference):
@@ -37,6 +38,7 @@ _OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
     "sft": "ftjax.tasks.causal_lm",
     "preference": "ftjax.tasks.preference",
+    "reward": "ftjax.tasks.reward",
 }
 _DEFAULT = {"classification": "classification", "causal_lm": "sft"}  # model.task -> objective
 

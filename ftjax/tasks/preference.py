@@ -208,15 +208,19 @@ class Preference:
   def eval_sums(self, model, batch, dataset, *, reference=None):
     """Sums over the batch's real pairs of the loss, rewards, margins and log-probs."""
     del dataset
-    per = self._per_pair(model, batch, reference)
-    weights = batch["weights"].astype(jnp.float32)
-    sums = {k: jnp.where(weights > 0, v * weights, 0.0).sum() for k, v in per.items()}
-    sums["pairs"] = weights.sum()
-    return sums
+    return pair_sums(self._per_pair(model, batch, reference), batch["weights"])
 
   @staticmethod
   def finalize(sums) -> dict:
     return finalize(sums)
+
+
+def pair_sums(per_pair: dict, weights) -> dict:
+  """Weighted sums over a batch's real pairs of each per-pair value, and their count `pairs`."""
+  weights = weights.astype(jnp.float32)
+  sums = {k: jnp.where(weights > 0, v * weights, 0.0).sum() for k, v in per_pair.items()}
+  sums["pairs"] = weights.sum()
+  return sums
 
 
 def finalize(sums) -> dict:

@@ -1,7 +1,7 @@
 """Weight tables between HF GPT-2 checkpoints and `ftjax.models.gpt2`.
 
 HF `Conv1D` weights are [in, out] like NNX kernels: no transpose (only a
-separate `lm_head` is an `nn.Linear`). Checkpoints of the bare `GPT2Model`
+separate `lm_head` and a classifier's `score` are `nn.Linear`s). Checkpoints of the bare `GPT2Model`
 (the original `gpt2` hub files) lack the `transformer.` prefix; both load.
 """
 
@@ -43,3 +43,10 @@ LM_HEAD_TIED = WeightTable(rules=tuple(_rules(tied=True)),
 def lm_head_table(config) -> WeightTable:
   """The table for a `GPT2LMHeadModel` with this config."""
   return LM_HEAD_TIED if config.tie_word_embeddings else LM_HEAD
+
+
+# `GPT2ForSequenceClassification`: the transformer and `score`; an LM head is not read.
+SEQUENCE_CLASSIFICATION = WeightTable(
+    rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),),
+    ignore=_BUFFERS + (r'lm_head\.weight',), prefix_aliases=_ALIASES,
+    optional=(r'score\..*',))

@@ -1,7 +1,8 @@
 """Weight tables between HF Llama-family checkpoints and `ftjax.models.llama`.
 
 HF names follow `transformers.LlamaForCausalLM` (also Mistral, Qwen2, Qwen3,
-SmolLM2). With tied embeddings `lm_head.weight` is not a parameter: a
+SmolLM2), and `LlamaForSequenceClassification` for the classifier (its `score` in place of
+the LM head; a causal-LM checkpoint loads into it with `score` new). With tied embeddings `lm_head.weight` is not a parameter: a
 checkpoint that still stores it (some do) has it ignored, and export omits it,
 as transformers does.
 """
@@ -38,9 +39,15 @@ _BUFFERS = (r'model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq',)
 
 CAUSAL_LM = WeightTable(rules=tuple(_rules(tied=False)), ignore=_BUFFERS)
 CAUSAL_LM_TIED = WeightTable(rules=tuple(_rules(tied=True)),
-                             ignore=_BUFFERS + (r'lm_head\.weight',))
+                             ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
 
 
 def causal_lm_table(config) -> WeightTable:
   """The table for a `LlamaForCausalLM` with this config."""
   return CAUSAL_LM_TIED if config.tie_word_embeddings else CAUSAL_LM
+
+
+# A sequence classifier: the decoder and `score`; a causal LM's `lm_head` is not read.
+SEQUENCE_CLASSIFICATION = WeightTable(
+    rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),),
+    ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))

@@ -331,9 +331,9 @@ def test_missing_lm_head_when_untied(checkpoints):
 
 
 def test_task_not_supported_by_family(checkpoints):
-  with pytest.raises(UserError, match="task 'classification' is not supported "
-                     "for model_type 'llama'; supported: causal_lm"):
-    registry.build_model(checkpoints['llama3'][0], task='classification',
+  with pytest.raises(UserError, match="task 'base' is not supported "
+                     "for model_type 'llama'; supported: causal_lm, classification"):
+    registry.build_model(checkpoints['llama3'][0], task='base',
                          rngs=nnx.Rngs(0))
 
 
