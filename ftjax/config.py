@@ -60,11 +60,15 @@ def base_config() -> ConfigDict:
   # [batch, positions, vocab] logits exist one chunk at a time (recomputed in the backward pass:
   # one more LM-head matmul per step). 0 = all positions at once.
   c.model.logits_chunk = 0
+  # Keep only the checkpoint's first N layers (0: all): a smaller student for distillation, or
+  # a cheaper model; the dropped layers' tensors are never read and exports say N layers.
+  c.model.num_layers = 0
 
   # The loss and data on the model's head (ftjax/tasks/__init__.py): "" = the head's own
   # (classification, or sft for causal_lm); "preference" = DPO and its family on
   # chosen/rejected pairs (data.name "preference_files" or "hhh"); "reward" = a reward model
-  # (model.task classification, one label) on the same pairs.
+  # (model.task classification, one label) on the same pairs; "distill" = either head taught
+  # by a frozen teacher (objective.distill.teacher).
   c.objective = ConfigDict()
   c.objective.name = ""
   c.objective.preference = ConfigDict()
@@ -77,6 +81,13 @@ def base_config() -> ConfigDict:
   c.objective.preference.sft_weight = 0.0  # + this x the chosen reply's NLL (RPO; ORPO's is 1)
   c.objective.reward = ConfigDict()
   c.objective.reward.center_rewards = 0.0  # + this x (r_chosen + r_rejected)^2 (TRL's coefficient)
+  # "distill": match a frozen teacher's distribution (labels or next tokens) on the task's data.
+  c.objective.distill = ConfigDict()
+  c.objective.distill.teacher = ""  # a model source (directory, pypi:, hf:, .gguf); same tokenizer
+  c.objective.distill.divergence = "forward_kl"  # forward_kl, reverse_kl or jsd (TRL GKD's)
+  c.objective.distill.jsd_beta = 0.5  # jsd's teacher weight in the mixture (TRL's beta)
+  c.objective.distill.temperature = 1.0  # both distributions' softmax temperature
+  c.objective.distill.task_weight = 0.0  # loss = (1 - w) divergence + w task cross-entropy
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -358,12 +369,14 @@ def validate(cfg: ConfigDict) -> None:
            f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.MODEL_TASKS)}")
   _require(cfg.objective.name in ("", *tasks.names()), "objective.name",
            f"names an unknown objective '{cfg.objective.name}'; known: {', '.join(tasks.names())}")
-  objective = tasks.get(tasks.objective_name(cfg))
-  _require(objective.MODEL_TASK == cfg.model.task, "objective.name",
-           f"'{tasks.objective_name(cfg)}' trains a {objective.MODEL_TASK} model; set "
-           f"model.task={objective.MODEL_TASK} (got '{cfg.model.task}')")
-  if hasattr(objective, "check_config"):
-    objective.check_config(cfg)
+  heads = tasks.heads(tasks.get(tasks.objective_name(cfg)))
+  _require(cfg.model.task in heads, "objective.name",
+           f"'{tasks.objective_name(cfg)}' trains a {heads[0]} model; set "
+           f"model.task={heads[0]} (got '{cfg.model.task}')")
+  objective = tasks.for_config(cfg)  # its options checked and bound
+  layers = cfg.model.get("num_layers", 0)
+  _require(isinstance(layers, int) and not isinstance(layers, bool) and layers >= 0,
+           "model.num_layers", f"must be an integer >= 0 (0: all layers), got {layers!r}")
   chunk = cfg.model.get("logits_chunk", 0)
   _require(isinstance(chunk, int) and not isinstance(chunk, bool) and chunk >= 0,
            "model.logits_chunk", f"must be an integer >= 0, got {chunk!r}")

@@ -76,7 +76,7 @@ def write_jsonl(path: pathlib.Path, rows) -> pathlib.Path:
 
 
 
-def make_tiny_llama(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+def make_tiny_llama(path: pathlib.Path, *, seed: int = 0, layers: int = 2) -> pathlib.Path:
   """A tiny random Llama (tied embeddings, like SmolLM2) with a ChatML tokenizer."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -96,7 +96,7 @@ def make_tiny_llama(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
   path.mkdir(parents=True, exist_ok=True)
   fast.save_pretrained(str(path))
   config = transformers.LlamaConfig(
-      vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
       tie_word_embeddings=True, eos_token_id=vocab["<|im_end|>"], pad_token_id=0)
   torch.manual_seed(seed)

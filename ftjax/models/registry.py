@@ -173,15 +173,42 @@ class ModelSpec:
 
 def model_spec(path: str | os.PathLike, *, task: str = 'classification',
                num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = 'none', attention: str = 'xla') -> ModelSpec:
+               remat: str = 'none', attention: str = 'xla', num_layers: int = 0) -> ModelSpec:
   """Reads a checkpoint directory's `config.json` into a `ModelSpec`; arguments as for
-  `build_model`. Reads no weights."""
+  `build_model`, and `num_layers` > 0 keeps only the checkpoint's first that many layers (a
+  smaller student: the later layers' tensors are not read). Reads no weights."""
   _check_task(task)
   path = pathlib.Path(path)
   hf = read_hf_config(path)
-  return _spec(hf, task=task, num_labels=num_labels, dtype=dtype, param_dtype=param_dtype,
+  drop = _keep_layers(hf, num_layers, str(path / CONFIG_FILE))
+  spec = _spec(hf, task=task, num_labels=num_labels, dtype=dtype, param_dtype=param_dtype,
                remat=remat, attention=attention, source=str(path),
                config_source=str(path / CONFIG_FILE))
+  if drop:
+    spec = dataclasses.replace(spec, table=dataclasses.replace(
+        spec.table, ignore=(*spec.table.ignore, drop)))
+  return spec
+
+
+_LAYER_COUNT_KEYS = ('num_hidden_layers', 'n_layer')  # config.json's layer count (GPT-2: n_layer)
+
+
+def _keep_layers(hf: dict[str, Any], num_layers: int, config_source: str) -> str:
+  """Sets `hf`'s layer count to `num_layers` (0: unchanged); returns the regex of the HF tensor
+  names of the layers dropped ('' when none), for the weight table to ignore."""
+  if not num_layers:
+    return ''
+  key = next((k for k in _LAYER_COUNT_KEYS if k in hf), None)
+  if key is None:
+    raise UserError(f"model.num_layers is set but {config_source} names no layer count "
+                    f"({' or '.join(_LAYER_COUNT_KEYS)})")
+  total = int(hf[key])
+  if not 0 < num_layers <= total:
+    raise UserError(f"model.num_layers must be in [1, {total}] ({config_source} has {total} "
+                    f"layers), got {num_layers}")
+  hf[key] = num_layers
+  dropped = '|'.join(str(i) for i in range(num_layers, total))
+  return rf'(.*\.)?(layer|layers|h)\.({dropped})\..*' if dropped else ''
 
 
 def _spec(hf: dict[str, Any], *, task, num_labels, dtype, param_dtype, remat, attention,

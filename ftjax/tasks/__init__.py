@@ -5,23 +5,29 @@ language model); the objective names the *loss and data* on that head. `objectiv
 (the default) is the head's own objective: `classification` (cross-entropy on labels) or `sft`
 (next-token loss on assistant tokens). Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
-classifier); an objective names its head in `MODEL_TASK` and a run whose `model.task`
-differs is refused. Options live under `objective.<name>.*`.
+classifier; `distill`: either head taught by a frozen teacher); an objective names its head
+in `MODEL_TASK` and a run whose `model.task` differs is refused. Options live under `objective.<name>.*`.
 
 An objective is a module that provides (see `classification.py`, the reference):
-  MODEL_TASK                            the head `models.registry.build_model` builds
+  MODEL_TASK                            the head `models.registry.build_model` builds (a module
+                                        for several heads lists them in `MODEL_TASKS`, and the
+                                        object `configure` returns names the run's)
   configure(cfg) -> objective           the module itself, or an object with the same names
                                         whose losses are bound to the run's options
   uses_reference                        True: the train state holds a frozen copy of the step-0
                                         trainable parameters and the losses get the model they
                                         make as `reference=` (DPO's reference policy)
+  teacher_checkpoint, bind_teacher      optional: a model source the trainer builds frozen, with
+                                        this head, into `TrainState.teacher` (never checkpointed);
+                                        `bind_teacher(graphdef)` is the objective whose losses get
+                                        that model as `teacher=` (distillation's teacher)
   load_data(data_cfg, tokenizer, *, seed) -> dataset with train_iterator / eval_batches /
                                            split_sizes (the Grain pipeline for the objective)
   model_kwargs(dataset) -> dict         extra build_model arguments (e.g. num_labels)
-  train_loss(model, batch, rngs[, reference=]) -> (loss, aux metrics)   inside the jitted train
-                                        step; aux["loss_weight"] = what the mean loss averages
+  train_loss(model, batch, rngs[, reference=, teacher=]) -> (loss, aux metrics)
+                                        inside the jitted train step; aux["loss_weight"] = what the mean loss averages
                                         over (examples, tokens, pairs), for exact accumulation
-  eval_sums(model, batch, dataset[, reference=]) -> pytree of sums       inside the eval step
+  eval_sums(model, batch, dataset[, reference=, teacher=]) -> pytree of sums, in the eval step
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
   HEADLINE_METRICS                      metrics printed after each evaluation
@@ -39,6 +45,7 @@ _OBJECTIVES = {
     "sft": "ftjax.tasks.causal_lm",
     "preference": "ftjax.tasks.preference",
     "reward": "ftjax.tasks.reward",
+    "distill": "ftjax.tasks.distill",
 }
 _DEFAULT = {"classification": "classification", "causal_lm": "sft"}  # model.task -> objective
 
@@ -63,11 +70,16 @@ def objective_name(cfg) -> str:
   return name or _DEFAULT.get(cfg.model.task, cfg.model.task)
 
 
+def heads(module) -> tuple[str, ...]:
+  """The heads (`model.task`) an objective module trains: its `MODEL_TASKS`, or `MODEL_TASK`."""
+  return tuple(getattr(module, "MODEL_TASKS", (getattr(module, "MODEL_TASK", ""),)))
+
+
 def for_config(cfg):
   """The run's objective with its options bound (`configure(cfg)`); refuses a head mismatch."""
   name = objective_name(cfg)
   module = get(name)
-  if module.MODEL_TASK != cfg.model.task:
-    raise UserError(f"objective '{name}' trains a {module.MODEL_TASK} model; set "
-                    f"model.task={module.MODEL_TASK} (got '{cfg.model.task}')")
+  if cfg.model.task not in heads(module):
+    raise UserError(f"objective '{name}' trains a {heads(module)[0]} model; set "
+                    f"model.task={heads(module)[0]} (got '{cfg.model.task}')")
   return module.configure(cfg)

@@ -143,7 +143,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   if restored is not None:
     start_step, saved, loop_state = restored
     check_base(exp, loop_state, f"checkpoint step {start_step} in {checkpointer.directory}")
-    state = saved.replace(frozen=state.frozen, reference=state.reference)
+    state = saved.replace(frozen=state.frozen, reference=state.reference, teacher=state.teacher)
     iterator_state, window, evals = _read_loop_state(loop_state)
     if iterator_state:
       train_iter.set_state(iterator_state)

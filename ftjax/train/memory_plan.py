@@ -24,6 +24,7 @@ SHRINK = {
     "frozen params": "mesh.shape (more fsdp), model.param_dtype=bfloat16, method (LoRA/QLoRA)",
     "trainable params": "mesh.shape (more fsdp), model.trainable_dtype, method",
     "optimizer state": "mesh.shape (more fsdp), optimizer.name (adafactor, sgd), method",
+    "teacher params": "mesh.shape (more fsdp), model.param_dtype=bfloat16, a smaller teacher",
     "step temporaries": "train.batch_size, data.max_length, model.remat, model.scan_layers, "
                         "model.logits_chunk, train.grad_accum_steps",
 }
@@ -93,6 +94,8 @@ def compile_step(exp: Experiment, step=None):
   per_device = {"trainable params": _device_bytes(abstract.params),
                 "frozen params": _device_bytes(abstract.frozen),
                 "optimizer state": _device_bytes(abstract.opt_state)}
+  if abstract.teacher is not None:  # a distillation teacher, frozen
+    per_device["teacher params"] = _device_bytes(abstract.teacher)
   batch = _largest_batch(exp)
   compiled = (step or jit_train_step(exp)).lower(abstract, batch).compile()
   analysis = compiled.memory_analysis()

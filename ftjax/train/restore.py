@@ -32,8 +32,9 @@ def checkpointed(state: TrainState) -> TrainState:
   and are rebuilt from the base checkpoint (its fingerprint, `Experiment.base_fingerprint`, is
   saved beside them and checked on restore). A LoRA run's checkpoint is its adapter, optimizer
   state, step, rng and data state. A reference policy (`TrainState.reference`, the step-0
-  trainable parameters) is rebuilt the same way."""
-  return state.replace(frozen={}, reference=None)
+  trainable parameters) and a distillation teacher (`TrainState.teacher`) are rebuilt the same
+  way."""
+  return state.replace(frozen={}, reference=None, teacher=None)
 
 
 def check_base(exp: Experiment, loop_state: dict | None, where: str) -> None:
@@ -98,7 +99,8 @@ def restore_state(exp: Experiment, workdir, checkpoint: str | int = "latest",
   finally:
     checkpointer.close()
   check_base(exp, loop_state, f"checkpoint step {step} in {directory}")
-  return saved.replace(frozen=exp.state.frozen, reference=exp.state.reference), int(step)
+  return saved.replace(frozen=exp.state.frozen, reference=exp.state.reference,
+                       teacher=exp.state.teacher), int(step)
 
 
 def model_from_state(exp: Experiment, state: TrainState) -> nnx.Module:

@@ -21,6 +21,7 @@ from ftjax.data.tokenization import load_tokenizer
 from ftjax.errors import UserError
 from ftjax.models import registry as model_registry
 from ftjax.train import construct
+from ftjax.train import teacher as teacher_lib
 from ftjax.weights import fingerprint, gguf, safetensors_io
 
 log = logging.getLogger("ftjax")
@@ -37,6 +38,9 @@ class TrainState(flax.struct.PyTreeNode):
   # The step-0 trainable parameters, for objectives with a reference policy (DPO); else None.
   # Never checkpointed: like `frozen`, rebuilt at start from the base checkpoint and the seed.
   reference: Any = None
+  # A distillation teacher's variables, (empty, frozen) states on the objective's
+  # `teacher_graphdef` (`ftjax.train.teacher`); else None. Never checkpointed, rebuilt at start.
+  teacher: Any = None
 
 
 @dataclasses.dataclass
@@ -57,6 +61,7 @@ class Experiment:
   checkpoint_bytes_read: int = 0  # bytes this process requested from the checkpoint
   base_fingerprint: dict | None = None  # of the base checkpoint (`weights.fingerprint`)
   blueprint: Any = None  # a planned experiment's `construct.Blueprint`; None once loaded
+  teacher: Any = None  # a planned distillation teacher (`teacher.PlannedTeacher`); None once loaded
 
   @property
   def abstract(self) -> bool:
@@ -113,7 +118,8 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
   spec = model_registry.model_spec(
       model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
       param_dtype=jnp.dtype(cfg.model.param_dtype), remat=cfg.model.remat,
-      attention=cfg.model.get("attention", "xla"), **task.model_kwargs(dataset))
+      attention=cfg.model.get("attention", "xla"), num_layers=cfg.model.get("num_layers", 0),
+      **task.model_kwargs(dataset))
   # Built sharded from the checkpoint, the method applied on the unscanned model, the layers
   # stacked afterwards when asked (`construct`).
   why = f"method '{cfg.method.name}'" + (f", method.freeze '{cfg.method.freeze}'"
@@ -133,6 +139,11 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
                     f"{task.MODEL_TASK} model" + (f" after method.freeze '{cfg.method.freeze}'"
                                                   if cfg.method.freeze else ""))
 
+  planned_teacher = None
+  if getattr(task, "teacher_checkpoint", ""):  # distillation: a frozen second model
+    planned_teacher = teacher_lib.plan(cfg, task, dataset, tokenizer, mesh)
+    task = task.bind_teacher(planned_teacher.graphdef)
+
   schedule = optim.make_schedule(cfg.optimizer, cfg.train.steps)
   tx = optim.make_optimizer(cfg.optimizer, cfg.train.steps)
   opt_state = None
@@ -147,14 +158,17 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
                      opt_state=opt_state, rng=scalar(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=scalar(jnp.zeros((), jnp.int32)),
                      first_nonfinite=scalar(jnp.full((), -1, jnp.int32)),
-                     reference=params if task.uses_reference else None)
+                     reference=params if task.uses_reference else None,
+                     teacher=planned_teacher.abstract if planned_teacher else None)
   shardings = jax.tree.map(lambda x: x.sharding, state)
   counts = {"trainable": count_params(params), "frozen": count_params(frozen)}
   counts["total"] = counts["trainable"] + counts["frozen"]
   base = fingerprint.fingerprint(model_path, safetensors_io.checkpoint_files(model_path),
                                  cfg.model.checkpoint)
+  if planned_teacher:
+    base = teacher_lib.join_fingerprints(base, planned_teacher.fingerprint)
   return Experiment(cfg, task, mesh, dataset, graphdef, state, shardings, tx, schedule, method,
-                    model_path, counts, 0, base, blueprint)
+                    model_path, counts, 0, base, blueprint, planned_teacher)
 
 
 def load_experiment(exp: Experiment) -> Experiment:
@@ -175,9 +189,11 @@ def load_experiment(exp: Experiment) -> Experiment:
                      opt_state=opt_state, rng=put(jax.random.key_data(jax.random.key(cfg.seed + 1))),
                      nonfinite=put(jnp.zeros((), jnp.int32)),
                      first_nonfinite=put(jnp.full((), -1, jnp.int32)),
-                     reference=_copy(built.params) if exp.state.reference is not None else None)
+                     reference=_copy(built.params) if exp.state.reference is not None else None,
+                     teacher=teacher_lib.load(exp.teacher) if exp.teacher else None)
   return dataclasses.replace(exp, graphdef=built.graphdef, state=state,
-                             checkpoint_bytes_read=built.bytes_requested, blueprint=None)
+                             checkpoint_bytes_read=built.bytes_requested, blueprint=None,
+                             teacher=None)
 
 
 def _copy(tree):

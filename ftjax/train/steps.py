@@ -20,12 +20,17 @@ from ftjax.errors import UserError
 from ftjax.train.state import Experiment, TrainState, local_batch_size
 
 
-def _reference_model(graphdef, reference, frozen) -> dict:
-  """`{"reference": model}` with the state's reference parameters (no gradient flows into
-  them), or `{}` when the objective keeps none (`TrainState.reference` is None)."""
-  if reference is None:
-    return {}
-  return {"reference": nnx.merge(graphdef, jax.lax.stop_gradient(reference), frozen)}
+def _companions(graphdef, task, reference, frozen, teacher) -> dict:
+  """The frozen models the objective's losses take besides the trained one, none of which gets
+  a gradient: `reference=` (the state's step-0 parameters with the frozen ones, when
+  `TrainState.reference` is set) and `teacher=` (`TrainState.teacher` on the objective's
+  `teacher_graphdef`, when set)."""
+  out = {}
+  if reference is not None:
+    out["reference"] = nnx.merge(graphdef, jax.lax.stop_gradient(reference), frozen)
+  if teacher is not None:
+    out["teacher"] = nnx.merge(task.teacher_graphdef, *jax.lax.stop_gradient(teacher))
+  return out
 
 
 def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -38,14 +43,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   padding falls.
   """
 
-  def loss_fn(params, frozen, reference, batch, key):
+  def loss_fn(params, frozen, reference, batch, key, teacher=None):
     # One stream for the model's dropout sites and the method's own (`TrainRngs` layers).
     rngs = nnx.Rngs(dropout=key)
     model = methods.base.bind_train_rngs(nnx.merge(graphdef, params, frozen), rngs)
-    return task.train_loss(model, batch, rngs, **_reference_model(graphdef, reference, frozen))
+    return task.train_loss(model, batch, rngs,
+                           **_companions(graphdef, task, reference, frozen, teacher))
 
-  def weighted_loss(params, frozen, reference, batch, key):
-    loss, aux = loss_fn(params, frozen, reference, batch, key)
+  def weighted_loss(params, frozen, reference, batch, key, teacher=None):
+    loss, aux = loss_fn(params, frozen, reference, batch, key, teacher)
     aux = dict(aux)
     weight = aux.pop("loss_weight", jnp.ones((), jnp.float32))
     return loss * weight, (loss, weight, aux)
@@ -55,7 +61,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
   def loss_and_grads(state, batch, key):
     if accum_steps == 1:
       def mean_loss(params):
-        loss, aux = loss_fn(params, state.frozen, state.reference, batch, key)
+        loss, aux = loss_fn(params, state.frozen, state.reference, batch, key, state.teacher)
         aux = dict(aux)
         aux.pop("loss_weight", None)
         return loss, aux
@@ -70,14 +76,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     def body(carry, inputs):
       index, microbatch = inputs
       (_, (loss, weight, aux)), grads = grad_fn(state.params, state.frozen, state.reference,
-                                                microbatch, jax.random.fold_in(key, index))
+                                                microbatch, jax.random.fold_in(key, index),
+                                                state.teacher)
       sums = {"grads": grads, "weight": weight, "loss": loss * weight,
               "aux": jax.tree.map(lambda a: a * weight, aux)}
       return jax.tree.map(jnp.add, carry, sums), None
 
     first = jax.tree.map(lambda x: x[0], micro)
     (_, (loss, weight, aux)), grads = jax.eval_shape(grad_fn, state.params, state.frozen,
-                                                     state.reference, first, key)
+                                                     state.reference, first, key, state.teacher)
     zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
                          {"grads": grads, "weight": weight, "loss": loss, "aux": aux})
     totals, _ = jax.lax.scan(body, zeros, (jnp.arange(accum_steps), micro))
@@ -119,8 +126,8 @@ def make_eval_step(graphdef, task, dataset) -> Callable:
 
   def eval_step(state: TrainState, batch):
     model = nnx.merge(graphdef, state.params, state.frozen)
-    return task.eval_sums(model, batch, dataset,
-                          **_reference_model(graphdef, state.reference, state.frozen))
+    return task.eval_sums(model, batch, dataset, **_companions(
+        graphdef, task, state.reference, state.frozen, state.teacher))
 
   return eval_step
 
