@@ -25,8 +25,10 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
   prompts); process 0 alone writes."""
   cfg = exp.cfg
   dataset = exp.dataset
-  if (cfg.model.task != "causal_lm" or not hasattr(dataset, "prompts")  # a reward model's data
-      or cfg.eval.num_samples <= 0):                                       # has prompts, no LM
+  # A language model only: a reward model (a decoder classifier) has prompts in its data but
+  # no LM head to generate with.
+  if (not hasattr(model, "lm_logits") or not hasattr(dataset, "prompts")
+      or cfg.eval.num_samples <= 0):
     return None
   tokenizer = dataset.tokenizer
   prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)

@@ -8,7 +8,8 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   rule really shards) under full fine-tuning on all four meshes, and on the mixed mesh once more
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
-  tiny Llama, on the mixed (2,2,2) mesh. A method not yet available for a model family (a
+  tiny Llama, on the mixed (2,2,2) mesh; and full, LoRA and QLoRA under DPO and under
+  distillation (a second tiny Llama as the frozen teacher) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
 
 Cost is the constraint: the device count is fixed when JAX starts, so the cases run in two
@@ -49,8 +50,9 @@ MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mixed": (2
           "mixed_logits_chunk": (2, 2, 2)}
 LOGITS_CHUNK = 8  # positions per chunk: 3 chunks of the tiny Llama's 24
 MODELS = ("bert", "llama")
-# The preference objective (DPO, its reference the step-0 trainable parameters) on the tiny Llama.
-DPO_METHODS = ("full", "lora", "qlora")
+# The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
+# (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
+DPO_METHODS = DISTILL_METHODS = ("full", "lora", "qlora")
 METHODS = method_registry.names()  # a new method is covered without touching this file
 # Small options keep every case cheap; everything else is the method's default.
 OPTIONS = {"adapters": dict(bottleneck=8), "prompt_tuning": dict(num_virtual_tokens=4),
@@ -77,6 +79,8 @@ def cases() -> list[tuple[str, str, str]]:
   out += [(model, method, name) for model in MODELS for method in METHODS
           for name in ("one", "mixed") if (model, method, name) not in out]
   out += [("llama_dpo", method, name) for method in DPO_METHODS for name in ("one", "mixed")]
+  out += [("llama_distill", method, name) for method in DISTILL_METHODS
+          for name in ("one", "mixed")]
   return out
 
 
@@ -90,7 +94,7 @@ def mesh_shape(mesh_name) -> tuple[int, int, int]:
 
 # ------------------------------------------------------------ assets and the two workers' run
 
-def make_mesh_llama(path: pathlib.Path) -> pathlib.Path:
+def make_mesh_llama(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
   """`tiny_assets.make_tiny_llama`'s ChatML tokenizer with a Llama whose dims shard by 8."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
@@ -100,7 +104,7 @@ def make_mesh_llama(path: pathlib.Path) -> pathlib.Path:
   config = transformers.LlamaConfig.from_pretrained(str(path))
   config.update(LLAMA)
   config.vocab_size = 8 * math.ceil(config.vocab_size / 8)
-  torch.manual_seed(0)
+  torch.manual_seed(seed)
   transformers.LlamaForCausalLM(config).save_pretrained(str(path))
   return path
 
@@ -115,6 +119,7 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "bert": str(tiny_bert_dir),
       "sentiment": {k: str(v) for k, v in tiny_sentiment_files.items()},
       "llama": str(make_mesh_llama(root / "llama")),
+      "teacher": str(make_mesh_llama(root / "teacher", seed=1)),  # the same tokenizer
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -172,6 +177,11 @@ def config_for(model, method, mesh_name, assets):
       c.data.name = "preference_files"
       c.data.files.train = assets["pairs"]["train"]
       c.data.files.validation = assets["pairs"]["validation"]
+    if model == "llama_distill":
+      c.objective.name = "distill"
+      c.objective.distill.teacher = assets["teacher"]
+      c.objective.distill.divergence = "jsd"
+      c.objective.distill.task_weight = 0.25
     c.data.max_length = 24
     c.data.bucket_boundaries = (24,)
     c.eval.metric = "loss"
@@ -206,14 +216,15 @@ def run_case(model, method, mesh_name, assets, out: pathlib.Path) -> None:
     batches = exp.dataset.train_iterator(train.local_batch_size(cfg.train.batch_size, exp.mesh),
                                          seed=cfg.seed, shard_index=0, shard_count=1)
     arrays, specs = {}, {}
-    for group in ("params", "frozen"):  # the built state, before any step
+    groups = ("params", "frozen") + (("teacher",) if exp.state.teacher is not None else ())
+    for group in groups:  # the built state, before any step
       for path, x in jax.tree_util.tree_flatten_with_path(getattr(exp.state, group))[0]:
         arrays[f"initial/{group}/{base.keypath_string(path)}"] = np.asarray(x)
     state, losses = exp.state, []
     for _ in range(STEPS):
       state, metrics = step(state, sharding.put_batch(next(batches), batch_sharding))
       losses.append(float(metrics["loss"]))
-    for group in ("params", "frozen"):
+    for group in groups:
       for path, x in jax.tree_util.tree_flatten_with_path(getattr(state, group))[0]:
         key = f"{group}/{base.keypath_string(path)}"
         arrays[key] = np.asarray(x)
@@ -277,7 +288,7 @@ def compare(out, model, method, mesh_name) -> dict:
   # The sharded build (ftjax.train.construct) makes the same initial state on 8 devices as on 1:
   # the frozen variables bit for bit (loaded slice by slice, or derived exactly, e.g. QLoRA's
   # codes), the trainable ones within ATOL (a method's init may reduce over sharded axes).
-  for key in [k for k in ref_arrays if k.startswith("initial/frozen/")]:
+  for key in [k for k in ref_arrays if k.startswith(("initial/frozen/", "initial/teacher/"))]:
     np.testing.assert_array_equal(got_arrays[key], ref_arrays[key], err_msg=f"{where}: {key}")
   worst = []
   for key, expected in ref_arrays.items():
@@ -354,6 +365,16 @@ def test_dpo_on_a_2x2x2_mesh_matches_1_device(results, method):
   assert sharded_along(got["specs"], "fsdp") and sharded_along(got["specs"], "tensor")
   ref, _ = load(results, "llama_dpo", method, "one")
   assert abs(ref["losses"][0] - math.log(2)) < 1e-6  # step 0: the policy is its own reference
+
+
+@pytest.mark.parametrize("method", DISTILL_METHODS)
+def test_distillation_on_a_2x2x2_mesh_matches_1_device(results, method):
+  """The teacher is sharded by the student's rules (bit-identical to 1 device's, compare checks);
+  the jsd loss mixed with the task's matches."""
+  got = compare(results, "llama_distill", method, "mixed")
+  teacher = {k: v for k, v in got["specs"].items() if k.startswith("teacher/")}
+  assert sharded_along(teacher, "fsdp") and sharded_along(teacher, "tensor"), teacher
+  assert all(np.isfinite(got["losses"])) and got["losses"][0] > 0
 
 
 def test_every_case_ran(results):

@@ -39,10 +39,12 @@ def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
 def run(spec: str, workdir: pathlib.Path, overrides: list[str]) -> dict:
   """The trainer's summary of the run (`summary.json`), training it first unless it exists."""
   summary_file = workdir / "summary.json"
-  if not summary_file.is_file():
-    train.train_and_evaluate(config_lib.load_config(spec, overrides), str(workdir))
-  else:
+  if summary_file.is_file():
     print(f"reusing {workdir}", flush=True)
+  else:
+    train.train_and_evaluate(config_lib.load_config(spec, overrides), str(workdir))
+  if not summary_file.is_file():  # preempted: the checkpoint is there, a rerun resumes it
+    sys.exit(f"{workdir} stopped before its end; rerun the same command to resume it")
   return json.loads(summary_file.read_text())
 
 
