@@ -68,7 +68,7 @@ def base_config() -> ConfigDict:
   # (classification, or sft for causal_lm); "preference" = DPO and its family on
   # chosen/rejected pairs (data.name "preference_files" or "hhh"); "reward" = a reward model
   # (model.task classification, one label) on the same pairs; "distill" = either head taught
-  # by a frozen teacher (objective.distill.teacher).
+  # by a frozen teacher (objective.distill.teacher); "grpo" = RL against reward functions.
   c.objective = ConfigDict()
   c.objective.name = ""
   c.objective.preference = ConfigDict()
@@ -88,6 +88,26 @@ def base_config() -> ConfigDict:
   c.objective.distill.jsd_beta = 0.5  # jsd's teacher weight in the mixture (TRL's beta)
   c.objective.distill.temperature = 1.0  # both distributions' softmax temperature
   c.objective.distill.task_weight = 0.0  # loss = (1 - w) divergence + w task cross-entropy
+  # "grpo": RL with verifiable rewards on prompts (data.name "prompt_files" or "arithmetic");
+  # train.batch_size counts prompts, each sampled num_generations times (ftjax/tasks/grpo.py).
+  c.objective.grpo = ConfigDict()
+  c.objective.grpo.num_generations = 8  # G completions per prompt (the group)
+  c.objective.grpo.max_new_tokens = 64  # completion budget; prompts get data.max_length minus this
+  c.objective.grpo.temperature = 1.0  # rollout sampling (eval is greedy)
+  c.objective.grpo.top_p = 1.0
+  c.objective.grpo.top_k = 0
+  c.objective.grpo.loss = "grpo"  # grpo (sequence mean), dapo (token mean), dr_grpo (fixed sum)
+  c.objective.grpo.scale_rewards = "group"  # advantage / std: group, batch or none (Dr. GRPO)
+  c.objective.grpo.epsilon = 0.2  # ratio clip below (and above unless epsilon_high)
+  c.objective.grpo.epsilon_high = 0.0  # clip above; 0 = epsilon (DAPO: 0.28)
+  c.objective.grpo.beta = 0.04  # KL penalty to the step-0 reference (0: no reference kept)
+  c.objective.grpo.num_iterations = 1  # optimizer updates per rollout batch (each one train step)
+  c.objective.grpo.mask_truncated = False  # leave completions without a stop token out of the loss
+  c.objective.grpo.rewards = ("exact_answer",)  # reward functions (ftjax/tasks/rewards.py)
+  c.objective.grpo.reward_weights = ()  # one per reward; () = all 1
+  c.objective.grpo.reward_modules = ()  # modules / .py files registering more reward functions
+  c.objective.grpo.format_pattern = r"\s*-?[\d,]+(?:\.\d+)?\s*"  # `format`: the whole completion
+  c.objective.grpo.unit_test_timeout = 5.0  # `unit_tests`: seconds per program
 
   c.method = ConfigDict()
   c.method.name = "full"
@@ -121,6 +141,14 @@ def base_config() -> ConfigDict:
   c.data.hhh_categories = ()  # BIG-bench HHH: harmless, helpful, honest, other; () = all
   c.data.hhh_source = ""  # "" = the pinned BIG-bench sdist (ftjax/data/hhh.py)
   c.data.test_fraction = 0.3  # HHH: share of pairs (by request hash) in test; eval_fraction: validation
+  # --- Prompts (objective "grpo"; data.name "prompt_files" or "arithmetic") ---
+  c.data.arithmetic = ConfigDict()
+  c.data.arithmetic.seed = 0  # the problems' stream; splits are disjoint
+  c.data.arithmetic.train = 2000
+  c.data.arithmetic.validation = 200
+  c.data.arithmetic.test = 500
+  c.data.arithmetic.max_operand = 99
+  c.data.arithmetic.operations = "+-"  # of "+-*"
   # --- end chat data ---
 
   c.train = ConfigDict()

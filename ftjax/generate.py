@@ -172,6 +172,7 @@ def generate(model: nnx.Module,
              stop_token_ids: Sequence[int] = (),
              pad_token_id: int = 0,
              seed: int = 0,
+             key: np.ndarray | None = None,
              prompt_multiple: int = 8,
              cache_dtype=None) -> list[list[int]]:
   """Generates continuations of token-id prompts.
@@ -190,6 +191,8 @@ def generate(model: nnx.Module,
     stop_token_ids: a row stops after producing one of these (e.g. EOS).
     pad_token_id: fills the left padding of the prompt batch.
     seed: PRNG seed for sampling.
+    key: raw PRNG key data (`jax.random.key_data`) to sample with instead of
+      `seed`'s key (GRPO's rollouts: `fold_in(rng, rollout_index)`).
     prompt_multiple: the padded prompt length is rounded up to a multiple of
       this, so batches of similar lengths share one compiled program.
     cache_dtype: KV-cache dtype; None = the model's compute dtype.
@@ -208,7 +211,8 @@ def generate(model: nnx.Module,
   graphdef, state = nnx.split(layer_stack.unstack_layers(model))
   greedy = temperature == 0.0
   out, _ = _generate(
-      graphdef, state, ids, mask, _key_data(seed), stop,
+      graphdef, state, ids, mask,
+      _key_data(seed) if key is None else np.asarray(key, np.uint32), stop,
       np.float32(temperature or 1.0), np.int32(top_k), np.float32(top_p),
       np.int32(pad_token_id), max_new_tokens=max_new_tokens, greedy=greedy,
       cache_dtype=None if cache_dtype is None else jnp.dtype(cache_dtype))

@@ -8,8 +8,9 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   rule really shards) under full fine-tuning on all four meshes, and on the mixed mesh once more
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
-  tiny Llama, on the mixed (2,2,2) mesh; and full, LoRA and QLoRA under DPO and under
-  distillation (a second tiny Llama as the frozen teacher) there. A method not yet available for a model family (a
+  tiny Llama, on the mixed (2,2,2) mesh; and full, LoRA and QLoRA under DPO, under
+  distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
+  the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
 
 Cost is the constraint: the device count is fixed when JAX starts, so the cases run in two
@@ -52,7 +53,7 @@ LOGITS_CHUNK = 8  # positions per chunk: 3 chunks of the tiny Llama's 24
 MODELS = ("bert", "llama")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
-DPO_METHODS = DISTILL_METHODS = ("full", "lora", "qlora")
+DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
 METHODS = method_registry.names()  # a new method is covered without touching this file
 # Small options keep every case cheap; everything else is the method's default.
 OPTIONS = {"adapters": dict(bottleneck=8), "prompt_tuning": dict(num_virtual_tokens=4),
@@ -81,6 +82,7 @@ def cases() -> list[tuple[str, str, str]]:
   out += [("llama_dpo", method, name) for method in DPO_METHODS for name in ("one", "mixed")]
   out += [("llama_distill", method, name) for method in DISTILL_METHODS
           for name in ("one", "mixed")]
+  out += [("llama_grpo", method, name) for method in GRPO_METHODS for name in ("one", "mixed")]
   return out
 
 
@@ -127,6 +129,9 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
             "rejected": "i am not sure"} for c in make_conversations(24, 2)]
   assets["pairs"] = {"train": str(write_jsonl(root / "pairs_train.jsonl", pairs)),
                      "validation": str(write_jsonl(root / "pairs_dev.jsonl", pairs[:4]))}
+  prompts = [{"prompt": p["prompt"]} for p in pairs]
+  assets["prompts"] = {"train": str(write_jsonl(root / "prompts_train.jsonl", prompts)),
+                       "validation": str(write_jsonl(root / "prompts_dev.jsonl", prompts[:4]))}
   out = root / "out"
   out.mkdir()
   workers = {}
@@ -177,6 +182,15 @@ def config_for(model, method, mesh_name, assets):
       c.data.name = "preference_files"
       c.data.files.train = assets["pairs"]["train"]
       c.data.files.validation = assets["pairs"]["validation"]
+    if model == "llama_grpo":  # 2 updates per rollout: the old policy's log-probs, on the mesh
+      g = c.objective.grpo
+      c.objective.name = "grpo"
+      g.num_generations, g.max_new_tokens, g.num_iterations, g.beta = 4, 6, 2, 0.5
+      g.rewards = ("positive_share",)
+      g.reward_modules = (str(pathlib.Path(__file__).with_name("grpo_rewards.py")),)
+      c.data.name = "prompt_files"
+      c.data.files.train = assets["prompts"]["train"]
+      c.data.files.validation = assets["prompts"]["validation"]
     if model == "llama_distill":
       c.objective.name = "distill"
       c.objective.distill.teacher = assets["teacher"]
@@ -184,8 +198,7 @@ def config_for(model, method, mesh_name, assets):
       c.objective.distill.task_weight = 0.25
     c.data.max_length = 24
     c.data.bucket_boundaries = (24,)
-    c.eval.metric = "loss"
-    c.eval.mode = "min"
+    c.eval.metric, c.eval.mode = ("reward", "max") if model == "llama_grpo" else ("loss", "min")
   c.train.steps = STEPS
   c.train.batch_size = 8
   c.optimizer.lr = 1e-3
@@ -199,6 +212,7 @@ def run_case(model, method, mesh_name, assets, out: pathlib.Path) -> None:
   """Trains one case STEPS steps as the trainer does; writes its losses, shardings and state."""
   import jax  # pylint: disable=g-import-not-at-top
   from ftjax import sharding, train  # pylint: disable=g-import-not-at-top
+  from ftjax.train import batches as train_batches  # pylint: disable=g-import-not-at-top
   from ftjax.errors import UserError  # pylint: disable=g-import-not-at-top
   from ftjax.methods import base  # pylint: disable=g-import-not-at-top
 
@@ -213,24 +227,28 @@ def run_case(model, method, mesh_name, assets, out: pathlib.Path) -> None:
                    in_shardings=(exp.state_shardings, batch_sharding),
                    out_shardings=(exp.state_shardings, sharding.replicated(exp.mesh)),
                    donate_argnums=0)
-    batches = exp.dataset.train_iterator(train.local_batch_size(cfg.train.batch_size, exp.mesh),
-                                         seed=cfg.seed, shard_index=0, shard_count=1)
+    # The trainer's batch source: the data, or GRPO's rollouts of the current policy.
+    batches = train_batches.batch_source(exp, exp.dataset.train_iterator(
+        train.local_batch_size(cfg.train.batch_size, exp.mesh), seed=cfg.seed, shard_index=0,
+        shard_count=1))
     arrays, specs = {}, {}
     groups = ("params", "frozen") + (("teacher",) if exp.state.teacher is not None else ())
     for group in groups:  # the built state, before any step
       for path, x in jax.tree_util.tree_flatten_with_path(getattr(exp.state, group))[0]:
         arrays[f"initial/{group}/{base.keypath_string(path)}"] = np.asarray(x)
-    state, losses = exp.state, []
+    state, losses, rollouts = exp.state, [], []
     for _ in range(STEPS):
-      state, metrics = step(state, sharding.put_batch(next(batches), batch_sharding))
+      batch, host = batches.next(state)
+      state, metrics = step(state, sharding.put_batch(batch, batch_sharding))
       losses.append(float(metrics["loss"]))
+      rollouts.append({k: float(v) for k, v in host.items() if k != "rollout_sec"})
     for group in groups:
       for path, x in jax.tree_util.tree_flatten_with_path(getattr(state, group))[0]:
         key = f"{group}/{base.keypath_string(path)}"
         arrays[key] = np.asarray(x)
         specs[key] = [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
     np.savez(out / f"{name}.npz", **arrays)
-    record.update(losses=losses, specs=specs, devices=int(exp.mesh.size),
+    record.update(losses=losses, rollouts=rollouts, specs=specs, devices=int(exp.mesh.size),
                   trainable=exp.param_counts["trainable"])
   except UserError as e:
     record["user_error"] = str(e)
@@ -375,6 +393,17 @@ def test_distillation_on_a_2x2x2_mesh_matches_1_device(results, method):
   teacher = {k: v for k, v in got["specs"].items() if k.startswith("teacher/")}
   assert sharded_along(teacher, "fsdp") and sharded_along(teacher, "tensor"), teacher
   assert all(np.isfinite(got["losses"])) and got["losses"][0] > 0
+
+
+@pytest.mark.parametrize("method", GRPO_METHODS)
+def test_grpo_on_a_2x2x2_mesh_matches_1_device(results, method):
+  """The rollouts (sampled on the sharded policy, the same key) give the same completions and
+  rewards; the old policy's log-probs (2 updates per rollout) and the KL to the reference agree."""
+  got = compare(results, "llama_grpo", method, "mixed")
+  ref, _ = load(results, "llama_grpo", method, "one")
+  assert got["rollouts"] == ref["rollouts"]
+  assert ref["rollouts"][0]["reward_group_std"] > 0  # advantages that are not all zero
+  assert ref["rollouts"][2]["reward"] != ref["rollouts"][0]["reward"]  # step 3: a new rollout
 
 
 def test_every_case_ran(results):

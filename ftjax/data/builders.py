@@ -7,16 +7,19 @@ from absl import logging
 import filelock
 import tensorflow_datasets as tfds
 
+from ftjax.data import arithmetic
 from ftjax.data import chat_files
 from ftjax.data import chatterbot
 from ftjax.data import classification_files
 from ftjax.data import hhh
 from ftjax.data import paths
 from ftjax.data import preference_files
+from ftjax.data import prompt_files
 from ftjax.data import rotten_tomatoes
 from ftjax.errors import UserError
 
-NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh")
+NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
+         "prompt_files", "arithmetic")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -42,6 +45,10 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return preference_files.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "hhh":
     return hhh.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "prompt_files":
+    return prompt_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "arithmetic":
+    return arithmetic.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

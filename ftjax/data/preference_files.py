@@ -66,7 +66,9 @@ def _reply(row: dict, field: str, where: str) -> str:
   return value
 
 
-def _prompt(row: dict, where: str) -> list[dict]:
+def prompt_messages(row: dict, where: str) -> list[dict]:
+  """A row's prompt: `messages` (the conversation before the reply) or `prompt` (one user turn,
+  or TRL's conversational list)."""
   if "messages" in row:
     messages = chat_files.check_messages(row["messages"], f"{where}: field 'messages'")
     if messages[-1]["role"] == "assistant":
@@ -76,7 +78,7 @@ def _prompt(row: dict, where: str) -> list[dict]:
   if "prompt" in row:
     prompt = row["prompt"]
     if isinstance(prompt, list):  # TRL's conversational prompt
-      return _prompt({"messages": prompt}, where)
+      return prompt_messages({"messages": prompt}, where)
     if not isinstance(prompt, str) or not prompt.strip():
       raise UserError(f"{where}: field 'prompt' must be a non-empty string")
     return [{"role": "user", "content": prompt}]
@@ -99,7 +101,7 @@ def read_pairs(path) -> tuple[list[tuple[str, list[dict], str, str, str]], dict[
   kept, skipped = [], dict.fromkeys(SKIP_REASONS, 0)
   for line_no, row in files_reader.read_rows(path):
     where = f"{path}:{line_no}"
-    prompt = _prompt(row, where)
+    prompt = prompt_messages(row, where)
     chosen, rejected = _reply(row, "chosen", where), _reply(row, "rejected", where)
     category = row.get("category", "")
     if not isinstance(category, str):

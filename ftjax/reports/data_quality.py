@@ -175,9 +175,21 @@ def preference_section(dataset, tokenizer, cfg) -> dict:
   return report
 
 
+def prompt_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `PromptData`: prompts, rendered token lengths, those dropped as too long
+  for the completion budget, how many carry an answer, duplicates and leakage."""
+  del tokenizer  # the dataset renders with its own chat template
+  report = _templated_splits(dataset, cfg, lambda split: {
+      "with_answer": sum(1 for r in dataset.records(split) if r["answer"]),
+      "max_prompt_length": dataset.max_prompt_length,
+      "dropped_prompt_too_long": int(dataset.dropped_prompt_too_long.get(split, 0))})
+  return report
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": chat_section,
-            "preference": preference_section, "reward": preference_section}
+            "preference": preference_section, "reward": preference_section,
+            "grpo": prompt_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -235,7 +247,8 @@ def markdown(report: dict, heading: str = "##") -> str:
   dropped = {k: s["dropped_prompt_too_long"] for k, s in splits.items()
              if s.get("dropped_prompt_too_long")}
   if dropped:
-    lines += ["", "Pairs dropped, their prompt leaving no reply token within data.max_length: "
+    lines += ["", "Dropped, their prompt leaving no reply token within data.max_length (GRPO: "
+              "within data.max_length minus the completion budget): "
               + ", ".join(f"{k} {v}" for k, v in dropped.items()) + "."]
   if report.get("duplicates_removed_at_build"):
     removed = report["duplicates_removed_at_build"]

@@ -5,8 +5,9 @@ language model); the objective names the *loss and data* on that head. `objectiv
 (the default) is the head's own objective: `classification` (cross-entropy on labels) or `sft`
 (next-token loss on assistant tokens). Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
-classifier; `distill`: either head taught by a frozen teacher); an objective names its head
-in `MODEL_TASK` and a run whose `model.task` differs is refused. Options live under `objective.<name>.*`.
+classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
+samples, scored by reward functions); an objective names its head in `MODEL_TASK` and a run
+whose `model.task` differs is refused. Options live under `objective.<name>.*`.
 
 An objective is a module that provides (see `classification.py`, the reference):
   MODEL_TASK                            the head `models.registry.build_model` builds (a module
@@ -30,6 +31,10 @@ An objective is a module that provides (see `classification.py`, the reference):
   eval_sums(model, batch, dataset[, reference=, teacher=]) -> pytree of sums, in the eval step
   finalize(sums) -> dict of metrics     on the host, after a whole split
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
+  rollout, updates_per_rollout, token_logps, eval_generations, train_batch_template
+                                        optional, an RL objective's rollout phase (`grpo.py`):
+                                        the trainer's batch source makes batches from the current
+                                        policy (`ftjax.train.batches`) and its eval generates
   HEADLINE_METRICS                      metrics printed after each evaluation
   METRICS                               {scalar eval metric `eval.metric` may name: "max"/"min"}
 """
@@ -46,6 +51,7 @@ _OBJECTIVES = {
     "preference": "ftjax.tasks.preference",
     "reward": "ftjax.tasks.reward",
     "distill": "ftjax.tasks.distill",
+    "grpo": "ftjax.tasks.grpo",
 }
 _DEFAULT = {"classification": "classification", "causal_lm": "sft"}  # model.task -> objective
 

@@ -23,7 +23,7 @@ from ftjax.progress import Progress
 from ftjax.reports import data_quality, eval_results, run_report
 from ftjax.train.restore import check_base, checkpointed, model_from_state, restore_state
 from ftjax.train.state import load_experiment, local_batch_size, plan_experiment
-from ftjax.train import memory_plan
+from ftjax.train import batches, memory_plan
 from ftjax.train.steps import Evaluator
 from ftjax.workdir_lock import WorkdirLock
 
@@ -127,6 +127,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   train_iter = exp.dataset.train_iterator(batch_size, seed=cfg.seed,
                                           shard_index=jax.process_index(),
                                           shard_count=jax.process_count())
+  source = batches.batch_source(exp, train_iter)  # the data, or the objective's rollouts
   checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints", every_steps=cfg.checkpoint.every_steps,
                                        keep=cfg.checkpoint.keep)
   best_checkpointer = None
@@ -146,7 +147,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
     state = saved.replace(frozen=state.frozen, reference=state.reference, teacher=state.teacher)
     iterator_state, window, evals = _read_loop_state(loop_state)
     if iterator_state:
-      train_iter.set_state(iterator_state)
+      source.set_state(iterator_state)
     print(f"ftjax: resumed from step {start_step} in {checkpointer.directory}", flush=True)
   # Records past the restored step (or all, on a fresh start) are produced again.
   history = writer.truncate_after(start_step if restored is not None else -1)
@@ -212,13 +213,13 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   with PreemptionGuard() as preemption:
     try:
       while step < cfg.train.steps:
-        local = next(train_iter)
+        local, host_metrics = source.next(state)
         state, metrics = train_step(state, sharding.put_batch(local, batch_sharding))
         step += 1
         examples, tokens = exp.task.batch_counts(local)
         interval["examples"] += examples * jax.process_count()
         interval["tokens"] += tokens * jax.process_count()
-        pending.append(metrics)
+        pending.append({**metrics, **host_metrics})
         progress.update(step)
         last = step == cfg.train.steps
         preempted = preemption.reached(step)  # every step, on every process: the sync point
@@ -250,7 +251,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
           check_finite()  # never checkpoint past a non-finite update under on_nan=halt
           window, pending = window + jax.device_get(pending), []
           paused(checkpointer.save, step, checkpointed(state),
-                 _loop_state(train_iter.get_state(), window, evals, exp.base_fingerprint))
+                 _loop_state(source.get_state(), window, evals, exp.base_fingerprint))
         if stop_reason:
           break
     finally:

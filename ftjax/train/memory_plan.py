@@ -65,11 +65,12 @@ def _largest_batch(exp) -> dict:
   """One train batch's arrays at the longest length the data can give (data.max_length)."""
   cfg = exp.cfg
   size = local_batch_size(cfg.train.batch_size, exp.mesh, cfg.train.grad_accum_steps)
-  batch = next(iter(exp.dataset.train_iterator(size, seed=cfg.seed, shard_index=0,
-                                               shard_count=1)))
+  template = getattr(exp.task, "train_batch_template", None)  # a rollout batch's shapes
+  batch = template(exp.dataset, size) if template else next(iter(exp.dataset.train_iterator(
+      size, seed=cfg.seed, shard_index=0, shard_count=1)))
   length = cfg.data.max_length
   spec = sharding.batch_sharding(exp.mesh)
-  global_rows = size * jax.process_count()
+  global_rows = len(next(iter(batch.values()))) * jax.process_count()
   # Rows lead, the sequence is last ([B, T]; a preference batch's [B, 2, T]).
   return {k: jax.ShapeDtypeStruct((global_rows,) + v.shape[1:-1] + ((length,) if v.ndim >= 2
                                                                     else ()),

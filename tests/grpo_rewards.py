@@ -1,0 +1,20 @@
+"""A reward function registered by a user module (`objective.grpo.reward_modules`), for the GRPO
+tests: the share of a completion's words that are positive words of the tiny vocabulary."""
+
+from ftjax.tasks import rewards
+from tiny_assets import POSITIVE
+
+
+@rewards.register("positive_share")
+def positive_share(completion: str, example: dict) -> float:
+  del example
+  words = completion.split()
+  return sum(w in POSITIVE for w in words) / max(len(words), 1)
+
+
+@rewards.register("broken")
+def broken(completion: str, example: dict):
+  """Raises on some completions and returns a non-number on others: counted, never a crash."""
+  if len(completion.split()) % 2:
+    raise RuntimeError("a reward function bug")
+  return "not a number"
