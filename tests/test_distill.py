@@ -14,6 +14,7 @@ from ftjax.config import base_config
 from ftjax.errors import UserError
 from ftjax.models import registry
 from ftjax.tasks import distill
+from resume_runs import straight_and_resumed
 from tiny_assets import (make_conversations, make_tiny_bert, make_tiny_llama,
                          save_wordpiece_tokenizer, write_jsonl, WORDS)
 
@@ -107,6 +108,27 @@ def test_a_smaller_llama_learns_the_teachers_next_token_distribution(llamas, tmp
   assert rows and {"divergence", "task_loss", "token_accuracy"} <= set(rows[-1])
   # Pure distillation (task_weight 0): the logged loss is the divergence.
   assert rows[-1]["loss"] == pytest.approx(rows[-1]["divergence"], rel=1e-5)
+
+
+def test_on_policy_distillation_learns_on_student_samples_and_resumes_exactly(llamas, tmp_path):
+  """GKD's lambda 0.5: about half the steps train on replies the student sampled (the teacher
+  scoring them); the divergence on the dataset's replies still falls, and a run stopped at step 8
+  draws the same on-policy steps and samples after resuming."""
+  def config(steps):
+    cfg = _llama_config(llamas, on_policy_fraction=0.5, on_policy_max_new_tokens=6)
+    cfg.train.steps, cfg.train.log_every_steps, cfg.eval.every_steps = steps, 1, 8
+    return cfg
+  straight, resumed = straight_and_resumed(config, tmp_path, 16, 8)
+  first, last = straight["initial_eval"], straight["final_eval"]
+  assert last["divergence"] < 0.7 * first["divergence"], (first, last)
+  rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+  drawn = [r["on_policy"] for r in rows if r["split"] == "train"]
+  assert 0 < sum(drawn) < len(drawn), drawn  # some steps of each kind
+  assert resumed["final_eval"] == last
+  with pytest.raises(UserError, match="on_policy_fraction' needs model.task=causal_lm"):
+    cfg = config(1)
+    cfg.model.task = "classification"
+    train.build_experiment(cfg, abstract=True)
 
 
 def test_chunked_loss_and_gradients_equal_the_whole_logits(llamas):
@@ -225,10 +247,7 @@ def test_resume_rebuilds_the_teacher_and_continues_bit_for_bit(berts, tmp_path):
     cfg = _bert_config(berts, steps=steps)
     cfg.eval.at_start = False
     return cfg
-  straight = train.train_and_evaluate(config(6), str(tmp_path / "a"))
-  train.train_and_evaluate(config(3), str(tmp_path / "b"))
-  resumed = train.train_and_evaluate(config(6), str(tmp_path / "b"))
-  assert resumed["resumed_from_step"] == 3
+  straight, resumed = straight_and_resumed(config, tmp_path, 6, 3)
   assert resumed["final_eval"] == straight["final_eval"]
 
 

@@ -6,7 +6,7 @@ checkpoints move between topologies; 2 and 4 processes joined with `jax.distribu
 train like one (on rows of very different lengths: every process pads a batch to one length);
 a SIGTERM to one process stops them all at one step, as a non-finite loss halts them all at one
 step; SLURM's environment joins without flags; a packed chat run on 2 processes gives the
-1-process losses and generation samples.
+1-process losses and generation samples; a GRPO run on 2 processes samples and trains like 1.
 """
 
 import json
@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -123,21 +124,43 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
+def run_processes(command: list[str], processes: int, workdir: pathlib.Path, timeout=600):
+  """Runs `command` as processes 0..N-1 joined on 127.0.0.1; returns each one's (stdout,
+  stderr) after asserting that all exited 0. A process that fails stops the others at once:
+  they would otherwise wait for it in a collective until the timeout."""
+  port = free_port()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  logs = [(workdir.parent / f"{workdir.name}.p{i}.out", workdir.parent / f"{workdir.name}.p{i}.err")
+          for i in range(processes)]
+  procs = []
+  for i, (out, err) in enumerate(logs):
+    with out.open("w") as o, err.open("w") as e:  # files, not pipes: a full pipe stalls a process
+      procs.append(subprocess.Popen(
+          command + [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}",
+                     f"--process_id={i}"], cwd=REPO, env=env, stdout=o, stderr=e, text=True))
+  deadline = time.time() + timeout
+  while any(p.poll() is None for p in procs) and time.time() < deadline:
+    if any(p.poll() not in (None, 0) for p in procs):
+      break
+    time.sleep(0.5)
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.wait()
+  outputs = [(out.read_text(), err.read_text()) for out, err in logs]
+  for i, (p, (_, err)) in enumerate(zip(procs, outputs)):
+    others = "".join(f"\nprocess {j}:\n{e[-1500:]}" for j, (_, e) in enumerate(outputs) if j != i)
+    assert p.returncode == 0, f"process {i} (exit {p.returncode}):\n{err[-2000:]}{others}"
+  return outputs
+
+
 @pytest.mark.parametrize("processes", [2, 4])
 def test_processes_train_like_one(tmp_path, tiny_bert_dir, varied_files, baseline, processes):
   workdir = tmp_path / "run"
-  port = free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen(
-      # FSDP across the processes: a parameter's shards live on different hosts, so the
-      # processes run one program whose collectives need every host's batch at one shape.
-      args(tiny_bert_dir, varied_files, workdir, STEPS, f"--config.mesh.shape=(1,{processes},1)") +
-      [f"--coordinator_address=127.0.0.1:{port}", f"--num_processes={processes}", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(processes)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nprocess 0:\n{outputs[0][1][-2000:]}"
+  # FSDP across the processes: a parameter's shards live on different hosts, so the processes
+  # run one program whose collectives need every host's batch at one shape.
+  outputs = run_processes(args(tiny_bert_dir, varied_files, workdir, STEPS,
+                               f"--config.mesh.shape=(1,{processes},1)"), processes, workdir)
   assert "ftjax: step 6: eval" in outputs[0][0]
   # Each process read only the slices its device holds: about 1/N of the checkpoint (the
   # vectors without an `embed` axis are replicated, so each reads those whole).
@@ -296,19 +319,45 @@ def test_packed_chat_on_two_processes_trains_and_samples_like_one(tmp_path):
             "--config.eval.sample_max_new_tokens=4", "--config.checkpoint.every_steps=4",
             "--config.optimizer.lr=1e-2", f"--config.mesh.shape={mesh}"]
   run(chat_args(tmp_path / "one", "(1,1,1)"))
-  port = free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  procs = [subprocess.Popen(
-      chat_args(tmp_path / "two", "(1,2,1)") +
-      [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for i, (p, (out, err)) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i}:\n{err[-2000:]}\nother process:\n{outputs[1 - i][1][-2000:]}"
+  run_processes(chat_args(tmp_path / "two", "(1,2,1)"), 2, tmp_path / "two")
   np.testing.assert_allclose(train_losses(tmp_path / "two"), train_losses(tmp_path / "one"), atol=1e-5)
   samples = {n: [json.loads(l) for l in (tmp_path / n / "samples.jsonl").read_text().splitlines()]
              for n in ("one", "two")}
   assert [s["checkpoint"] for s in samples["two"]] == ["base"] * 3 + ["final"] * 3  # written once
   assert samples["two"] == samples["one"]
   assert "![loss]" in (tmp_path / "two" / "report.md").read_text()
+
+
+def test_grpo_on_two_processes_samples_and_trains_like_one(tmp_path):
+  # The rollout phase on 2 processes: each gathers the global batch's prompts, samples all of them
+  # on the FSDP-sharded policy and keeps its rows; the old policy's log-probs (2 updates per
+  # rollout) are gathered the same way. Rewards, losses and the eval must be those of 1 process.
+  model = make_tiny_llama(tmp_path / "llama")
+  prompts = [{"prompt": c["messages"][0]["content"]} for c in make_conversations(24, 0)]
+  files = {"train": write_jsonl(tmp_path / "train.jsonl", prompts),
+           "validation": write_jsonl(tmp_path / "dev.jsonl", prompts[:4])}
+  def grpo_args(workdir, mesh):
+    return [sys.executable, "-m", "ftjax.main", "--config=configs/classify_files.py",
+            f"--workdir={workdir}", f"--config.model.checkpoint={model}",
+            "--config.model.task=causal_lm", "--config.objective.name=grpo",
+            "--config.objective.grpo.num_generations=4", "--config.objective.grpo.max_new_tokens=5",
+            "--config.objective.grpo.num_iterations=2", "--config.objective.grpo.beta=0.1",
+            "--config.objective.grpo.rewards=('positive_share',)",
+            f"--config.objective.grpo.reward_modules=('{REPO / 'tests' / 'grpo_rewards.py'}',)",
+            "--config.data.name=prompt_files", f"--config.data.files.train={files['train']}",
+            f"--config.data.files.validation={files['validation']}", "--config.data.max_length=24",
+            "--config.train.steps=4", "--config.train.batch_size=4", "--config.train.log_every_steps=1",
+            "--config.eval.every_steps=4", "--config.eval.batch_size=4", "--config.eval.metric=reward",
+            "--config.eval.num_samples=0", "--config.checkpoint.every_steps=4",
+            "--config.optimizer.lr=5e-2", "--config.method.name=lora", f"--config.mesh.shape={mesh}"]
+  run(grpo_args(tmp_path / "one", "(1,1,1)"))
+  run_processes(grpo_args(tmp_path / "two", "(1,2,1)"), 2, tmp_path / "two")
+  rows = {n: [json.loads(l) for l in (tmp_path / n / "metrics.jsonl").read_text().splitlines()]
+          for n in ("one", "two")}
+  train_rows = {n: [r for r in v if r["split"] == "train"] for n, v in rows.items()}
+  for a, b in zip(train_rows["one"], train_rows["two"], strict=True):
+    assert a["reward"] == b["reward"] and a["completion_length"] == b["completion_length"], (a, b)
+    np.testing.assert_allclose(b["loss"], a["loss"], atol=1e-5)
+  assert train_rows["one"][0]["reward_group_std"] > 0
+  evals = {n: [r for r in v if r["split"] == "eval"][-1] for n, v in rows.items()}
+  assert evals["one"]["reward"] == evals["two"]["reward"]

@@ -14,6 +14,7 @@ from ftjax import train
 from ftjax.config import base_config
 from ftjax.errors import UserError
 from ftjax.tasks import grpo, rewards
+from resume_runs import straight_and_resumed
 from tiny_assets import make_tiny_llama, write_jsonl
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -185,10 +186,7 @@ def test_resume_between_two_updates_of_one_rollout_is_exact(tiny, tmp_path):
     cfg = _config(tiny, steps=steps, num_iterations=2, loss="dapo", epsilon_high=0.28)
     cfg.eval.at_start = False
     return cfg
-  straight = train.train_and_evaluate(config(6), str(tmp_path / "a"))
-  train.train_and_evaluate(config(3), str(tmp_path / "b"))
-  resumed = train.train_and_evaluate(config(6), str(tmp_path / "b"))
-  assert resumed["resumed_from_step"] == 3
+  straight, resumed = straight_and_resumed(config, tmp_path, 6, 3)
   assert resumed["final_eval"] == straight["final_eval"]
   # Steps 5-6: the third rollout (its key folded from index 2) and its second update.
   drop = ("rollout_sec", "examples_per_sec", "tokens_per_sec")
@@ -210,3 +208,58 @@ def test_bad_grpo_input_is_one_line(tiny, tmp_path):
   train.train_and_evaluate(cfg, str(tmp_path / "broken"))
   rows = _rows(tmp_path / "broken")
   assert rows[-1]["reward_errors/broken"] == 16 and rows[-1]["reward_errors/positive_share"] == 0
+
+
+def test_arithmetic_problems_are_disjoint_across_splits_and_seeded():
+  from ftjax.data import arithmetic  # pylint: disable=g-import-not-at-top
+  config = arithmetic.make_config(3, {"train": 300, "validation": 50, "test": 100}, 20, "+-*")
+  splits = arithmetic.problems(config)
+  canonical = lambda a, op, b: (min(a, b), op, max(a, b)) if op in "+*" else (a, op, b)
+  seen = [{canonical(a, op, b) for a, op, b, _ in rows} for rows in splits.values()]
+  assert [len(s) for s in seen] == [300, 50, 100]  # no repeats within a split
+  assert not (seen[0] & seen[1]) and not (seen[0] & seen[2]) and not (seen[1] & seen[2])
+  assert all(arithmetic.OPERATIONS[op](a, b) == ans for rows in splits.values()
+             for a, op, b, ans in rows)
+  assert arithmetic.problems(config) == splits  # the seed decides
+  with pytest.raises(UserError, match="operands up to 3 with '\\+-' give 26"):
+    arithmetic.make_config(0, {"train": 27}, 3, "+-")  # 10 sums and 16 differences
+  assert len(arithmetic.problems(arithmetic.make_config(0, {"train": 26}, 3, "+-"))["train"]) == 26
+  with pytest.raises(UserError, match="operations='/'"):
+    arithmetic.make_config(0, {"train": 10}, 9, "/")
+
+
+def test_prompts_too_long_for_the_completion_budget_are_dropped_and_counted(tiny, tmp_path):
+  rows = _prompt_rows(6, 2) + [{"prompt": " ".join(["hello"] * 30), "answer": "1"}]
+  cfg = _config(tiny, steps=1)
+  cfg.data.files.validation = str(write_jsonl(tmp_path / "dev.jsonl", rows))
+  exp = train.build_experiment(cfg, abstract=True)
+  assert len(exp.dataset.examples("validation")) == 6
+  assert exp.dataset.dropped_prompt_too_long["validation"] == 1
+
+
+def test_a_classifier_trained_by_ftjax_is_a_reward_function(tiny, tiny_bert_dir,
+                                                            tiny_sentiment_files, tmp_path):
+  """`reward_model`: the judge's probabilities, on the validation texts, pick the labels the
+  judge run's own evaluation scored (its accuracy); in a GRPO run they are the rewards."""
+  from tiny_assets import files_config  # pylint: disable=g-import-not-at-top
+  from ftjax.train.reward_model import Judge  # pylint: disable=g-import-not-at-top
+  judge_cfg = files_config(tiny_bert_dir, tiny_sentiment_files)
+  judge_cfg.train.steps, judge_cfg.train.batch_size, judge_cfg.eval.every_steps = 8, 8, 8
+  judge_cfg.eval.at_start = False
+  judge_cfg.optimizer.lr, judge_cfg.checkpoint.keep_best = 1e-3, 1
+  judge_cfg.data.max_length, judge_cfg.data.bucket_boundaries = 32, (16, 32)
+  summary = train.train_and_evaluate(judge_cfg, str(tmp_path / "judge"))
+  judge = Judge(str(tmp_path / "judge"), "pos")
+  rows = [json.loads(l) for l in tiny_sentiment_files["validation"].read_text().splitlines()]
+  p_pos = np.asarray(judge([r["text"] for r in rows]))
+  assert ((p_pos >= 0) & (p_pos <= 1)).all()
+  accuracy = np.mean([(p > 0.5) == (r["label"] == "pos") for p, r in zip(p_pos, rows)])
+  assert accuracy == pytest.approx(summary["best_eval"]["accuracy"])
+  with pytest.raises(UserError, match="reward_model_label 'nope' is not a label .*pos"):
+    Judge(str(tmp_path / "judge"), "nope")
+
+  cfg = _config(tiny, steps=2, rewards=("reward_model",), reward_model=str(tmp_path / "judge"),
+                reward_model_label="pos")
+  cfg.eval.at_start = False
+  last = train.train_and_evaluate(cfg, str(tmp_path / "grpo"))["final_eval"]
+  assert 0 < last["reward/reward_model"] < 1 and last["reward_errors"] == 0

@@ -202,6 +202,11 @@ def config_for(model, method, mesh_name, assets):
   c.train.steps = STEPS
   c.train.batch_size = 8
   c.optimizer.lr = 1e-3
+  if model == "llama_grpo":
+    # Group-centred advantages cancel: some gradient elements are ~1e-8 sums of ~1e-3 terms, and
+    # Adam's first step (about lr x sign(g)) turns their float noise into 1e-5 differences. Plain
+    # SGD moves each parameter by its gradient, so noise stays noise and a real difference shows.
+    c.optimizer.name, c.optimizer.lr, c.optimizer.momentum = "sgd", 1.0, 0.0
   c.mesh.shape = mesh_shape(mesh_name)
   if mesh_name.endswith("_logits_chunk"):
     c.model.logits_chunk = LOGITS_CHUNK

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pathlib
 import sys
 
@@ -26,14 +25,10 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from ftjax import config as config_lib  # pylint: disable=wrong-import-position
+from ftjax import metrics  # pylint: disable=wrong-import-position
 from ftjax import export, train  # pylint: disable=wrong-import-position
 
 
-def wilson(k: float, n: int, z: float = 1.96) -> tuple[float, float]:
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return centre - half, centre + half
 
 
 def run(spec: str, workdir: pathlib.Path, overrides: list[str]) -> dict:
@@ -52,7 +47,7 @@ def row(name: str, summary: dict) -> dict:
   test = summary["test"]
   n = int(test["num_examples"])
   return {"run": name, "test_accuracy": test["accuracy"], "test_n": n,
-          "test_ci95": wilson(round(test["accuracy"] * n), n),
+          "test_ci95": metrics.wilson_interval(round(test["accuracy"] * n), n),
           "best_val_accuracy": summary["best_eval"]["accuracy"],
           "best_step": summary["best_step"],
           "val_divergence": summary["best_eval"].get("divergence"),

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import pathlib
 import sys
 import time
@@ -34,18 +33,11 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from ftjax import config as config_lib  # pylint: disable=wrong-import-position
+from ftjax import metrics  # pylint: disable=wrong-import-position
 from ftjax import sharding, train  # pylint: disable=wrong-import-position
 from ftjax.tasks import preference  # pylint: disable=wrong-import-position
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-  """95% Wilson score interval of a proportion k / n."""
-  if n == 0:
-    return (float("nan"), float("nan"))
-  p = k / n
-  centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-  half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-  return centre - half, centre + half
 
 
 def score_split(exp, state, split: str) -> dict[str, np.ndarray]:
@@ -85,7 +77,7 @@ def summarize(base: dict, tuned: dict, categories: list[str], beta: float) -> di
     row = {"pairs": n}
     for name, hits in right.items():
       k = int(hits[members].sum())
-      row[name] = {"correct": k, "accuracy": k / max(n, 1), "ci95": wilson(k, n)}
+      row[name] = {"correct": k, "accuracy": k / max(n, 1), "ci95": metrics.wilson_interval(k, n)}
     b, t = right["base logp accuracy"][members], right["tuned logp accuracy"][members]
     row["logp flips"] = {"to right": int((~b & t).sum()), "to wrong": int((b & ~t).sum())}
     rows[group] = row

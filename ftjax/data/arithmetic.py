@@ -38,10 +38,12 @@ def make_config(seed: int, sizes: dict, max_operand: int, operations: str) -> Ar
   if max_operand < 1:
     raise UserError(f"data.arithmetic.max_operand must be >= 1, got {max_operand}")
   sizes = tuple((k, int(v)) for k, v in sizes.items() if int(v) > 0)
-  distinct = (max_operand + 1) ** 2 * len(set(operations))
-  if sum(n for _, n in sizes) > distinct // 2:  # commuted twins are one problem
+  k = max_operand + 1
+  # Distinct problems: a + b and b + a (a * b and b * a) are one, a - b and b - a two.
+  distinct = sum(k * (k + 1) // 2 if op in "+*" else k * k for op in set(operations))
+  if sum(n for _, n in sizes) > distinct:
     raise UserError(f"data.arithmetic asks for {sum(n for _, n in sizes)} problems; operands "
-                    f"up to {max_operand} with {operations!r} give about {distinct // 2}")
+                    f"up to {max_operand} with {operations!r} give {distinct}")
   key = json.dumps([seed, sizes, max_operand, "".join(sorted(set(operations)))])
   name = "s{}_o{}_{}_{}".format(seed, max_operand, "".join(
       {"+": "add", "-": "sub", "*": "mul"}[o] for o in sorted(set(operations))),

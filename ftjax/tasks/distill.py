@@ -21,17 +21,28 @@ is `(1 - task_weight) * divergence + task_weight * task loss` (cross-entropy on 
 targets), each a mean over the batch's real examples or loss tokens, so gradient accumulation
 stays exact. Eval reports the head's own metrics (accuracy, perplexity, ...) and `divergence`:
 model selection on the task metric needs no teacher at test time.
+
+On-policy distillation (GKD, Agarwal et al. 2024; a causal LM on unpacked chat data):
+with `on_policy_fraction` = GKD's lambda, each step is, with that probability (drawn from the
+rollout key `fold_in(rng, step)`), taken on the student's own replies instead of the dataset's:
+the trainer's batch source (`ftjax.train.batches`) samples a reply to every prompt of the batch
+from the current student (`on_policy_max_new_tokens`, `on_policy_temperature`) and the same loss
+is computed on those tokens, the teacher scoring the student's samples. The task loss on such a
+step is the student's NLL of its own sample (GKD uses the divergence alone: keep task_weight 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from ftjax.data import packing as packing_lib
 from ftjax.errors import UserError
 from ftjax.tasks import causal_lm, classification
 
@@ -66,6 +77,9 @@ class Options:
   jsd_beta: float = 0.5
   temperature: float = 1.0
   task_weight: float = 0.0
+  on_policy_fraction: float = 0.0
+  on_policy_max_new_tokens: int = 64
+  on_policy_temperature: float = 0.9
 
 
 def check_config(cfg) -> Options:
@@ -84,14 +98,33 @@ def check_config(cfg) -> Options:
   if not 0.0 <= d.task_weight < 1.0:
     raise UserError("config key 'objective.distill.task_weight' must be in [0, 1), got "
                     f"{d.task_weight} (1 would ignore the teacher: use the head's own objective)")
+  lam = float(d.get("on_policy_fraction", 0.0))
+  if not 0.0 <= lam <= 1.0:
+    raise UserError("config key 'objective.distill.on_policy_fraction' must be in [0, 1], got "
+                    f"{lam}")
+  if lam and cfg.model.task != "causal_lm":
+    raise UserError("config key 'objective.distill.on_policy_fraction' needs model.task="
+                    f"causal_lm (the student samples replies), got '{cfg.model.task}'")
+  if lam and cfg.data.get("packing", False):
+    raise UserError("on-policy distillation (objective.distill.on_policy_fraction > 0) samples "
+                    "one reply per row; set data.packing=False")
+  if lam and not (0 < int(d.on_policy_max_new_tokens) < cfg.data.max_length
+                  and float(d.on_policy_temperature) >= 0):
+    raise UserError("config keys 'objective.distill.on_policy_max_new_tokens' (in [1, "
+                    "data.max_length)) and 'on_policy_temperature' (>= 0) are out of range: "
+                    f"{d.on_policy_max_new_tokens}, {d.on_policy_temperature}")
   return Options(teacher=str(d.teacher), divergence=d.divergence, jsd_beta=float(d.jsd_beta),
-                 temperature=float(d.temperature), task_weight=float(d.task_weight))
+                 temperature=float(d.temperature), task_weight=float(d.task_weight),
+                 on_policy_fraction=lam,
+                 on_policy_max_new_tokens=int(d.get("on_policy_max_new_tokens", 64)),
+                 on_policy_temperature=float(d.get("on_policy_temperature", 0.9)))
 
 
 def configure(cfg) -> "Distill":
   options = check_config(cfg)
   base = _BASE[cfg.model.task]
-  return Distill(options, cfg.model.task, base.configure(cfg))
+  kind = OnPolicyDistill if options.on_policy_fraction else Distill
+  return kind(options, cfg.model.task, base.configure(cfg), max_length=int(cfg.data.max_length))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +135,7 @@ class Distill:
   MODEL_TASK: str
   base: Any
   teacher_graphdef: Any = None
+  max_length: int = 0
   uses_reference = False
 
   @property
@@ -197,3 +231,41 @@ class Distill:
     sums = dict(sums)
     total, weight = float(sums.pop("divergence_sum")), float(sums.pop("divergence_weight"))
     return {**self.base.finalize(sums), "divergence": total / max(weight, 1.0)}
+
+
+class OnPolicyDistill(Distill):
+  """Distillation with a share of the steps on the student's own samples (GKD's lambda)."""
+
+  updates_per_rollout = 1  # every step draws whether it is on-policy
+
+  def token_logps(self, model, batch):  # the batch source's protocol; unused (no old policy)
+    losses, _ = causal_lm.model_token_losses(model, batch)
+    return -losses
+
+  def rollout(self, policy, dataset, batch: dict, key) -> tuple[dict, dict]:
+    """This process's rows of the global chat `batch`, or, with probability
+    `on_policy_fraction`, the same prompts with replies the current student sampled."""
+    o = self.options
+    started = time.time()
+    on_policy = float(jax.random.uniform(jax.random.wrap_key_data(key))) < o.on_policy_fraction
+    if not on_policy:
+      return policy.local_rows(batch), {"on_policy": np.float32(0.0),
+                                        "rollout_sec": np.float32(time.time() - started)}
+    mask = np.asarray(batch["loss_mask"]) > 0
+    rows = [i for i in range(len(mask)) if mask[i].any()]  # padding rows stay out
+    budget = min(o.on_policy_max_new_tokens, self.max_length - 1)
+    # The prompt of row i: its tokens through the position whose target is the first reply token.
+    prompts = [np.asarray(batch["input_ids"][i][:int(np.argmax(mask[i])) + 1]) for i in rows]
+    prompts = [p[-(self.max_length - budget):] for p in prompts]  # room for the reply
+    key, sample_key = jax.random.split(jax.random.wrap_key_data(key))
+    del key
+    completions = policy.generate(
+        [p.tolist() for p in prompts], np.asarray(jax.random.key_data(sample_key)),
+        max_new_tokens=budget, temperature=o.on_policy_temperature)
+    examples = [[(np.concatenate([p, np.asarray(c, np.int32)]),
+                  np.concatenate([np.zeros(len(p), np.float32), np.ones(len(c), np.float32)]))]
+                for p, c in zip(prompts, completions)]
+    sampled = packing_lib.collate_rows(examples, length=self.max_length, pad_id=dataset.pad_id,
+                                       batch_size=len(mask))
+    return policy.local_rows(sampled), {"on_policy": np.float32(1.0),
+                                        "rollout_sec": np.float32(time.time() - started)}

@@ -67,6 +67,9 @@ class Options:
   reward_weights: tuple = ()
   format_pattern: str = r"\s*-?[\d,]+(?:\.\d+)?\s*"
   unit_test_timeout: float = 5.0
+  reward_model: str = ""
+  reward_model_label: str = ""
+  reward_model_with_prompt: bool = False
 
 
 def _options(cfg) -> Options:
@@ -80,7 +83,9 @@ def _options(cfg) -> Options:
                  epsilon_high=eps_high, beta=float(g.beta), num_iterations=int(g.num_iterations),
                  mask_truncated=bool(g.mask_truncated), rewards=names, reward_weights=weights,
                  format_pattern=str(g.format_pattern),
-                 unit_test_timeout=float(g.unit_test_timeout))
+                 unit_test_timeout=float(g.unit_test_timeout),
+                 reward_model=str(g.reward_model), reward_model_label=str(g.reward_model_label),
+                 reward_model_with_prompt=bool(g.reward_model_with_prompt))
 
 
 def check_config(cfg) -> None:
@@ -289,16 +294,20 @@ class Grpo:
       aux["kl"] = mean(kl)
     return loss, aux
 
-  def eval_generations(self, policy, dataset, split: str, batch_size: int) -> dict:
-    """Greedy completions of every prompt of `split`, scored: the eval of a GRPO run."""
+  def eval_generations(self, policy, dataset, split: str, batch_size: int, *,
+                       per_prompt: bool = False) -> dict:
+    """Greedy completions of every prompt of `split`, scored: the eval of a GRPO run.
+    `per_prompt=True` adds `per_prompt` (each prompt's completion text and rewards)."""
     opt = self.options
     totals, per_fn_all, lengths, finished, errors = [], [], [], [], dict.fromkeys(self.functions, 0)
+    all_texts = []
     stops = set(policy.stop_token_ids)
     for chunk in dataset.eval_batches(split, batch_size):
       completions = policy.generate([e["input_ids"] for e in chunk], None,
                                     max_new_tokens=opt.max_new_tokens, temperature=0.0)
       texts = [dataset.tokenizer.decode(c, skip_special_tokens=True) for c in completions]
       per_fn, errs = rewards_lib.score(self.functions, texts, chunk)
+      all_texts += texts
       for n, c in errs.items():
         errors[n] += c
       per_fn_all.append(per_fn)
@@ -315,4 +324,8 @@ class Grpo:
            "reward_errors": int(sum(errors.values())), "num_prompts": int(per_fn.shape[1])}
     if "exact_answer" in self.functions:
       out["accuracy"] = out["reward/exact_answer"]
+    if per_prompt:
+      out["per_prompt"] = [{"completion": t, **{n: float(per_fn[f, i])
+                                                 for f, n in enumerate(self.functions)}}
+                           for i, t in enumerate(all_texts)]
     return out

@@ -12,6 +12,9 @@ Built in:
   exact_answer   1 if the completion's answer equals `example["answer"]`: numerically (the last
                  number in the completion) when the answer is a number, else as normalised text
   format         1 if the whole completion matches `objective.grpo.format_pattern` (a regex)
+  reward_model   a classifier trained by ftjax (`objective.grpo.reward_model`, a workdir) scores
+                 the completion: its probability of `reward_model_label`, or a reward model's
+                 score (`ftjax/train/reward_model.py`, registered by `ftjax.train`)
   unit_tests     1 if the completion's code passes `extra["test"]` (HumanEval's `check(fn)` with
                  `extra["entry_point"]`) in a separate Python process within
                  `objective.grpo.unit_test_timeout` seconds, sockets disabled, memory capped
@@ -37,14 +40,18 @@ from ftjax.errors import UserError
 RewardFn = Callable[[str, dict], float]
 # name -> factory(options) -> reward function; options: the run's `objective.grpo` settings
 _REGISTRY: dict[str, Callable[[object], RewardFn]] = {}
+_BATCHED: set[str] = set()  # names whose functions score lists of completions at once
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
 
-def register(name: str, *, factory: bool = False):
+def register(name: str, *, factory: bool = False, batched: bool = False):
   """Registers a reward function (or, with `factory=True`, a function of the run's options that
-  returns one) under `name`."""
+  returns one) under `name`. `batched=True`: it scores a whole rollout at once,
+  `fn(completions, examples) -> list of floats` (a model as the judge)."""
   def add(fn):
     _REGISTRY[name] = fn if factory else (lambda options: fn)
+    if batched:
+      _BATCHED.add(name)
     return fn
   return add
 
@@ -88,13 +95,21 @@ def score(functions: dict[str, RewardFn], completions: list[str], examples: list
   values = np.zeros((len(functions), len(completions)))
   errors = dict.fromkeys(functions, 0)
   for f, (name, fn) in enumerate(functions.items()):
-    for i, (completion, example) in enumerate(zip(completions, examples)):
-      try:
-        value = fn(completion, example)
-        value = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(
-            value, bool) else None
-      except Exception:  # pylint: disable=broad-except  # counted and reported, by design
-        value = None
+    if name in _BATCHED:
+      results = list(fn(completions, examples))
+      if len(results) != len(completions):
+        raise UserError(f"reward function '{name}' returned {len(results)} values for "
+                        f"{len(completions)} completions")
+    else:
+      results = []
+      for completion, example in zip(completions, examples):
+        try:
+          results.append(fn(completion, example))
+        except Exception:  # pylint: disable=broad-except  # counted and reported, by design
+          results.append(None)
+    for i, value in enumerate(results):
+      value = float(value) if isinstance(value, (int, float, np.number)) and not isinstance(
+          value, bool) else None
       if value is None or not math.isfinite(value):
         errors[name] += 1
       else:

@@ -3,11 +3,11 @@
 The loop asks its batch source for every step's host batch (`next(state) -> (batch, host
 metrics)`) and checkpoints the source's state (`get_state` / `set_state`) as the data position.
 `DataBatches` is the data iterator itself (every objective without a rollout phase; its state
-is the iterator's, as before sources existed). An objective with a rollout phase (GRPO) has
+is the iterator's, as before sources existed). An objective with a rollout phase (GRPO;
+on-policy distillation, whose rollout draws whether a step samples the student) has
 `rollout(policy, dataset, prompts, key)`, `updates_per_rollout` and `token_logps(model,
-batch)`: `RolloutBatches` makes a
-batch from the current policy every `updates_per_rollout` steps and serves it to that many
-updates; the rollout count, the batch being served and its metrics are in its state, so a run
+batch)`: `RolloutBatches` makes a batch from the current policy every `updates_per_rollout`
+steps and serves it to that many updates; the rollout count, the batch being served and its metrics are in its state, so a run
 killed between two updates of one rollout resumes on the same batch, and the next rollout's
 key `fold_in(rng, rollout_index)` is the same as without the stop.
 """
