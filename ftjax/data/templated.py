@@ -44,6 +44,10 @@ class TemplatedSplits:
     # Records the builder left out, by reason (e.g. no assistant turn, identical replies).
     self.skipped: dict[str, int] = {k: int(v) for k, v in dict(metadata.get("skipped", {})).items()}
 
+  @property
+  def train_split(self) -> str:
+    return self._train_split
+
   def _records(self, split: str) -> grain.MapDataset:
     """The split's records; the training split cut to `max_train_examples` if set."""
     return builders.split_records(self._builder, split, train_split=self._train_split,

@@ -231,8 +231,8 @@ class Grpo:
     opt = self.options
     g = opt.num_generations
     started = time.time()
-    examples = [dataset.examples(dataset._train_split)[int(i)]  # pylint: disable=protected-access
-                for i in np.asarray(prompt_batch["example"])]
+    split = dataset.examples(dataset.train_split)
+    examples = [split[int(i)] for i in np.asarray(prompt_batch["example"])]
     prompts = [e["input_ids"] for e in examples for _ in range(g)]
     completions = policy.generate(prompts, key, max_new_tokens=opt.max_new_tokens,
                                   temperature=opt.temperature, top_p=opt.top_p, top_k=opt.top_k)
