@@ -148,6 +148,7 @@ def base_config() -> ConfigDict:
   c.data.hhh_categories = ()  # BIG-bench HHH: harmless, helpful, honest, other; () = all
   c.data.hhh_source = ""  # "" = the pinned BIG-bench sdist (ftjax/data/hhh.py)
   c.data.test_fraction = 0.3  # HHH: share of pairs (by request hash) in test; eval_fraction: validation
+  c.data.truncate_prompt = False  # a too-long pair loses its prompt's start first (TRL's keep_end)
   # --- Prompts (objective "grpo"; data.name "prompt_files" or "arithmetic") ---
   c.data.arithmetic = ConfigDict()
   c.data.arithmetic.seed = 0  # the problems' stream; splits are disjoint

@@ -9,7 +9,10 @@ Each pair is rendered twice with the chat template, prompt + chosen reply and pr
 reply, and the loss mask marks the final reply only (reply + end-of-turn token, as in SFT). A
 pair longer than `max_length` loses the end of its reply; a pair whose prompt leaves no reply
 token within `max_length` teaches nothing and is dropped (both counted per split, logged and in
-the data report).
+the data report). With `data.truncate_prompt` (TRL's `keep_end` for prompts) a too-long pair
+first loses the start of its prompt, the same tokens on both sides (at least one prompt token
+stays), so long requests keep their replies instead of being dropped
+(`prompt_truncated`, counted per split).
 
 Batches are dicts of numpy arrays laid out as SFT rows (`ftjax.data.packing`) with a pair
 axis: `input_ids`, `targets`, `segment_ids`, `positions`, `attention_mask` [B, 2, T] int32,
@@ -41,8 +44,10 @@ Pair = tuple[packing_lib.Example, packing_lib.Example]
 class PreferenceData(templated.TemplatedSplits):
   """One prepared preference dataset, rendered and tokenised lazily per (split, shard)."""
 
-  def __init__(self, builder, tokenizer, **options):
+  def __init__(self, builder, tokenizer, *, truncate_prompt: bool = False, **options):
     super().__init__(builder, tokenizer, **options)
+    self.truncate_prompt = bool(truncate_prompt)
+    self.prompt_truncated: dict[str, int] = {}  # pairs whose prompt start was cut
     # Per split, over the shards tokenised so far: pairs whose reply was cut at max_length, and
     # pairs dropped because the prompt left no reply token. (`skipped`: pairs the builder left
     # out, with an empty reply or identical replies.)
@@ -96,9 +101,17 @@ class PreferenceData(templated.TemplatedSplits):
       encoded = chat_template.encode(self.tokenizer, sides, self.template, last_reply_only=True)
       self._lengths[key] = np.array([max(len(encoded[2 * i][0]), len(encoded[2 * i + 1][0]))
                                      for i in range(len(pairs))], np.int64)
-      kept, truncated, dropped = [], 0, 0
+      kept, truncated, dropped, prompt_cut = [], 0, 0, 0
       for i in range(len(pairs)):
         two = encoded[2 * i:2 * i + 2]
+        overflow = max(len(ids) for ids, _ in two) - self.max_length
+        if self.truncate_prompt and overflow > 0:
+          # The same prompt tokens off both sides (the replies stay conditioned alike).
+          prompt = min(int(np.argmax(np.asarray(mask) > 0)) for _, mask in two)
+          cut = min(overflow, prompt - 1)
+          if cut > 0:
+            prompt_cut += 1
+            two = [(ids[cut:], mask[cut:]) for ids, mask in two]
         if any(len(ids) > self.max_length for ids, _ in two):
           truncated += 1
           two = [(ids[:self.max_length], mask[:self.max_length]) for ids, mask in two]
@@ -108,6 +121,7 @@ class PreferenceData(templated.TemplatedSplits):
         kept.append((two[0], two[1]))
       self.truncated[split] = self.truncated.get(split, 0) + truncated
       self.dropped_prompt_too_long[split] = self.dropped_prompt_too_long.get(split, 0) + dropped
+      self.prompt_truncated[split] = self.prompt_truncated.get(split, 0) + prompt_cut
       if truncated or dropped:
         logging.warning("preference data %s shard %d/%d: %d of %d pairs cut at max_length=%d; "
                         "%d dropped, their prompt leaving no reply token", split, shard_index,
@@ -168,7 +182,8 @@ class PreferenceData(templated.TemplatedSplits):
 def load_preference_data(data_cfg, tokenizer, *, seed: int) -> PreferenceData:
   """Prepares the dataset named by `data_cfg` (building it once) and wraps it for training."""
   builder = builders.prepare(data_cfg)
-  data = PreferenceData(builder, tokenizer, **templated.options(data_cfg, seed=seed))
+  data = PreferenceData(builder, tokenizer, truncate_prompt=data_cfg.get("truncate_prompt", False),
+                        **templated.options(data_cfg, seed=seed))
   if any(data.skipped.values()):
     logging.warning("preference data %s: skipped %s", builder.name, data.skipped)
   return data

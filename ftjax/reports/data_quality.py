@@ -170,7 +170,8 @@ def preference_section(dataset, tokenizer, cfg) -> dict:
   report = _templated_splits(dataset, cfg, lambda split: {
       "distinct_prompts": len({text_norm.normalize(str(p["prompt"]))
                                for p in dataset.pairs(split)}),
-      "dropped_prompt_too_long": int(dataset.dropped_prompt_too_long.get(split, 0))})
+      "dropped_prompt_too_long": int(dataset.dropped_prompt_too_long.get(split, 0)),
+      "prompt_truncated": int(getattr(dataset, "prompt_truncated", {}).get(split, 0))})
   report["skipped_pairs"] = dict(getattr(dataset, "skipped", {}) or {})
   return report
 
@@ -250,6 +251,10 @@ def markdown(report: dict, heading: str = "##") -> str:
     lines += ["", "Dropped, their prompt leaving no reply token within data.max_length (GRPO: "
               "within data.max_length minus the completion budget): "
               + ", ".join(f"{k} {v}" for k, v in dropped.items()) + "."]
+  cut = {k: s["prompt_truncated"] for k, s in splits.items() if s.get("prompt_truncated")}
+  if cut:
+    lines += ["", "Pairs whose prompt lost its start to fit data.max_length (data.truncate_prompt): "
+              + ", ".join(f"{k} {v}" for k, v in cut.items()) + "."]
   if report.get("duplicates_removed_at_build"):
     removed = report["duplicates_removed_at_build"]
     lines += ["", "Removed when the dataset was built: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + "."]

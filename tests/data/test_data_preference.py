@@ -91,6 +91,27 @@ def test_too_long_prompts_are_dropped_and_long_replies_cut(load):
   assert batches[0]["input_ids"].shape[-1] == 32
 
 
+def test_truncate_prompt_keeps_long_requests_by_cutting_their_start(load, tokenizer):
+  rows = _rows()
+  rows[0] = {"prompt": " ".join(["one"] * 40) + " two", "chosen": "fine", "rejected": "bad"}
+  data = load(rows, max_length=32, bucket_boundaries=(8, 16, 32), truncate_prompt=True)
+  batch = next(data.eval_batches("train", 16))
+  assert data.dropped_prompt_too_long["train"] == 0 and data.prompt_truncated["train"] == 1
+  assert batch["weights"].sum() == 11  # nothing dropped
+  i = next(i for i, p in enumerate(data.pairs("train")) if p["id"] == "train.jsonl:1")
+  for side, reply in ((0, "fine"), (1, "bad")):
+    ids, mask = batch["input_ids"][i, side], batch["loss_mask"][i, side]
+    learnt = ids[1:][mask[:-1] > 0]
+    assert tokenizer.convert_ids_to_tokens(learnt.tolist()) == [reply, "<|im_end|>"]
+    # The prompt's end survives (its last word, the generation prompt); its start is gone.
+    tokens = tokenizer.convert_ids_to_tokens(ids[batch["attention_mask"][i, side] > 0].tolist())
+    assert "two" in tokens and tokens[0] != "<|im_start|>"
+  # Both sides lost the same prompt tokens: their prompts are identical.
+  first = [int(np.argmax(batch["loss_mask"][i, s] > 0)) for s in (0, 1)]
+  np.testing.assert_array_equal(batch["input_ids"][i, 0, :first[0]],
+                                batch["input_ids"][i, 1, :first[1]])
+
+
 def test_train_stream_resumes_exactly_and_splits_over_processes(load):
   data = load()
   it = data.train_iterator(4, seed=3)
