@@ -14,6 +14,7 @@ from absl import logging as absl_logging
 
 from ftjax import config as config_lib
 from ftjax.errors import exit_on_user_error, parse_absl_flags
+from ftjax.train import reward_model as _reward_model  # registers 'reward_model' before configs are checked
 
 FLAGS = flags.FLAGS
 

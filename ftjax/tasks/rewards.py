@@ -81,7 +81,14 @@ def load_modules(modules) -> None:
                       f"{type(e).__name__}: {e}") from None
 
 
+# Reward functions registered by a higher layer, and the module whose import registers them.
+_PROVIDED_ELSEWHERE = {"reward_model": "ftjax.train"}
+
+
 def get(name: str, options) -> RewardFn:
+  if name not in _REGISTRY and name in _PROVIDED_ELSEWHERE:
+    raise UserError(f"reward function '{name}' is registered by {_PROVIDED_ELSEWHERE[name]}: "
+                    f"import it before loading this config (the ftjax commands do)")
   if name not in _REGISTRY:
     raise UserError(f"objective.grpo.rewards names an unknown reward function '{name}'; known: "
                     f"{', '.join(names())} (register your own with ftjax.tasks.rewards.register "
