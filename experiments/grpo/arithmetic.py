@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 from ftjax import config as config_lib  # pylint: disable=wrong-import-position
 from ftjax import metrics  # pylint: disable=wrong-import-position
 from ftjax import train  # pylint: disable=wrong-import-position
+from ftjax.train.batches import stop_token_ids  # pylint: disable=wrong-import-position
 
 
 
@@ -56,9 +57,10 @@ def main() -> None:
   exp = train.build_experiment(cfg, optimizer=False)
   split = cfg.data.test_split
   scored = {}
+  stops = stop_token_ids(exp)
   for label in ("base", "best", "latest"):
     state, step = train.restore_state(exp, str(workdir), label)
-    scored[label] = exp.task.eval_generations(train.Policy(exp, state), exp.dataset, split,
+    scored[label] = exp.task.eval_generations(train.Policy(exp, state, stops), exp.dataset, split,
                                               cfg.eval.batch_size, per_prompt=True)
     scored[label]["step"] = step
   n = scored["base"]["num_prompts"]

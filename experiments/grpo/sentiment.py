@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))
 
 from ftjax import config as config_lib  # pylint: disable=wrong-import-position
 from ftjax import metrics, sources, train  # pylint: disable=wrong-import-position
+from ftjax.train.batches import stop_token_ids  # pylint: disable=wrong-import-position
 from ftjax.data import rotten_tomatoes  # pylint: disable=wrong-import-position
 
 SIZES = {"train": 600, "validation": 64, "test": 128}
@@ -66,10 +67,10 @@ def main() -> None:
     if summary.get("preempted"):
       sys.exit("preempted: rerun the same command to resume")
   exp = train.build_experiment(cfg, optimizer=False)
-  rows = []
+  rows, stops = [], stop_token_ids(exp)
   for label in ("base", "best"):
     state, step = train.restore_state(exp, str(workdir), label)
-    scored = exp.task.eval_generations(train.Policy(exp, state), exp.dataset, "test",
+    scored = exp.task.eval_generations(train.Policy(exp, state, stops), exp.dataset, "test",
                                        cfg.eval.batch_size, per_prompt=True)
     p = [r["reward_model"] for r in scored["per_prompt"]]
     k, n = sum(x > 0.5 for x in p), len(p)

@@ -73,6 +73,16 @@ def collate_rows(rows: Sequence[Sequence[Example]], *, length: int, pad_id: int,
           "attention_mask": (segment_ids > 0).astype(np.int32)}
 
 
+def collate_completions(prompts, completions, *, length: int, pad_id: int,
+                        batch_size: int | None = None) -> dict[str, np.ndarray]:
+  """Rows of prompt + sampled completion (token-id sequences) as `collate_rows` lays them out,
+  the loss on the completion tokens only: the batch an RL rollout or on-policy step trains on."""
+  rows = [[(np.concatenate([np.asarray(p, np.int32), np.asarray(c, np.int32)]),
+            np.concatenate([np.zeros(len(p), np.float32), np.ones(len(c), np.float32)]))]
+          for p, c in zip(prompts, completions)]
+  return collate_rows(rows, length=length, pad_id=pad_id, batch_size=batch_size)
+
+
 class PackedRows:
   """Rows of examples, indexable by Grain: item r is the list of examples packed in row r."""
 

@@ -8,7 +8,7 @@ minus the completion budget) leaves no room to answer: it is dropped, counted pe
 logged and in the data report.
 
 Training batches are the prompts' indices only: `{"example": [B] int32}` into the split's kept
-prompts (`example(split, i)` gives the ids, answer and extra fields). The rollout phase
+prompts (`examples(split)[i]` gives the ids, answer and extra fields). The rollout phase
 generates from them (every process generates the global batch, so it gathers the indices);
 the iterator is `epoch_shuffle.GlobalBatchSlices`, whose state is one integer.
 """

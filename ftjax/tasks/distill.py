@@ -24,7 +24,7 @@ model selection on the task metric needs no teacher at test time.
 
 On-policy distillation (GKD, Agarwal et al. 2024; a causal LM on unpacked chat data):
 with `on_policy_fraction` = GKD's lambda, each step is, with that probability (drawn from the
-rollout key `fold_in(rng, step)`), taken on the student's own replies instead of the dataset's:
+step's rollout key `fold_in(rng, rollout_index)`, one rollout per step), taken on the student's own replies instead of the dataset's:
 the trainer's batch source (`ftjax.train.batches`) samples a reply to every prompt of the batch
 from the current student (`on_policy_max_new_tokens`, `on_policy_temperature`) and the same loss
 is computed on those tokens, the teacher scoring the student's samples. The task loss on such a
@@ -238,10 +238,6 @@ class OnPolicyDistill(Distill):
 
   updates_per_rollout = 1  # every step draws whether it is on-policy
 
-  def token_logps(self, model, batch):  # the batch source's protocol; unused (no old policy)
-    losses, _ = causal_lm.model_token_losses(model, batch)
-    return -losses
-
   def rollout(self, policy, dataset, batch: dict, key) -> tuple[dict, dict]:
     """This process's rows of the global chat `batch`, or, with probability
     `on_policy_fraction`, the same prompts with replies the current student sampled."""
@@ -257,15 +253,11 @@ class OnPolicyDistill(Distill):
     # The prompt of row i: its tokens through the position whose target is the first reply token.
     prompts = [np.asarray(batch["input_ids"][i][:int(np.argmax(mask[i])) + 1]) for i in rows]
     prompts = [p[-(self.max_length - budget):] for p in prompts]  # room for the reply
-    key, sample_key = jax.random.split(jax.random.wrap_key_data(key))
-    del key
+    sample_key = jax.random.split(jax.random.wrap_key_data(key))[1]  # the key itself drew the kind
     completions = policy.generate(
         [p.tolist() for p in prompts], np.asarray(jax.random.key_data(sample_key)),
         max_new_tokens=budget, temperature=o.on_policy_temperature)
-    examples = [[(np.concatenate([p, np.asarray(c, np.int32)]),
-                  np.concatenate([np.zeros(len(p), np.float32), np.ones(len(c), np.float32)]))]
-                for p, c in zip(prompts, completions)]
-    sampled = packing_lib.collate_rows(examples, length=self.max_length, pad_id=dataset.pad_id,
-                                       batch_size=len(mask))
+    sampled = packing_lib.collate_completions(prompts, completions, length=self.max_length,
+                                              pad_id=dataset.pad_id, batch_size=len(mask))
     return policy.local_rows(sampled), {"on_policy": np.float32(1.0),
                                         "rollout_sec": np.float32(time.time() - started)}

@@ -116,8 +116,6 @@ def check_config(cfg) -> None:
        f"({g.max_new_tokens}) must leave room for the prompt in data.max_length "
        f"({cfg.data.max_length})")
   rewards_lib.load_modules(tuple(g.reward_modules or ()))
-  for name in g.rewards:
-    rewards_lib.get(name, _options(cfg))  # an unknown name is an error now, not mid-run
 
 
 def configure(cfg) -> "Grpo":
@@ -243,14 +241,12 @@ class Grpo:
                                        texts, [e for e in examples for _ in range(g)])
     total = np.asarray(opt.reward_weights) @ per_fn
     adv = advantages(total, g, opt.scale_rewards).astype(np.float32)
-    rows = [[(np.concatenate([p, np.asarray(c, np.int32)]),
-              np.concatenate([np.zeros(len(p), np.float32), np.ones(len(c), np.float32)]))]
-            for p, c in zip(prompts, completions)]
-    batch = packing_lib.collate_rows(rows, length=dataset.max_length, pad_id=dataset.pad_id)
+    batch = packing_lib.collate_completions(prompts, completions, length=dataset.max_length,
+                                            pad_id=dataset.pad_id)
     if opt.mask_truncated:
       batch["loss_mask"] = batch["loss_mask"] * finished[:, None].astype(np.float32)
     batch["advantages"] = adv
-    batch["weights"] = np.ones((len(rows),), np.float32)
+    batch["weights"] = np.ones((len(prompts),), np.float32)
     batch = policy.local_rows(batch)
     batch["old_logps"] = (policy.token_logps(batch) if opt.num_iterations > 1
                           else np.zeros(batch["input_ids"].shape, np.float32))

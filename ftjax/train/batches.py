@@ -5,11 +5,12 @@ metrics)`) and checkpoints the source's state (`get_state` / `set_state`) as the
 `DataBatches` is the data iterator itself (every objective without a rollout phase; its state
 is the iterator's, as before sources existed). An objective with a rollout phase (GRPO;
 on-policy distillation, whose rollout draws whether a step samples the student) has
-`rollout(policy, dataset, prompts, key)`, `updates_per_rollout` and `token_logps(model,
-batch)`: `RolloutBatches` makes a batch from the current policy every `updates_per_rollout`
-steps and serves it to that many updates; the rollout count, the batch being served and its metrics are in its state, so a run
-killed between two updates of one rollout resumes on the same batch, and the next rollout's
-key `fold_in(rng, rollout_index)` is the same as without the stop.
+`rollout(policy, dataset, prompts, key)` and `updates_per_rollout` (and `token_logps(model,
+batch)` when its rollout needs the old policy's log-probs): `RolloutBatches` makes a batch from
+the current policy every `updates_per_rollout` steps and serves it to that many updates; the
+rollout count, the batch being served and its metrics are in its state, so a run killed between
+two updates of one rollout resumes on the same batch, and the next rollout's key
+`fold_in(rng, rollout_index)` is the same as without the stop.
 """
 
 from __future__ import annotations
@@ -46,12 +47,10 @@ class Policy:
   """The current policy of a run, for an objective's rollout or generation eval: sampling with
   `ftjax.generate` and token log-probs, on the run's mesh."""
 
-  def __init__(self, exp: Experiment, state, logps_fn=None):
+  def __init__(self, exp: Experiment, state, stop_token_ids, logps_fn=None):
     self.exp, self.state = exp, state
     self.model = model_from_state(exp, state)
-    dataset = exp.dataset
-    self.stop_token_ids = tokenization.stop_token_ids(exp.model_path, dataset.tokenizer,
-                                                      getattr(dataset, "template", None))
+    self.stop_token_ids = stop_token_ids  # `stop_token_ids(exp)`, read once per run
     self._logps_fn = logps_fn
 
   def generate(self, prompts, key, *, max_new_tokens: int, temperature: float,
@@ -79,6 +78,12 @@ class Policy:
     return np.asarray(out)
 
 
+def stop_token_ids(exp: Experiment) -> list[int]:
+  """Every token that ends a generation of the run's model (its files, read once by a caller)."""
+  return tokenization.stop_token_ids(exp.model_path, exp.dataset.tokenizer,
+                                     getattr(exp.dataset, "template", None))
+
+
 def _encode(batch: dict | None):
   return None if batch is None else {
       k: {"dtype": str(v.dtype), "shape": list(v.shape), "values": v.reshape(-1).tolist()}
@@ -99,12 +104,13 @@ class RolloutBatches:
     self.rollouts = 0  # rollouts made so far: the next one's key index
     self.served = 0  # updates the current batch has served
     self.batch, self.metrics = None, {}
-    task, graphdef = exp.task, exp.graphdef
-
-    def logps(params, frozen, batch):  # the old policy's, for the ratio of later updates
-      return task.token_logps(nnx.merge(graphdef, params, frozen), batch)
-
-    self._logps_fn = jax.jit(logps, out_shardings=sharding.batch_sharding(exp.mesh))
+    self.stop_token_ids = stop_token_ids(exp)
+    self._logps_fn = None
+    if hasattr(exp.task, "token_logps"):  # the old policy's, for the ratio of later updates
+      task, graphdef = exp.task, exp.graphdef
+      self._logps_fn = jax.jit(
+          lambda params, frozen, batch: task.token_logps(nnx.merge(graphdef, params, frozen), batch),
+          out_shardings=sharding.batch_sharding(exp.mesh))
 
   def next(self, state) -> tuple[dict, dict]:
     if self.batch is None or self.served >= self.task.updates_per_rollout:
@@ -112,9 +118,9 @@ class RolloutBatches:
       if jax.process_count() > 1:  # every process samples the global batch
         prompts = multihost_utils.process_allgather(prompts, tiled=True)
       key = jax.random.fold_in(jax.random.wrap_key_data(jax.device_get(state.rng)), self.rollouts)
-      self.batch, self.metrics = self.task.rollout(
-          Policy(self.exp, state, self._logps_fn), self.exp.dataset, prompts,
-          np.asarray(jax.random.key_data(key)))
+      policy = Policy(self.exp, state, self.stop_token_ids, self._logps_fn)
+      self.batch, self.metrics = self.task.rollout(policy, self.exp.dataset, prompts,
+                                                   np.asarray(jax.random.key_data(key)))
       self.rollouts, self.served = self.rollouts + 1, 0
       metrics = self.metrics
     else:  # the same rollout's metrics, but its time was spent once

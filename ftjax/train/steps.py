@@ -17,7 +17,7 @@ from flax import nnx
 
 from ftjax import methods, optim, sharding
 from ftjax.errors import UserError
-from ftjax.train.batches import Policy
+from ftjax.train.batches import Policy, stop_token_ids
 from ftjax.train.state import Experiment, TrainState, local_batch_size
 
 
@@ -139,15 +139,17 @@ class Evaluator:
   def __init__(self, exp: Experiment):
     self.exp = exp
     self.batch_sharding = sharding.batch_sharding(exp.mesh)
-    if hasattr(exp.task, "eval_generations"):
-      return  # its eval generates (no jitted eval step)
+    if hasattr(exp.task, "eval_generations"):  # its eval generates (no jitted eval step)
+      self._stop_token_ids = stop_token_ids(exp)
+      return
     self._step = jax.jit(make_eval_step(exp.graphdef, exp.task, exp.dataset),
                          in_shardings=(exp.state_shardings, self.batch_sharding),
                          out_shardings=sharding.replicated(exp.mesh))
 
   def __call__(self, state: TrainState, split: str) -> dict:
     if hasattr(self.exp.task, "eval_generations"):  # an RL objective: generate and score
-      return self.exp.task.eval_generations(Policy(self.exp, state), self.exp.dataset, split,
+      return self.exp.task.eval_generations(Policy(self.exp, state, self._stop_token_ids),
+                                            self.exp.dataset, split,
                                             self.exp.cfg.eval.batch_size)
     batch_size = local_batch_size(self.exp.cfg.eval.batch_size, self.exp.mesh)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
