@@ -49,7 +49,10 @@ log = logging.getLogger("ftjax")
 BEST_DIR = "best"
 
 
-def _manager(directory: epath.Path, items, **options) -> ocp.CheckpointManager:
+def _manager(directory: epath.Path, items, barrier_prefix: str, **options) -> ocp.CheckpointManager:
+  # Each manager's own barrier names: Orbax names a save's cross-process barriers by its step
+  # alone, so the state and best managers saving the same step on several processes would
+  # otherwise join (or refuse, "already ongoing") each other's barriers.
   # Handlers named up front (the ones the save/restore args imply) so that `item_metadata`
   # reads a checkpoint's tree before restoring it (the layer-layout check needs it).
   handlers = {name: ocp.JsonCheckpointHandler() if name == "data" else ocp.StandardCheckpointHandler()
@@ -57,7 +60,9 @@ def _manager(directory: epath.Path, items, **options) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       directory,
       options=ocp.CheckpointManagerOptions(create=True, enable_async_checkpointing=True,
-                                           cleanup_tmp_directories=True, **options),
+                                           cleanup_tmp_directories=True, **options,
+                                           multiprocessing_options=ocp.options.MultiprocessingOptions(
+                                               barrier_sync_key_prefix=barrier_prefix)),
       item_handlers=handlers)
 
 
@@ -73,7 +78,7 @@ class Checkpointer:
   def __init__(self, directory: os.PathLike, *, every_steps: int, keep: int):
     self.directory = _absolute(directory)
     self.every_steps = every_steps
-    self._manager = _manager(self.directory, ("state", "data"), max_to_keep=keep)
+    self._manager = _manager(self.directory, ("state", "data"), "ftjax_state", max_to_keep=keep)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -213,7 +218,7 @@ class BestCheckpointer:
     self.directory = _absolute(directory)
     self.metric = metric
     self._manager = _manager(
-        self.directory, ("params",), max_to_keep=keep, best_mode=mode,
+        self.directory, ("params",), "ftjax_best", max_to_keep=keep, best_mode=mode,
         best_fn=lambda metrics: metrics[metric], keep_checkpoints_without_metrics=False)
 
   def save(self, step: int, params_and_frozen, metrics: dict) -> None:
