@@ -145,7 +145,7 @@ def _abstract(tree: dict) -> dict:
 def test_orbax_checkpoint_manager_saves_restores_and_prunes(root):
   # ftjax's own manager options: async saving, OCDBT arrays (TensorStore), a JSON item, max_to_keep.
   directory = root / "checkpoints"
-  manager = _manager(directory, ("state", "data"), max_to_keep=2)
+  manager = _manager(directory, ("state", "data"), "test", max_to_keep=2)
   for step in (1, 2, 3):
     manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(step)),
                                                data=ocp.args.JsonSave({"next_batch": step * 8})))
@@ -155,7 +155,7 @@ def test_orbax_checkpoint_manager_saves_restores_and_prunes(root):
   assert (directory / "3" / "commit_success.txt").exists()  # GCS commits by marker, not rename
   manager.close()
   # A new manager (a resumed run) sees the same steps and restores step 3 exactly.
-  again = _manager(directory, ("state", "data"), max_to_keep=2)
+  again = _manager(directory, ("state", "data"), "test", max_to_keep=2)
   assert again.all_steps() == [2, 3] and again.latest_step() == 3
   # The saved tree's metadata (ftjax reads it to convert layer layouts) comes back too.
   saved = again.item_metadata(3)["state"]
@@ -173,13 +173,13 @@ def test_orbax_ignores_and_cleans_a_save_killed_midway(root):
   # mid-save leaves the step's objects without it. The next manager ignores and deletes them,
   # so a resumed run restores the previous step and can save that step again.
   directory = root / "checkpoints"
-  manager = _manager(directory, ("state", "data"), max_to_keep=2)
+  manager = _manager(directory, ("state", "data"), "test", max_to_keep=2)
   manager.save(1, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(1)),
                                           data=ocp.args.JsonSave({})))
   manager.close()
   (directory / "2" / "_CHECKPOINT_METADATA").write_text("{}")
   (directory / "2" / "state" / "_METADATA").write_text("{}")
-  resumed = _manager(directory, ("state", "data"), max_to_keep=2)
+  resumed = _manager(directory, ("state", "data"), "test", max_to_keep=2)
   assert resumed.all_steps() == [1] and [p.name for p in directory.iterdir()] == ["1"]
   resumed.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(_tree(2)),
                                           data=ocp.args.JsonSave({})))
