@@ -9,9 +9,9 @@ train the rest. LoRA on every projection; the reference policy is the step-0 mod
 0, so it is the base) and costs no copy of the base weights.
 
 `experiments/preference/hhh_dpo.py` runs this config and scores the test split before and
-after, by category, with confidence intervals. Measured so far (its README): at
-`data.max_length=256`, 21 of 80 test pairs leave no reply token after the prompt and are dropped
-(counted in the data report); 512 keeps nearly all but doubles the step.
+after, by category, with confidence intervals. At `data.max_length=256` 21 of 80 test pairs
+would leave no reply token after the prompt; `data.truncate_prompt` keeps them, cutting the
+prompt's start (the same tokens off both sides, as TRL's `keep_end`): every pair is scored.
 Variants: `:ipo`, `:simpo`, `:orpo` (`objective.preference.loss`).
 """
 
@@ -42,6 +42,7 @@ def get_config(variant: str = "sigmoid"):
   c.data.test_fraction = 0.3
   c.data.chat_template = ""  # SmolLM2's own (from the GGUF metadata)
   c.data.max_length = 256
+  c.data.truncate_prompt = True
   c.data.bucket_boundaries = (128, 192, 256)
   c.data.eval_split = "validation"
   c.data.test_split = "test"

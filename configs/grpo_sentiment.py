@@ -1,10 +1,10 @@
 """GRPO with a learned judge: SmolLM2-135M-Instruct steered to write positive movie reviews.
 
   python -m ftjax.main --config configs/quickstart.py --workdir runs/quickstart     # the judge
-  python experiments/grpo/sentiment.py --workdir runs/grpo_sentiment --judge runs/quickstart
+  python experiments/sentiment/steer.py --objective grpo --workdir runs/grpo_sentiment --judge runs/quickstart
 
 The DPO paper's first experiment on this project's assets: prompts ask the policy to continue a
-Rotten Tomatoes snippet's opening words (`experiments/grpo/sentiment.py` writes them, split by
+Rotten Tomatoes snippet's opening words (`experiments/sentiment/steer.py` writes them, split by
 movie as the dataset is); the reward is the quickstart MiniLM classifier's probability that the
 continuation is `fresh` (`reward_model`, `objective.grpo.reward_model` = the judge's workdir).
 LoRA on every projection; KL 0.04 to the base keeps the policy near it. Model selection on the
@@ -35,7 +35,7 @@ def get_config():
   c.method.lora.rank = 16
   c.method.lora.alpha = 32.0
   c.method.lora.targets = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
-  c.data.name = "prompt_files"  # files: written by experiments/grpo/sentiment.py
+  c.data.name = "prompt_files"  # files: written by experiments/sentiment/steer.py
   c.data.chat_template = ""
   c.data.max_length = 96
   c.data.eval_split = "validation"
