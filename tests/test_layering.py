@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Top to bottom. A new module goes in the lowest layer whose imports it needs.
 LAYERS = (
     ("entry points", ("ftjax.main", "ftjax.evaluate", "ftjax.export", "ftjax.data_report",
-                      "ftjax.report", "ftjax.plan", "ftjax.chat")),
+                      "ftjax.report", "ftjax.plan", "ftjax.chat", "ftjax.code_eval")),
     ("command line", ("ftjax.cli",)),
     ("training", ("ftjax.train",)),
     ("run services", ("ftjax.reports", "ftjax.samples", "ftjax.checkpoint", "ftjax.early_stopping",

@@ -16,10 +16,11 @@ from ftjax.data import paths
 from ftjax.data import preference_files
 from ftjax.data import prompt_files
 from ftjax.data import rotten_tomatoes
+from ftjax.data import text_files
 from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
-         "prompt_files", "arithmetic")
+         "prompt_files", "arithmetic", "text_files")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -49,6 +50,8 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return prompt_files.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "arithmetic":
     return arithmetic.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "text_files":
+    return text_files.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

@@ -9,38 +9,34 @@ Batches are dicts of numpy arrays (see `ftjax.data.packing`): `input_ids`, `targ
 `segment_ids`, `positions`, `attention_mask` [B, T] int32 and `loss_mask` [B, T] float32.
 Training rows pack several conversations (`data.packing`) at length `max_length`, or hold one
 padded to a bucket; eval rows always hold one conversation (so every process can tell the
-number of eval batches from the split size alone), bucketed, with all-zero padding rows.
+number of eval batches from the split size alone), bucketed, with all-zero padding rows
+(`ftjax.data.lm_rows`, shared with plain-text data).
 """
 
-from collections.abc import Iterator
 import json
 
 from absl import logging
-import grain
 import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import chat_template
-from ftjax.data import epoch_shuffle
+from ftjax.data import lm_rows
 from ftjax.data import packing as packing_lib
 from ftjax.data import templated
-from ftjax.errors import UserError
 
 __all__ = ["ChatData", "load_chat_data"]
 
 
-class ChatData(templated.TemplatedSplits):
+class ChatData(lm_rows.LMRows):
   """One prepared chat dataset, rendered and tokenised lazily per (split, shard)."""
 
   def __init__(self, builder, tokenizer, *, max_length: int, packing: bool = False, **options):
-    super().__init__(builder, tokenizer, max_length=max_length, **options)
-    self.packing = bool(packing)
+    super().__init__(builder, tokenizer, max_length=max_length, packing=packing, **options)
     # Per split, over the shards tokenised so far: conversations cut at max_length, and those
     # dropped because truncation left no assistant token to learn. (`skipped`: conversations
     # the builder left out, without an assistant turn or, for ChatterBot, duplicates.)
     self.truncated: dict[str, int] = {}
     self.dropped_no_loss: dict[str, int] = {}
-    self.packed_fill: float | None = None
 
   def conversations(self, split: str, shard_index: int = 0, shard_count: int = 1
                     ) -> list[list[dict]]:
@@ -103,71 +99,6 @@ class ChatData(templated.TemplatedSplits):
     """Rendered token count of each conversation before truncation, in `conversations` order."""
     self._encoded(split, 0, 1)
     return self._lengths[(split, 0, 1)]
-
-  def _collate_single(self, examples, batch_size=None, longest=None):
-    """One conversation per row, padded to a bucket (or max_length) of the longest one, or of
-    `longest` when the length is agreed beyond these rows (across processes)."""
-    if longest is None:
-      longest = max((len(ids) for ids, _ in examples), default=1)
-    length = self._padded_length(longest)
-    return packing_lib.collate_rows([[e] for e in examples], length=length, pad_id=self.pad_id,
-                                    batch_size=batch_size)
-
-  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
-                     shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches: this process's `batch_size` rows of each global batch.
-
-    As for classification (`epoch_shuffle.GlobalBatchSlices`), the stream of rows is the same
-    on every process and global batch b is the same whatever the number of processes: each
-    host tokenises the whole training split (and, with packing, packs it once, seeded
-    first-fit, into rows of `max_length`), takes its slice of every global batch, and pads it
-    to the global batch's bucket. With one process this is the plain reshuffled stream.
-    `get_state()` / `set_state()` resume exactly.
-    """
-    examples = self._encoded(self._train_split, 0, 1)
-    if not examples:
-      raise UserError(f"training split {self._train_split!r} is empty")
-    if self.packing:
-      rows = packing_lib.pack(examples, self.max_length, seed=seed)
-      self.packed_fill = rows.fill(self.max_length)
-      logging.info("chat data: packed %d conversations into %d rows of %d tokens (%.1f%% "
-                   "filled)", len(examples), len(rows), self.max_length,
-                   100 * self.packed_fill)
-      source, lengths = rows, np.full(len(rows), self.max_length)
-      collate = lambda chunk, longest: packing_lib.collate_rows(  # every row is max_length long
-          chunk, length=self.max_length, pad_id=self.pad_id)
-    else:
-      source, lengths = examples, np.array([len(ids) for ids, _ in examples])
-      collate = lambda chunk, longest: self._collate_single(chunk, longest=longest)
-    dataset = epoch_shuffle.GlobalBatchSlices(
-        source, lengths, seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=collate)
-    # In-memory data and a cheap collate: reading in the calling thread is fastest.
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
-                                                          prefetch_buffer_size=0)))
-
-  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
-                         shard_count: int = 1) -> np.ndarray:
-    """The longest conversation of each of this shard's eval batches (0: an all-padding one);
-    processes agree on each batch's padded length from the maximum over all shards."""
-    examples = self._encoded(split, shard_index, shard_count)
-    return np.array([max((len(ids) for ids, _ in examples[b * batch_size:(b + 1) * batch_size]),
-                         default=0)
-                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
-                    np.int64)
-
-  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1, longest=None) -> Iterator[dict]:
-    """One pass over a split in a fixed order, one conversation per row.
-
-    Every shard yields ceil(ceil(N / shards) / batch_size) batches, so processes stay in
-    lock-step; missing rows are all padding (loss_mask 0, segment_ids 0). `longest` (one per
-    batch, from `eval_batch_lengths` maximised over the processes) pads every process's batch
-    b to the same length.
-    """
-    examples = self._encoded(split, shard_index, shard_count)
-    for chunk, length in self._eval_chunks(examples, split, batch_size, shard_count, longest):
-      yield self._collate_single(chunk, batch_size=batch_size, longest=length)
 
 
 def load_chat_data(data_cfg, tokenizer, *, seed: int) -> ChatData:

@@ -19,6 +19,8 @@ from ftjax.errors import UserError
 class TemplatedSplits:
   """A builder's splits with the options every chat-template pipeline reads."""
 
+  RENDERS_CHATS = True  # False: plain text, no chat template (`template` is None)
+
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str = "bucket",
                bucket_boundaries=(), chat_template_name: str = "", train_split: str = "train",
                max_train_examples: int = 0, seed: int = 0):
@@ -28,7 +30,8 @@ class TemplatedSplits:
       raise UserError(f"data.max_length={max_length} must be >= 2")
     self._builder = builder
     self.tokenizer = tokenizer
-    self.template = chat_template.resolve_template(tokenizer, chat_template_name)
+    self.template = (chat_template.resolve_template(tokenizer, chat_template_name)
+                     if self.RENDERS_CHATS else None)
     self.max_length = int(max_length)
     self._padding = padding
     self._boundaries = tuple(int(b) for b in bucket_boundaries)

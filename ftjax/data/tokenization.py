@@ -43,7 +43,7 @@ def _eos_ids(file: pathlib.Path) -> list[int]:
 
 
 def stop_token_ids(path: str | os.PathLike, tokenizer,
-                   chat_template: str | None = None) -> list[int]:
+                   chat_template: str | None = None, extra=()) -> list[int]:
   """Every token id that ends a generation for the checkpoint folder `path` (sorted).
 
   The tokenizer's `eos_token_id`, the `eos_token_id` (int or list) of `generation_config.json`
@@ -61,6 +61,7 @@ def stop_token_ids(path: str | os.PathLike, tokenizer,
     template = "".join(template.values())
   vocab = tokenizer.get_vocab()
   ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in template and t in vocab)
+  ids.update(int(i) for i in extra)  # e.g. plain text's document separator
   return sorted(ids)
 
 

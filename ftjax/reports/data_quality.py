@@ -149,6 +149,28 @@ def chat_section(dataset, tokenizer, cfg) -> dict:
   return report
 
 
+def text_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `TextData`: documents, skipped files, token counts, windows, leakage. A
+  long document is cut into windows, not truncated, so nothing counts as truncated."""
+  del tokenizer  # the dataset tokenises its documents itself
+  def extra(split):
+    lengths = dataset.token_lengths(split)
+    return {"total_tokens": int(lengths.sum()), "windows": dataset.num_windows(split),
+            "windowed_documents": int((lengths > cfg.data.max_length).sum())}
+  report = _templated_splits(dataset, cfg, extra)
+  for stats in report["splits"].values():
+    if stats["tokens"].get("count", 1):
+      stats["tokens"].update(truncated=0, truncated_share=0.0)
+  report["skipped_files"] = dict(getattr(dataset, "skipped", {}) or {})
+  return report
+
+
+def causal_lm_section(dataset, tokenizer, cfg) -> dict:
+  """The report of `sft` data: chat conversations, or plain-text documents."""
+  section = chat_section if getattr(dataset, "RENDERS_CHATS", True) else text_section
+  return section(dataset, tokenizer, cfg)
+
+
 def _templated_splits(dataset, cfg, extra) -> dict:
   """Per split of a chat-template dataset: the stats of its rendered texts and token lengths,
   plus `extra(split)`; and the leakage between splits."""
@@ -188,7 +210,7 @@ def prompt_section(dataset, tokenizer, cfg) -> dict:
 
 
 # objective (`tasks.objective_name`) -> its section
-SECTIONS = {"classification": classification_section, "sft": chat_section,
+SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
             "grpo": prompt_section}
 
@@ -255,6 +277,16 @@ def markdown(report: dict, heading: str = "##") -> str:
   if cut:
     lines += ["", "Pairs whose prompt lost its start to fit data.max_length (data.truncate_prompt): "
               + ", ".join(f"{k} {v}" for k, v in cut.items()) + "."]
+  if any("windows" in s for s in splits.values()):
+    lines += ["", "Plain text: documents longer than data.max_length are cut into overlapping "
+              "windows (every token learnt once), not truncated:", "",
+              "| split | tokens | windows | documents cut |", "|---|---:|---:|---:|"]
+    lines += [f"| {k} | {s['total_tokens']} | {s['windows']} | {s['windowed_documents']} |"
+              for k, s in splits.items()]
+  if report.get("skipped_files") and any(report["skipped_files"].values()):
+    lines += ["", "Files skipped when the dataset was built: "
+              + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["skipped_files"].items())
+              + "."]
   if report.get("duplicates_removed_at_build"):
     removed = report["duplicates_removed_at_build"]
     lines += ["", "Removed when the dataset was built: " + ", ".join(f"{k} {v}" for k, v in removed.items()) + "."]

@@ -1,9 +1,9 @@
-"""Supervised fine-tuning (objective `sft`) of a causal LM on chat data: next-token loss on
-assistant tokens only.
+"""Supervised fine-tuning (objective `sft`) of a causal LM: next-token loss on chat data's
+assistant tokens, or on every token of plain-text documents (`data.name = "text_files"`).
 
-Batches come from `ftjax.data.chat` (see `ftjax.data.packing` for the layout): the loss at
-position t predicts `targets[t]` and counts only where `loss_mask[t]` is 1 (the target is an
-assistant token of the same segment). The loss is the token-weighted mean over the batch, so a
+Batches come from `ftjax.data.chat` or `ftjax.data.text` (see `ftjax.data.packing` for the
+layout): the loss at position t predicts `targets[t]` and counts only where `loss_mask[t]` is 1
+(a target of the same segment: an assistant token, or any token of a text window). The loss is the token-weighted mean over the batch, so a
 long reply weighs more than a short one, the same whether conversations are packed or not.
 
 Eval steps return sums (loss, tokens, correct tokens); `finalize` divides once per split.
@@ -33,7 +33,11 @@ def configure(cfg):
 
 
 def load_data(data_cfg, tokenizer, *, seed: int):
-  from ftjax.data.chat import load_chat_data  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top  (a run imports only the pipeline it reads)
+  from ftjax.data import text
+  if data_cfg.name in text.NAMES:
+    return text.load_text_data(data_cfg, tokenizer, seed=seed)
+  from ftjax.data.chat import load_chat_data
   return load_chat_data(data_cfg, tokenizer, seed=seed)
 
 

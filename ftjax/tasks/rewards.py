@@ -186,20 +186,22 @@ def program_of(completion: str, example: dict) -> str:
   return f"{code}\n\n{test}\n" + (f"\ncheck({entry})\n" if entry else "")
 
 
+def passes(program: str, timeout: float, *, memory_bytes: int = 1 << 30) -> bool:
+  """Whether `program` exits 0 in a separate, isolated Python process (`-I`, an empty
+  environment apart from PATH, sockets disabled, address space capped at `memory_bytes`)
+  within `timeout` seconds, in a temporary folder removed afterwards."""
+  with tempfile.TemporaryDirectory(prefix="ftjax_unit_test_") as tmp:
+    pathlib.Path(tmp, "program.py").write_text(program)
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}  # no proxies
+    try:
+      done = subprocess.run([sys.executable, "-I", "-c", _SANDBOX.format(memory=memory_bytes)],
+                            cwd=tmp, env=env, capture_output=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+      return False
+    return done.returncode == 0
+
+
 @register("unit_tests", factory=True)
 def _unit_tests(options) -> RewardFn:
   timeout = float(options.unit_test_timeout)
-
-  def run(completion: str, example: dict) -> float:
-    with tempfile.TemporaryDirectory(prefix="ftjax_unit_test_") as tmp:
-      pathlib.Path(tmp, "program.py").write_text(program_of(completion, example))
-      env = {"PATH": os.environ.get("PATH", ""), "PYTHONDONTWRITEBYTECODE": "1"}  # no proxies
-      try:
-        done = subprocess.run([sys.executable, "-I", "-c", _SANDBOX.format(memory=1 << 30)],
-                              cwd=tmp, env=env, capture_output=True, timeout=timeout,
-                              check=False)
-      except subprocess.TimeoutExpired:
-        return 0.0
-      return float(done.returncode == 0)
-
-  return run
+  return lambda completion, example: float(passes(program_of(completion, example), timeout))

@@ -81,7 +81,8 @@ class Policy:
 def stop_token_ids(exp: Experiment) -> list[int]:
   """Every token that ends a generation of the run's model (its files, read once by a caller)."""
   return tokenization.stop_token_ids(exp.model_path, exp.dataset.tokenizer,
-                                     getattr(exp.dataset, "template", None))
+                                     getattr(exp.dataset, "template", None),
+                                     extra=getattr(exp.dataset, "stop_ids", ()))
 
 
 def _encode(batch: dict | None):

