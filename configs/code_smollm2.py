@@ -14,6 +14,10 @@ in two splits; each file ends with `<|endoftext|>` (SmolLM2's document separator
 pre-training), files longer than 512 tokens are cut into overlapping windows, and every token is
 in the loss. The best checkpoint is chosen on validation perplexity; the test split is read
 once, on it.
+
+Measured (2026-12-07, 2-core AMD EPYC, quiet): validation perplexity 9.36 -> 8.51 (step 20) ->
+8.39 (step 40), test 7.25 on the best; HumanEval pass@1 0.043 -> 0.055 (7 -> 9 of 164; within
+noise). 18-30 s per step, 23 min wall for the training command; experiments/code_assistant.
 """
 
 from ftjax.config import base_config

@@ -20,10 +20,7 @@ summary and every problem's completion and outcome.
 from __future__ import annotations
 
 from concurrent import futures
-import gzip
-import json
 import logging
-import pathlib
 import re
 import time
 
@@ -31,6 +28,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from ftjax import generate, metrics, sources, train
+from ftjax.data import files_reader
 from ftjax.errors import UserError, exit_on_user_error, parse_absl_flags
 from ftjax.metric_writers import write_json
 from ftjax.paths import as_path
@@ -45,22 +43,14 @@ _STOP = re.compile(r"\n(?:class|def|#|if|print)")
 
 def load_problems(source: str = HUMANEVAL, limit: int = 0) -> list[dict]:
   """The problems of a JSON-lines file (gzipped or not), each checked for `FIELDS`."""
-  path = pathlib.Path(sources.resolve(source))
-  opener = gzip.open if path.suffix == ".gz" else open
+  path = files_reader.check_file(sources.resolve(source), "problems file")
   problems = []
-  with opener(path, "rt", encoding="utf-8") as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{number}: not JSON ({e.msg})") from None
-      missing = [k for k in FIELDS if not isinstance(row, dict) or not isinstance(row.get(k), str)]
-      if missing:
-        raise UserError(f"{path}:{number}: a problem needs string fields {list(FIELDS)}; "
-                        f"missing or not a string: {missing}")
-      problems.append({k: row[k] for k in FIELDS})
+  for number, row in files_reader.read_rows(path):
+    missing = [k for k in FIELDS if not isinstance(row.get(k), str)]
+    if missing:
+      raise UserError(f"{path}:{number}: a problem needs string fields {list(FIELDS)}; "
+                      f"missing or not a string: {missing}")
+    problems.append({k: row[k] for k in FIELDS})
   if not problems:
     raise UserError(f"{path}: no problems")
   return problems[:limit] if limit > 0 else problems

@@ -109,7 +109,7 @@ def test_a_program_cannot_reach_the_network_or_run_forever():
 def test_bad_problem_files_name_the_line(tmp_path):
   bad = tmp_path / "bad.jsonl"
   bad.write_text('{"task_id": "a", "prompt": "", "test": "", "entry_point": "f"}\nnot json\n')
-  with pytest.raises(UserError, match=r"bad.jsonl:2: not JSON"):
+  with pytest.raises(UserError, match=r"bad.jsonl:2: bad JSON"):
     code_eval.load_problems(str(bad))
   bad.write_text('{"task_id": "a", "prompt": "def f():", "entry_point": "f"}\n')
   with pytest.raises(UserError, match=r"bad.jsonl:1: .*missing or not a string: \['test'\]"):

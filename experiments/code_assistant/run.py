@@ -47,8 +47,9 @@ def main() -> None:
            "(95% Wilson) |", "|---|---:|---:|---:|---|"]
   for row, val, tst in ((rows[0], initial, {}), (rows[1], best, test)):
     low, high = row["ci95"]
+    test_ppl = f"{tst['perplexity']:.3f}" if tst else "(not read)"  # read once, on the best
     lines.append(f"| {row['checkpoint']} | {row['step']} | {val['perplexity']:.3f} | "
-                 f"{tst.get('perplexity', float('nan')):.3f} | {row['pass@1']:.3f} "
+                 f"{test_ppl} | {row['pass@1']:.3f} "
                  f"({row['passed']}/{row['n']}; {low:.3f}-{high:.3f}) |")
   lines += ["", "Times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())]
   (workdir / "results.md").write_text("\n".join(lines) + "\n")

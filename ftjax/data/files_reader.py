@@ -1,7 +1,11 @@
-"""Reads labelled rows from local JSONL / CSV / TSV files, naming file:line on any bad row."""
+"""Reads labelled rows from local JSONL / CSV / TSV files, naming file:line on any bad row.
+
+JSON lines may be gzipped (`.jsonl.gz`, as HumanEval ships).
+"""
 
 import csv
 from collections.abc import Iterator, Sequence
+import gzip
 import io
 import json
 import os
@@ -13,18 +17,26 @@ _JSONL = (".jsonl", ".json", ".ndjson")
 _DELIMITED = {".csv": ",", ".tsv": "\t"}
 
 
+def _suffix(path: pathlib.Path) -> str:
+  """The format's suffix: `.jsonl` for `x.jsonl` and `x.jsonl.gz` alike."""
+  suffixes = [x.lower() for x in path.suffixes]
+  if suffixes[-1:] == [".gz"] and suffixes[-2:-1] and suffixes[-2] in _JSONL:
+    return suffixes[-2]
+  return path.suffix.lower()
+
+
 def check_file(path: str | os.PathLike, what: str = "data file") -> pathlib.Path:
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
     raise UserError(f"{what} not found: {path}")
-  suffix = path.suffix.lower()
+  suffix = _suffix(path)
   if suffix not in _JSONL and suffix not in _DELIMITED:
     raise UserError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .csv or .tsv)")
   return path
 
 
 def _jsonl_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
-  with open(path, "rb") as f:
+  with (gzip.open if path.suffix.lower() == ".gz" else open)(path, "rb") as f:
     for line_no, raw in enumerate(f, start=1):
       try:
         line = raw.decode("utf-8")
@@ -68,7 +80,7 @@ def _delimited_rows(path: pathlib.Path, delimiter: str) -> Iterator[tuple[int, d
 
 def read_rows(path: pathlib.Path) -> Iterator[tuple[int, dict]]:
   """Yields `(line_number, row)` for each non-blank row; line numbers are 1-based."""
-  suffix = path.suffix.lower()
+  suffix = _suffix(path)
   if suffix in _JSONL:
     return _jsonl_rows(path)
   return _delimited_rows(path, _DELIMITED[suffix])
