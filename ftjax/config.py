@@ -157,6 +157,11 @@ def base_config() -> ConfigDict:
   c.data.arithmetic.test = 500
   c.data.arithmetic.max_operand = 99
   c.data.arithmetic.operations = "+-"  # of "+-*"
+  # --- Hugging Face datasets (data.name "hf_datasets"; ftjax/data/hf_datasets.py) ---
+  c.data.hf_dataset = ""  # a save_to_disk folder, a loader (parquet/json/csv + data.files) or a Hub id
+  c.data.hf_config = ""  # the Hub dataset's configuration name
+  c.data.hf_columns = ConfigDict()  # renames: dataset column -> the field ftjax reads
+  c.data.hf_format = ""  # classification, chat, preference or prompts; "" = from the columns
   # --- Plain-text documents (causal LM, every token learnt; data.name "text_files") ---
   c.data.text_source = "stdlib"  # a folder (path or ftjax.sources location), or "stdlib"
   c.data.text_glob = "**/*.py"  # which files of the folder
@@ -305,8 +310,9 @@ def flat_keys(cfg: ConfigDict, prefix: str = "") -> list[str]:
 
 
 def _is_free_form(key: str) -> bool:
-  """Sections whose keys are the user's own names (split names for local files)."""
-  return key == "data.files"
+  """Sections whose keys are the user's own names (split names for local files, dataset
+  columns to rename)."""
+  return key in ("data.files", "data.hf_columns")
 
 
 def _unknown_key_error(key: str, valid: list[str], where: str) -> UserError:

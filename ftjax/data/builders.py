@@ -11,6 +11,7 @@ from ftjax.data import arithmetic
 from ftjax.data import chat_files
 from ftjax.data import chatterbot
 from ftjax.data import classification_files
+from ftjax.data import hf_datasets
 from ftjax.data import hhh
 from ftjax.data import paths
 from ftjax.data import preference_files
@@ -20,12 +21,14 @@ from ftjax.data import text_files
 from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
-         "prompt_files", "arithmetic", "text_files")
+         "prompt_files", "arithmetic", "text_files", "hf_datasets")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
   """Returns the builder for `data_cfg`, without preparing it."""
   data_dir = paths.data_dir_or_default(data_cfg.data_dir)
+  if data_cfg.name == "hf_datasets":  # exported to local JSONL once, then a files builder
+    return get_builder(hf_datasets.as_files_config(data_cfg, data_dir))
   if data_cfg.name == "rotten_tomatoes":
     return rotten_tomatoes.RottenTomatoes(data_dir=data_dir)
   if data_cfg.name == "files":
