@@ -33,8 +33,7 @@ def write(workdir, exp, model, label: str, step: int) -> list[dict] | None:
   tokenizer = dataset.tokenizer
   prompts = dataset.prompts(cfg.data.eval_split, limit=cfg.eval.num_samples)
   # Every end-of-turn token the checkpoint declares, not only the tokenizer's eos.
-  stops = tokenization.stop_token_ids(exp.model_path, tokenizer, getattr(dataset, "template", None),
-                                      extra=getattr(dataset, "stop_ids", ()))
+  stops = tokenization.dataset_stop_token_ids(exp.model_path, dataset)
   outputs = generate.generate(model, [p["input_ids"] for p in prompts],
                               max_new_tokens=cfg.eval.sample_max_new_tokens,
                               stop_token_ids=stops, pad_token_id=dataset.pad_id)

@@ -49,19 +49,18 @@ class TextData(lm_rows.LMRows):
 
   RENDERS_CHATS = False
 
-  def __init__(self, builder, tokenizer, *, max_length: int, packing: bool = True,
-               document_separator: str = "", prompt_tokens: int = 64, **options):
-    super().__init__(builder, tokenizer, max_length=max_length, packing=packing, **options)
+  def __init__(self, builder, tokenizer, *, max_length: int, document_separator: str = "",
+               prompt_tokens: int = 64, **options):
+    super().__init__(builder, tokenizer, max_length=max_length, **options)
     separator = document_separator or tokenizer.eos_token
     if not separator:
       raise UserError("the tokenizer has no eos token: set data.document_separator")
     vocab = tokenizer.get_vocab()
     if separator not in vocab:
       raise UserError(f"data.document_separator={separator!r} is not a token of the vocabulary")
-    self.separator, self.separator_id = separator, int(vocab[separator])
+    self.separator_id = int(vocab[separator])
     self.stop_ids = (self.separator_id,)  # generation ends where a document would
     self.prompt_tokens = int(prompt_tokens)
-    self._windows = {}
 
   def documents(self, split: str) -> list[tuple[str, str]]:
     """`(id, text)` of the split's documents, in eval order."""
@@ -87,11 +86,12 @@ class TextData(lm_rows.LMRows):
     return np.array([len(ids) for ids in self._token_ids(split)], np.int64)
 
   def _all_windows(self, split: str) -> list[packing_lib.Example]:
-    if split not in self._windows:
-      self._windows[split] = [(w, np.ones(len(w), np.float32))
-                              for ids in self._token_ids(split)
-                              for w in windows(ids, self.max_length)]
-    return self._windows[split]
+    """Every window of the split with its all-ones loss mask (cached)."""
+    key = ("windows", split)
+    if key not in self._cache:
+      self._cache[key] = [(w, np.ones(len(w), np.float32)) for ids in self._token_ids(split)
+                          for w in windows(ids, self.max_length)]
+    return self._cache[key]
 
   def num_windows(self, split: str) -> int:
     return len(self._all_windows(split))

@@ -65,6 +65,13 @@ def stop_token_ids(path: str | os.PathLike, tokenizer,
   return sorted(ids)
 
 
+def dataset_stop_token_ids(path: str | os.PathLike, dataset) -> list[int]:
+  """`stop_token_ids` for a run's dataset: its tokenizer, its chat template (if any) and the
+  extra stops it declares in `stop_ids` (plain text's document separator)."""
+  return stop_token_ids(path, dataset.tokenizer, getattr(dataset, "template", None),
+                        extra=getattr(dataset, "stop_ids", ()))
+
+
 def pad_id(tokenizer) -> int:
   for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
     if token_id is not None:

@@ -80,9 +80,7 @@ class Policy:
 
 def stop_token_ids(exp: Experiment) -> list[int]:
   """Every token that ends a generation of the run's model (its files, read once by a caller)."""
-  return tokenization.stop_token_ids(exp.model_path, exp.dataset.tokenizer,
-                                     getattr(exp.dataset, "template", None),
-                                     extra=getattr(exp.dataset, "stop_ids", ()))
+  return tokenization.dataset_stop_token_ids(exp.model_path, exp.dataset)
 
 
 def _encode(batch: dict | None):

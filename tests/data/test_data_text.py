@@ -155,4 +155,4 @@ def test_a_chosen_separator_ends_documents_and_generations(load, tokenizer, tmp_
   data = load(document_separator="<pad>")
   pad = tokenizer.convert_tokens_to_ids("<pad>")
   assert all(ids[-1] == pad for ids in data._token_ids("train"))
-  assert pad in tokenization.stop_token_ids(tmp_path, tokenizer, extra=data.stop_ids)
+  assert pad in tokenization.dataset_stop_token_ids(tmp_path, data)
