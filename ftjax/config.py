@@ -30,6 +30,7 @@ REMOVED_KEYS = {
     "data.num_workers": "the text pipelines tokenize in-process and start no worker processes",
 }
 MESH_AXES = ("data", "fsdp", "tensor")
+WANDB_MODES = ("", "online", "offline", "disabled")
 
 
 def base_config() -> ConfigDict:
@@ -136,6 +137,10 @@ def base_config() -> ConfigDict:
   c.data.max_length = 128
   c.data.padding = "bucket"  # "bucket" or "max_length"
   c.data.bucket_boundaries = (16, 32, 64, 128)
+  # Training batches of similar length (padded to a short bucket): each pool of this many
+  # global batches is sorted by length and cut into batches, visited in a seeded random order
+  # (ftjax/data/epoch_shuffle.py). 0 = off (plain reshuffled batches); packed rows ignore it.
+  c.data.group_by_length = 0
   c.data.data_dir = ""  # "" = $FTJAX_CACHE/tfds
   c.data.max_train_examples = 0  # 0 = all
   # --- Chat data (model.task "causal_lm"; data.name "chatterbot" or "chat_files") ---
@@ -220,6 +225,20 @@ def base_config() -> ConfigDict:
   # Checkpoints leave the frozen variables out and record the base checkpoint's fingerprint;
   # resuming on a base that changed is an error unless this is True.
   c.checkpoint.accept_base_change = False
+
+  # Where metric rows go besides `metrics.jsonl`: TensorBoard (events in the workdir, with the
+  # config as hyperparameters) and Weights & Biases (the `wandb` extra; ftjax/wandb_run.py).
+  c.logging = ConfigDict()
+  c.logging.tensorboard = True
+  c.logging.wandb = False
+  c.logging.wandb_project = "ftjax"
+  c.logging.wandb_entity = ""  # "" = the account's default entity
+  c.logging.wandb_name = ""  # "" = the workdir's name
+  c.logging.wandb_group = ""
+  c.logging.wandb_tags = ()
+  # "" = W&B's own setting ($WANDB_MODE, else online); "offline" needs no network or account
+  # (`wandb sync` uploads later); "disabled" turns every call into a no-op.
+  c.logging.wandb_mode = ""
 
   c.mesh = ConfigDict()
   c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
@@ -511,6 +530,15 @@ def validate(cfg: ConfigDict) -> None:
     _require(isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
              and all(a in MESH_AXES for a in ((rule[1],) if isinstance(rule[1], str) else (rule[1] or ()))),
              "mesh.rules", f"entries must be (logical_name, mesh_axis or axes from {MESH_AXES}), got {rule!r}")
+  for key in ("tensorboard", "wandb"):
+    _require(isinstance(cfg.logging[key], bool), f"logging.{key}",
+             f"must be true or false, got {cfg.logging[key]!r}")
+  _require(cfg.logging.wandb_mode in WANDB_MODES, "logging.wandb_mode",
+           f"must be one of {WANDB_MODES}, got '{cfg.logging.wandb_mode}'")
+  _require(not cfg.logging.wandb or importlib.util.find_spec("wandb") is not None, "logging.wandb",
+           "needs the wandb package: pip install 'ftjax[wandb]'")
+  _require(isinstance(cfg.data.group_by_length, int) and cfg.data.group_by_length >= 0,
+           "data.group_by_length", f"must be an integer >= 0 (0: off), got {cfg.data.group_by_length!r}")
   _require(cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be >= 1")
   _require(cfg.train.batch_size % cfg.train.grad_accum_steps == 0, "train.grad_accum_steps",
            f"must divide train.batch_size {cfg.train.batch_size}")

@@ -10,6 +10,10 @@ and per-slice metrics when `eval.slice_by` is set) and prints a short table.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the heavy imports, which a re-exec would repeat
+  from ftjax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.reexec_with_huge_pages()
+
 import logging
 
 from absl import flags

@@ -3,6 +3,10 @@
 Rerunning the same command on the same workdir resumes from the latest checkpoint.
 """
 
+if __name__ == "__main__":  # before the heavy imports, which a re-exec would repeat
+  from ftjax import malloc_tuning  # pylint: disable=g-import-not-at-top
+  malloc_tuning.reexec_with_huge_pages()
+
 from ftjax import cli, sharding, train
 
 

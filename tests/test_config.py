@@ -72,6 +72,9 @@ def test_unknown_key_in_file_names_key_and_nearest(tmp_path):
     ("optimizer.layer_decay=0", "optimizer.layer_decay"),
     ("optimizer.layer_decay=1.5", "optimizer.layer_decay"),
     ("optimizer.layer_decay=fast", "optimizer.layer_decay"),
+    ("data.group_by_length=-1", "data.group_by_length"),
+    ("logging.wandb_mode=cloud", "logging.wandb_mode"),
+    ("logging.wandb=yes", "logging.wandb"),
     ("train", "train"),
 ])
 def test_bad_values_name_the_key(tmp_path, override, culprit):

@@ -21,12 +21,12 @@ LAYERS = (
     ("run services", ("ftjax.reports", "ftjax.samples", "ftjax.checkpoint", "ftjax.early_stopping",
                       "ftjax.metric_writers", "ftjax.progress", "ftjax.preemption",
                       "ftjax.workdir_lock", "ftjax.optim", "ftjax.sharding", "ftjax.config",
-                      "ftjax.eval_slices")),
+                      "ftjax.eval_slices", "ftjax.wandb_run")),
     ("tasks", ("ftjax.tasks", "ftjax.metrics", "ftjax.generate")),
     ("methods", ("ftjax.methods",)),
     ("weights", ("ftjax.weights", "ftjax.models.registry")),
     ("models and data", ("ftjax.models", "ftjax.data")),
-    ("foundations", ("ftjax.errors", "ftjax.sources", "ftjax.paths")),
+    ("foundations", ("ftjax.errors", "ftjax.sources", "ftjax.paths", "ftjax.malloc_tuning")),
 )
 
 

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+import run_records
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -31,7 +33,8 @@ def tiny_overrides(model_dir, files, steps=6):
 
 def test_main_writes_the_workdir_contract_and_resumes(tmp_path, tiny_bert_dir, tiny_sentiment_files):
   workdir = tmp_path / "run"
-  args = tiny_overrides(tiny_bert_dir, tiny_sentiment_files)
+  args = tiny_overrides(tiny_bert_dir, tiny_sentiment_files) + [
+      "--config.logging.wandb=True", "--config.logging.wandb_mode=offline"]
   result = run_main(workdir, *args, cache=tmp_path / "cache")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "trainable parameters" in result.stdout
@@ -58,6 +61,7 @@ def test_main_writes_the_workdir_contract_and_resumes(tmp_path, tiny_bert_dir, t
     assert key in summary, key
   assert summary["steps"] == 6 and summary["final_eval"]["step"] == 6
   assert summary["params"]["trainable"] == summary["params"]["total"]
+  check_trackers(workdir, records, summary)
 
   # The same command again resumes at the last checkpoint: nothing left to train, records kept.
   again = run_main(workdir, *args, cache=tmp_path / "cache")
@@ -65,6 +69,46 @@ def test_main_writes_the_workdir_contract_and_resumes(tmp_path, tiny_bert_dir, t
   assert "resumed from step 6" in again.stdout
   records_again = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r for r in records_again if r["split"] != "test"] == [r for r in records if r["split"] != "test"]
+  # Both invocations are one W&B run (same id, nothing sent twice) and two TensorBoard sessions.
+  runs = sorted((workdir / "wandb").glob("offline-run-*"))  # offline-run-TIME-ID[-1]
+  wandb_id = json.loads((workdir / "wandb_run.json").read_text())["id"]
+  assert len(runs) == 2 and all(f"-{wandb_id}" in r.name for r in runs), runs
+  resumed_steps = {row["_step"] for row in run_records.wandb_history(runs[-1])}
+  assert resumed_steps == {6}, resumed_steps  # the test row (evaluated again) and the plots
+  assert [kind for kind, _ in run_records.hparams_sessions(workdir)] == ["start", "end"] * 2
+
+
+def check_trackers(workdir, records, summary):
+  """TensorBoard got the config as hyperparameters; W&B (offline) the config, the same rows,
+  the summary and the report's plots, and ended the run with exit code 0."""
+  (start, end), = [tuple(x for _, x in run_records.hparams_sessions(workdir))]
+  assert start.hparams["optimizer.lr"].number_value == pytest.approx(1e-3)
+  assert start.hparams["method.name"].string_value == "full"
+  assert start.hparams["data.bucket_boundaries"].string_value == "[8, 16]"
+  assert end.status == 1  # STATUS_SUCCESS
+  tb_loss = {e.step: v.simple_value for e in run_records.tensorboard_events(workdir)
+             for v in e.summary.value if v.tag == "train/loss"}
+  assert tb_loss == pytest.approx({r["step"]: r["loss"] for r in records if r["split"] == "train"})
+
+  (run_dir,) = (workdir / "wandb").glob("offline-run-*")
+  wandb_id = json.loads((workdir / "wandb_run.json").read_text())["id"]
+  assert run_dir.name.endswith(wandb_id)
+  logs = run_records.wandb_records(run_dir)
+  (run,) = [r.run for r in logs if r.WhichOneof("record_type") == "run"]
+  config = {item.key: json.loads(item.value_json) for item in run.config.update}
+  assert config["optimizer"]["lr"] == 1e-3 and config["train"]["steps"] == 6
+  history = run_records.wandb_history(run_dir)
+  for split, key in (("train", "loss"), ("eval", "accuracy"), ("test", "accuracy")):
+    sent = {row["_step"]: row[f"{split}/{key}"] for row in history if f"{split}/{key}" in row}
+    assert sent == pytest.approx({r["step"]: r[key] for r in records if r["split"] == split}), split
+  plots = {k for row in history for k, v in row.items() if k.startswith("report/")}
+  assert {"report/loss", "report/metrics"} <= plots
+  assert all(row[k]["_type"] == "image-file" for row in history for k in row if k in plots)
+  final = run_records.wandb_summary(run_dir)
+  assert final["best_eval/accuracy"] == pytest.approx(summary["best_eval"]["accuracy"])
+  assert final["steps"] == 6 and final["params/trainable"] == summary["params"]["trainable"]
+  (exit_record,) = [r.exit for r in logs if r.WhichOneof("record_type") == "exit"]
+  assert exit_record.exit_code == 0
 
 
 @pytest.mark.parametrize("overrides, culprit", [

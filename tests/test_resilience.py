@@ -20,6 +20,7 @@ from ftjax import train
 from ftjax.errors import RunError, UserError
 from ftjax.tasks import classification
 from ftjax.workdir_lock import WorkdirLock
+import run_records
 from test_train import tiny_config
 from tiny_assets import make_sentiment_rows, write_jsonl
 
@@ -106,7 +107,8 @@ def test_sigkill_anywhere_then_rerun_gives_bit_identical_params(tmp_path, tiny_b
 
 def test_sigterm_saves_and_exits_0_then_resumes(tmp_path, tiny_bert_dir, tiny_sentiment_files):
   workdir = tmp_path / "run"
-  args = cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=400)
+  args = cli_args(tiny_bert_dir, tiny_sentiment_files, workdir, steps=400) + [
+      "--config.logging.wandb=True", "--config.logging.wandb_mode=offline"]
   proc = start(args)
   assert wait_for(lambda: train_steps_logged(workdir) >= 3, proc)
   proc.send_signal(signal.SIGTERM)
@@ -119,6 +121,15 @@ def test_sigterm_saves_and_exits_0_then_resumes(tmp_path, tiny_bert_dir, tiny_se
                          capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert again.returncode == 0, again.stderr[-2000:]
   assert f"resumed from step {saved}" in again.stdout
+  # The trackers: W&B marked the first invocation preempting (exit code 1, so it is requeued,
+  # not finished) and the second finished the same run; TensorBoard's first session stayed open.
+  first, second = (run_records.wandb_records(d) for d in sorted((workdir / "wandb").glob("offline-run-*")))
+  kinds = [r.WhichOneof("record_type") for r in first]
+  assert "preempting" in kinds and [r.exit.exit_code for r in first if r.exit.ByteSize()] == [1]
+  assert [r.exit.exit_code for r in second if r.WhichOneof("record_type") == "exit"] == [0]
+  resumed = [r.history for r in second if r.WhichOneof("record_type") == "history"]
+  assert resumed and all(h.step.num > saved for h in resumed)
+  assert [kind for kind, _ in run_records.hparams_sessions(workdir)] == ["start", "start", "end"]
 
 
 def test_corrupt_latest_checkpoint_errors_or_falls_back(tmp_path, tiny_bert_dir, tiny_sentiment_files):
@@ -198,11 +209,17 @@ def nan_on_poison(monkeypatch):
 
 def test_nan_halts_with_step_and_keeps_params_finite(tmp_path, tiny_bert_dir, tiny_sentiment_files, nan_on_poison):
   cfg = tiny_config(tiny_bert_dir, poisoned_files(tmp_path, tiny_sentiment_files), steps=24)
+  cfg.logging.wandb, cfg.logging.wandb_mode = True, "offline"
   with pytest.raises(RunError, match=r"non-finite loss or gradients at step \d+"):
     train.train_and_evaluate(cfg, str(tmp_path / "halt"))
   steps = sorted(int(p.name) for p in (tmp_path / "halt" / "checkpoints").iterdir() if p.name.isdigit())
   for leaf in jax.tree.leaves(final_params(tmp_path / "halt", steps[-1])):
     assert np.isfinite(np.asarray(leaf)).all()
+  # The error ended the trackers' run as failed: TensorBoard's session and W&B's exit code.
+  kind, info = run_records.hparams_sessions(tmp_path / "halt")[-1]
+  assert kind == "end" and info.status == 2  # STATUS_FAILURE
+  (run_dir,) = (tmp_path / "halt" / "wandb").glob("offline-run-*")
+  assert [r.exit.exit_code for r in run_records.wandb_records(run_dir) if r.exit.ByteSize()] == [1]
 
 
 def test_nan_skip_counts_and_continues(tmp_path, tiny_bert_dir, tiny_sentiment_files, nan_on_poison):

@@ -2,7 +2,7 @@
 
 The trainer calls only `load_classification_data(data_cfg, tokenizer, seed=...)`.
 Config keys read (under `data.`): name, files, text_field, text_pair_field, label_field,
-label_names, train_split, max_length, padding, bucket_boundaries, data_dir,
+label_names, train_split, max_length, padding, bucket_boundaries, group_by_length, data_dir,
 max_train_examples.
 """
 
@@ -28,7 +28,7 @@ class ClassificationData:
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str,
                bucket_boundaries=(), train_split: str = "train",
-               max_train_examples: int = 0, seed: int = 0):
+               max_train_examples: int = 0, seed: int = 0, group_by_length: int = 0):
     if padding not in collate_lib.PADDINGS:
       raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
     if max_length < 2:
@@ -41,6 +41,7 @@ class ClassificationData:
     # Batches are a gather + pad of pre-tokenised ids (~80k examples/s on one core): in-process,
     # since worker processes would only add IPC (hence no `data.num_workers` for text).
     self._subset_seed = int(seed)
+    self._group_by_length = int(group_by_length)
     self._has_pair = "text_pair" in builder.info.features
     self._cache = {}
     self._collate = functools.partial(
@@ -95,7 +96,7 @@ class ClassificationData:
       raise UserError(f"training split {self._train_split!r} is empty")
     dataset = epoch_shuffle.GlobalBatchSlices(
         encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=self._collate)
+        shard_count=shard_count, collate=self._collate, group_by_length=self._group_by_length)
     # The data is in memory and a batch is a cheap gather + pad: prefetch threads only
     # add locking overhead (measured 2x slower), so read in the calling thread.
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
@@ -170,4 +171,5 @@ def load_classification_data(data_cfg, tokenizer, *, seed: int) -> Classificatio
       train_split=data_cfg.train_split,
       max_train_examples=data_cfg.max_train_examples,
       seed=seed,
+      group_by_length=data_cfg.get("group_by_length", 0),
   )

@@ -67,7 +67,8 @@ class LMRows(templated.TemplatedSplits):
       collate = lambda chunk, longest: self._collate_single(chunk, longest=longest)
     dataset = epoch_shuffle.GlobalBatchSlices(
         source, lengths, seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=collate)
+        shard_count=shard_count, collate=collate,
+        group_by_length=0 if self.packing else self._group_by_length)
     # In-memory data and a cheap collate: reading in the calling thread is fastest.
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                           prefetch_buffer_size=0)))

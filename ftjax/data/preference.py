@@ -156,8 +156,8 @@ class PreferenceData(templated.TemplatedSplits):
     lengths = np.array([max(len(c[0]), len(r[0])) for c, r in pairs])
     dataset = epoch_shuffle.GlobalBatchSlices(
         pairs, lengths, seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=lambda chunk, longest: self._collate(chunk,
-                                                                              longest=longest))
+        shard_count=shard_count, group_by_length=self._group_by_length,
+        collate=lambda chunk, longest: self._collate(chunk, longest=longest))
     return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0,
                                                           prefetch_buffer_size=0)))
 

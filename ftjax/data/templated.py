@@ -23,7 +23,7 @@ class TemplatedSplits:
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str = "bucket",
                bucket_boundaries=(), chat_template_name: str = "", train_split: str = "train",
-               max_train_examples: int = 0, seed: int = 0):
+               max_train_examples: int = 0, seed: int = 0, group_by_length: int = 0):
     if padding not in collate_lib.PADDINGS:
       raise UserError(f"data.padding={padding!r} is not one of {list(collate_lib.PADDINGS)}")
     if max_length < 2:
@@ -38,6 +38,7 @@ class TemplatedSplits:
     self._train_split = train_split
     self._max_train = int(max_train_examples)
     self._subset_seed = int(seed)
+    self._group_by_length = int(group_by_length)
     self.pad_id = tokenization.pad_id(tokenizer)
     self._cache = {}
     self._lengths = {}
@@ -76,7 +77,7 @@ def options(data_cfg, *, seed: int) -> dict:
               bucket_boundaries=tuple(data_cfg.bucket_boundaries or ()),
               chat_template_name=data_cfg.get("chat_template", ""),
               train_split=data_cfg.train_split, max_train_examples=data_cfg.max_train_examples,
-              seed=seed)
+              seed=seed, group_by_length=data_cfg.get("group_by_length", 0))
 
 
 def text(value) -> str:

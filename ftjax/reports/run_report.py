@@ -266,6 +266,12 @@ def _run_lines(summary: dict) -> list[str]:
   return ["Run: " + ", ".join(facts) + "."]
 
 
+def plots(workdir) -> dict[str, epath.Path]:
+  """The report's PNGs by name ("loss", "confusion_test", ...), for experiment trackers."""
+  return {p.name[len("report_"):-len(".png")]: p
+          for p in sorted(as_path(workdir).glob("report_*.png"))}
+
+
 def write(workdir) -> epath.Path:
   """Writes `WORKDIR/report.md` and its PNGs from the workdir's files; returns the report path."""
   workdir = as_path(workdir)

@@ -3,6 +3,7 @@ preemption, the test split on the best checkpoint, and the end-of-run files."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -88,13 +89,14 @@ def train_and_evaluate(cfg: ConfigDict, workdir: str) -> dict:
   if lock:
     lock.acquire()
   try:
-    return _train_and_evaluate(cfg, workdir)
+    with contextlib.ExitStack() as stack:  # the metric writer's, so an error ends its tracking
+      return _train_and_evaluate(cfg, workdir, stack)
   finally:
     if lock:
       lock.release()
 
 
-def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
+def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path, stack: contextlib.ExitStack) -> dict:
   wall_start = time.time()
   is_main = jax.process_index() == 0
   exp = plan_experiment(cfg)  # every input is checked before anything is written or read
@@ -135,7 +137,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
     best_checkpointer = ckpt_lib.BestCheckpointer(
         workdir / "checkpoints" / ckpt_lib.BEST_DIR, metric=cfg.eval.metric, mode=cfg.eval.mode,
         keep=cfg.checkpoint.keep_best)
-  writer = MetricWriter(workdir)
+  writer = stack.enter_context(MetricWriter(workdir, cfg.logging, cfg.to_dict()))
   state = exp.state
   start_step = 0
   restored = checkpointer.restore_latest_good(ckpt_lib.abstract_like(checkpointed(state)),
@@ -261,7 +263,7 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
         best_checkpointer.close()
 
   if stop_reason == "preempted":
-    writer.close()
+    writer.finish(None, {}, status="preempted")
     print(f"ftjax: preempted (signal {preemption.received}) at step {step}; checkpoint saved, "
           "rerun the same command to resume", flush=True)
     return {"steps": step, "preempted": True}
@@ -277,7 +279,6 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
     writer.write(step, "test", test_metrics)
     print(f"ftjax: test split '{cfg.data.test_split}' (checkpoint of step {test_step}): "
           f"{_headline(exp.task, test_metrics)}", flush=True)
-  writer.close()
   samples.write(workdir, exp, model_from_state(exp, state), "final", step)  # on every process
   if is_main:
     names = getattr(exp.dataset, "label_names", None)
@@ -315,4 +316,5 @@ def _train_and_evaluate(cfg: ConfigDict, workdir: epath.Path) -> dict:
   if is_main:
     write_json(workdir / "summary.json", summary)
     run_report.write(workdir)
+  writer.finish(summary, run_report.plots(workdir), status="completed")
   return summary
