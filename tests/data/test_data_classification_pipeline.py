@@ -143,15 +143,20 @@ def test_process_slices_assemble_the_single_process_batches(data):
     for key in whole:
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
-def test_state_resumes_exactly(data):
-  it = data.train_iterator(8, seed=0)
-  for _ in range(7):  # Past an epoch boundary.
+def assert_resumes_exactly(data, seed: int, skip: int = 7):
+  """The iterator's JSON state after `skip` batches restores the same next batches."""
+  it = data.train_iterator(8, seed=seed)
+  for _ in range(skip):
     next(it)
   state = json.loads(json.dumps(it.get_state()))
   expected = [_key(next(it)) for _ in range(4)]
-  resumed = data.train_iterator(8, seed=0)
+  resumed = data.train_iterator(8, seed=seed)
   resumed.set_state(state)
   assert [_key(next(resumed)) for _ in range(4)] == expected
+
+
+def test_state_resumes_exactly(data):
+  assert_resumes_exactly(data, seed=0)  # past an epoch boundary
 
 
 def test_max_train_examples_is_a_deterministic_subset(files, make_data_cfg, tokenizer):
@@ -217,11 +222,4 @@ def test_group_by_length_sorts_pools_keeps_epochs_processes_and_resume(files, ma
     for key in whole:
       np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
 
-  it = grouped.train_iterator(8, seed=3)
-  for _ in range(7):  # inside the second pool
-    next(it)
-  state = json.loads(json.dumps(it.get_state()))
-  expected = [_key(next(it)) for _ in range(4)]
-  resumed = grouped.train_iterator(8, seed=3)
-  resumed.set_state(state)
-  assert [_key(next(resumed)) for _ in range(4)] == expected
+  assert_resumes_exactly(grouped, seed=3)  # inside the second pool
