@@ -36,6 +36,8 @@ CANDIDATES = {
                                  "optimizer.lr=1e-4", "optimizer.head_lr=1e-3"],
     "g16_s400_lr2e-4_decay0.8": ["data.group_by_length=16", "train.steps=400",
                                  "optimizer.lr=2e-4", "optimizer.layer_decay=0.8"],
+    "g16_s500_lr1e-4_head1e-3": ["data.group_by_length=16", "train.steps=500",
+                                 "optimizer.lr=1e-4", "optimizer.head_lr=1e-3"],
 }
 
 
