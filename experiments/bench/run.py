@@ -29,6 +29,12 @@ import worker  # pylint: disable=g-import-not-at-top,wrong-import-position
 FRAMEWORKS = ("ftjax", "torch")
 
 
+def _tunables(results: dict, framework: str) -> str:
+  """The glibc tunables the framework's workers ran with (ftjax's: huge pages, as its entry
+  points set them; PyTorch's: the environment's)."""
+  return next((r.get("glibc_tunables", "") for (_, f), r in results.items() if f == framework), "")
+
+
 def run_worker(argv: list[str], log_path: pathlib.Path, timeout: float | None) -> dict:
   """Runs worker.py with `argv`; returns its result dict or {"error": ...}."""
   cmd = [sys.executable, str(HERE / "worker.py"), *argv]
@@ -318,6 +324,8 @@ def main(argv=None) -> int:
   header = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
             f"dtype {args.dtype}; PyTorch eager, torch.set_num_threads({threads}), AdamW "
             f"{args.torch_adamw}; XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}'; "
+            + f"ftjax workers' GLIBC_TUNABLES '{_tunables(results, 'ftjax')}', PyTorch's "
+            f"'{_tunables(results, 'torch')}'; "
             + (f"ftjax preload {args.preload}; " if args.preload else "")
             + (f"ftjax config {' '.join(args.ftjax_config)}; " if args.ftjax_config else "")
             + ", ".join(f"{k} {v}" for k, v in versions.items() if v))

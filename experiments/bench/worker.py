@@ -510,11 +510,24 @@ def main(argv=None) -> None:
     result["rss_run_mib"] = peak_rss_mib()
     result["rss_peak_mib"] = max(result["rss_run_mib"], result["rss_load_mib"],
                                  result.get("rss_compile_mib", 0))
-  result.update(workload=args.workload, framework=args.framework, dtype=args.dtype)
+  result.update(workload=args.workload, framework=args.framework, dtype=args.dtype,
+                glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""))
   if args.preload and args.framework == "ftjax":
     result["preload"] = args.preload
   print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def _framework(argv: list[str]) -> str:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--framework="):
+      return arg.split("=", 1)[1]
+    if arg == "--framework" and i + 1 < len(argv):
+      return argv[i + 1]
+  return ""
+
+
 if __name__ == "__main__":
+  if _framework(sys.argv[1:]) == "ftjax":  # as ftjax's entry points run (ftjax/malloc_tuning.py)
+    from ftjax import malloc_tuning  # pylint: disable=g-import-not-at-top
+    malloc_tuning.reexec_with_huge_pages()
   main()
