@@ -229,7 +229,7 @@ def base_config() -> ConfigDict:
   # Where metric rows go besides `metrics.jsonl`: TensorBoard (events in the workdir, with the
   # config as hyperparameters) and Weights & Biases (the `wandb` extra; ftjax/wandb_run.py).
   c.logging = ConfigDict()
-  c.logging.tensorboard = True
+  c.logging.tensorboard = True  # on where tensorboardX (the `tensorboard` extra) is installed
   c.logging.wandb = False
   c.logging.wandb_project = "ftjax"
   c.logging.wandb_entity = ""  # "" = the account's default entity

@@ -16,6 +16,7 @@ the session's end status; Weights & Biases gets the same rows when `logging.wand
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -108,7 +109,12 @@ class MetricWriter:
     self._tb = None
     self._file = None
     self._rows = None  # an object store's rows so far, rewritten whole on every flush
-    self._tensorboard = logging is None or logging.tensorboard
+    self._tensorboard = (logging is None or logging.tensorboard) and self.enabled
+    if self._tensorboard and importlib.util.find_spec("tensorboardX") is None:
+      # An optional mirror of metrics.jsonl (the `tensorboard` extra): on where installed.
+      print("ftjax: no TensorBoard events: tensorboardX is not installed "
+            "(pip install 'ftjax[tensorboard]'; logging.tensorboard=False silences this)", flush=True)
+      self._tensorboard = False
     self._config = config
     self._wandb = None
     self._finished = False

@@ -1,5 +1,7 @@
-"""ftjax.wandb_run in-process, offline: one W&B run across invocations of a workdir, with the
-rows an exact resume produces again not sent twice; a clear error without the package."""
+"""The trackers in-process: ftjax.wandb_run offline (one W&B run across invocations of a workdir,
+the rows an exact resume produces again not sent twice, a clear error without the package) and
+TensorBoard as an optional mirror of metrics.jsonl. End to end: tests/test_main.py (a run and its
+resume), tests/test_resilience.py (preempted, failed)."""
 
 import json
 import sys
@@ -8,7 +10,7 @@ import pytest
 from etils import epath
 
 import run_records
-from ftjax import wandb_run
+from ftjax import metric_writers, wandb_run
 from ftjax.config import base_config
 from ftjax.errors import UserError
 
@@ -64,3 +66,16 @@ def test_config_check_names_the_key_when_the_package_is_missing(monkeypatch):
   cfg.logging.wandb = True
   with pytest.raises(UserError, match=r"logging.wandb.*pip install 'ftjax\[wandb\]'"):
     config_lib.validate(cfg)
+
+
+def test_without_tensorboardx_a_run_says_so_once_and_keeps_metrics_jsonl(tmp_path, monkeypatch, capsys):
+  real = metric_writers.importlib.util.find_spec
+  monkeypatch.setattr(metric_writers.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "tensorboardX" else real(name, *a))
+  with metric_writers.MetricWriter(tmp_path, base_config().logging, {"seed": 0}) as writer:
+    writer.write(1, "train", {"loss": 0.5})
+    writer.write(2, "train", {"loss": 0.25})
+    writer.finish(None, {}, status="completed")
+  assert capsys.readouterr().out.count("no TensorBoard events: tensorboardX is not installed") == 1
+  assert not list(tmp_path.glob("events.out.tfevents.*"))
+  assert [r["loss"] for r in metric_writers.read_metrics(tmp_path)] == [0.5, 0.25]
