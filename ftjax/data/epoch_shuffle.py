@@ -57,8 +57,8 @@ class GlobalBatchSlices(grain.MapDataset):
   k global batches of the stream (a megabatch) is sorted by length and cut into k batches,
   which are then visited in a seeded random order; so a batch holds examples of similar length
   and pads to a short bucket (Rotten Tomatoes at batch 32, buckets 16/32/48/64: 36 padded tokens
-  per row at k=16 against 60 ungrouped; the mean example is 27), while each example is still seen once per epoch in a
-  seeded random megabatch. Batch b stays a pure function of (seed, b). 0 or 1: off.
+  per row at k=16 against 60 ungrouped; the mean example is 27), while each example is still
+  seen once per epoch in a seeded random megabatch. Batch b stays a pure function of (seed, b). 0 or 1: off.
   """
 
   def __init__(self, examples, lengths: np.ndarray, *, seed: int, batch_size: int,
