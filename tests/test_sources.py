@@ -444,3 +444,50 @@ def test_sdist_refuses_a_wrong_pin_a_missing_sub_path_and_no_sub_path(tmp_path, 
   monkeypatch.setitem(sources.KNOWN_SDIST_SHA256, "fake-sdist==2.0", "cd" * 32)
   with pytest.raises(UserError, match="is cached with sha256 .* but ftjax's built-in pin"):
     sources.resolve("sdist:fake-sdist==2.0/tasks/hhh", cache_dir=cache)
+
+
+# --- join: -------------------------------------------------------------------
+
+
+def _parts(tmp_path, *chunks):
+  paths = []
+  for i, chunk in enumerate(chunks):
+    path = tmp_path / f"model.gguf.part{i:02d}"
+    path.write_bytes(chunk)
+    paths.append(path)
+  return paths
+
+
+def test_join_concatenates_once_and_checks_the_pin(tmp_path, monkeypatch):
+  chunks = (b"GGUF" + b"a" * 1000, b"b" * 777, b"c")
+  paths = _parts(tmp_path, *chunks)
+  whole = b"".join(chunks)
+  sha = hashlib.sha256(whole).hexdigest()
+  source = "join:" + "+".join(str(p) for p in paths) + f"#sha256:{sha}"
+  out = sources.resolve(source, cache_dir=tmp_path / "cache")
+  assert out.name == "model.gguf" and out.read_bytes() == whole
+  assert out.parent.parent == tmp_path / "cache" / "join"
+  paths[0].write_bytes(b"changed")  # a cached join is not rebuilt (nor rehashed) on reuse
+  assert sources.resolve(source, cache_dir=tmp_path / "cache") == out
+  assert out.read_bytes() == whole
+  # The built-in pin by file name applies when the source has none.
+  monkeypatch.setitem(sources.KNOWN_JOINED_SHA256, "model.gguf", "0" * 64)
+  with pytest.raises(UserError, match=r"sha256 mismatch for 'model\.gguf' joined from 3 parts"):
+    sources.resolve("join:" + "+".join(str(p) for p in paths), cache_dir=tmp_path / "other")
+  assert not any((tmp_path / "other" / "join").glob("*/model.gguf"))  # nothing half-written
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("join:only_one", "two or more parts"),
+    ("join:a+join:b", "none of them a join"),
+    ("join:a+b#md5:00", r"bad pin '#md5:00'"),
+])
+def test_join_bad_syntax(tmp_path, spec, match):
+  with pytest.raises(UserError, match=match):
+    sources.resolve(spec, cache_dir=tmp_path)
+
+
+def test_join_missing_part_is_named(tmp_path):
+  (a,) = _parts(tmp_path, b"x")
+  with pytest.raises(UserError, match="does not exist"):
+    sources.resolve(f"join:{a}+{tmp_path / 'nope.part01'}", cache_dir=tmp_path / "cache")

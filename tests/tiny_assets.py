@@ -76,9 +76,8 @@ def write_jsonl(path: pathlib.Path, rows) -> pathlib.Path:
 
 
 
-def make_tiny_llama(path: pathlib.Path, *, seed: int = 0, layers: int = 2) -> pathlib.Path:
-  """A tiny random Llama (tied embeddings, like SmolLM2) with a ChatML tokenizer."""
-  import torch  # pylint: disable=g-import-not-at-top
+def _save_chat_tokenizer(path: pathlib.Path) -> dict[str, int]:
+  """A word-level ChatML tokenizer for the tiny decoders; returns its vocabulary."""
   import transformers  # pylint: disable=g-import-not-at-top
   from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
   from ftjax.data.chat_template import CHATML  # pylint: disable=g-import-not-at-top
@@ -95,12 +94,44 @@ def make_tiny_llama(path: pathlib.Path, *, seed: int = 0, layers: int = 2) -> pa
   fast.chat_template = CHATML
   path.mkdir(parents=True, exist_ok=True)
   fast.save_pretrained(str(path))
+  return vocab
+
+
+def make_tiny_llama(path: pathlib.Path, *, seed: int = 0, layers: int = 2) -> pathlib.Path:
+  """A tiny random Llama (tied embeddings, like SmolLM2) with a ChatML tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = _save_chat_tokenizer(path)
   config = transformers.LlamaConfig(
       vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
       tie_word_embeddings=True, eos_token_id=vocab["<|im_end|>"], pad_token_id=0)
   torch.manual_seed(seed)
   transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+  return path
+
+
+def make_tiny_gemma3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random Gemma 3 (3 layers: sliding, sliding, global; window 4; q/k norms; norm
+  weights moved off their zero init) with the tiny decoders' ChatML tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = _save_chat_tokenizer(path)
+  config = transformers.Gemma3TextConfig(
+      vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+      num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+      max_position_embeddings=128, sliding_window=4, sliding_window_pattern=3,
+      rope_theta=10000.0, rope_local_base_freq=100.0,
+      eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"], pad_token_id=0)
+  torch.manual_seed(seed)
+  model = transformers.Gemma3ForCausalLM(config)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name:
+        param.add_(torch.randn_like(param) * 0.2)
+  model.save_pretrained(str(path))
   return path
 
 

@@ -1,4 +1,4 @@
-"""Causal self-attention shared by the decoder families (Llama, GPT-2).
+"""Causal self-attention shared by the decoder families (Llama, Gemma, GPT-2).
 
 One mask covers left padding, packed sequences, the KV cache and sliding
 windows: a query may see a key when both are in the same non-zero segment,
@@ -127,7 +127,7 @@ def check_implementation(impl: str) -> str:
 
 
 def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
-           rngs=None, impl: str = 'xla'):
+           rngs=None, impl: str = 'xla', softcap: float | None = None):
   """Grouped-query attention.
 
   Args:
@@ -137,15 +137,17 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
     mask: boolean [B, 1, T, S] from `Layout.mask`.
     scale: multiplies the scores (1/sqrt(D) usually).
     dropout_rate: attention-probability dropout, applied only with `rngs`.
-    impl: one of `IMPLEMENTATIONS`. Attention-probability dropout, and a
+    impl: one of `IMPLEMENTATIONS`. Attention-probability dropout, a
       traced scale (GPT-2's per-layer scaling in a scanned stack; the fused
-      kernel takes a constant), run the "xla" path.
+      kernel takes a constant) and a softcap run the "xla" path.
+    softcap: Gemma 2's attention-logit soft-capping, scores -> c * tanh(scores / c)
+      before the mask (None: none).
 
   Returns:
     [B, T, N * D] in v's dtype.
   """
   if (impl != 'xla' and not (rngs is not None and dropout_rate > 0.0)
-      and isinstance(scale, (int, float))):
+      and isinstance(scale, (int, float)) and softcap is None):
     return fused(q, k, v, mask, scale=scale, implementation=impl)
   b, t, n, d = q.shape
   kv, s = k.shape[1], k.shape[2]
@@ -157,6 +159,8 @@ def attend(q, k, v, mask, *, scale: float, dropout_rate: float = 0.0,
   q = q.reshape(b, kv, g * t, d)
   # Scores and softmax in fp32.
   scores = jnp.einsum('bkmd,bksd->bkms', q, k, preferred_element_type=jnp.float32)
+  if softcap is not None:
+    scores = softcap * jnp.tanh(scores / softcap)
   scores = jnp.where(mask[:, :, None], scores.reshape(b, kv, g, t, s), MASK_VALUE)
   probs = jax.nn.softmax(scores, axis=-1)
   probs = dropout(dropout_rate, probs, rngs).reshape(b, kv, g * t, s)

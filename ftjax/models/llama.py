@@ -118,7 +118,7 @@ class LlamaConfig:
           attention_dropout=float(get('attention_dropout', 0.0)),
           initializer_range=get('initializer_range', 0.02),
           bos_token_id=hf.get('bos_token_id'),
-          eos_token_id=_hashable(hf.get('eos_token_id')),
+          eos_token_id=hashable(hf.get('eos_token_id')),
           pad_token_id=hf.get('pad_token_id'))
     except KeyError as e:
       raise UserError(f'missing key {e} in {where}') from e
@@ -161,7 +161,8 @@ class LlamaConfig:
     return hf
 
 
-def _hashable(value):
+def hashable(value):
+  """A list (a config.json eos_token_id may be one) as a tuple, so configs stay hashable."""
   return tuple(value) if isinstance(value, list) else value
 
 

@@ -27,10 +27,12 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import bert
+from ftjax.models import gemma
 from ftjax.models import gpt2
 from ftjax.models import llama
 from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
+from ftjax.weights import gemma_table
 from ftjax.weights import gpt2_table
 from ftjax.weights import llama_table
 from ftjax.weights import safetensors_io
@@ -77,6 +79,16 @@ def _llama_family(prefix: str) -> Family:
       build=_build_decoder(llama.LlamaForCausalLM, llama.LlamaForSequenceClassification))
 
 
+def _gemma_family(prefix: str, classifier: str) -> Family:
+  return Family(
+      config_cls=gemma.GemmaConfig,
+      classes={'causal_lm': (gemma.GemmaForCausalLM,
+                             gemma_table.causal_lm_table, f'{prefix}ForCausalLM'),
+               'classification': (gemma.GemmaForSequenceClassification,
+                                  gemma_table.SEQUENCE_CLASSIFICATION, classifier)},
+      build=_build_decoder(gemma.GemmaForCausalLM, gemma.GemmaForSequenceClassification))
+
+
 _FAMILIES: dict[str, Family] = {
     'bert': Family(
         config_cls=bert.BertConfig,
@@ -97,6 +109,8 @@ _FAMILIES: dict[str, Family] = {
                                     'GPT2ForSequenceClassification')},
         build=_build_decoder(gpt2.GPT2LMHeadModel, gpt2.GPT2ForSequenceClassification),
     ),
+    'gemma2': _gemma_family('Gemma2', 'Gemma2ForSequenceClassification'),
+    'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification'),
     'llama': _llama_family('Llama'),
     'mistral': _llama_family('Mistral'),
     'qwen2': _llama_family('Qwen2'),
@@ -357,8 +371,9 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
       raise UserError(f"cannot save a {type(model).__name__} as task '{task}'")
   _, table, architecture = family.classes[model_task]
   hf = model.config.to_hf()
-  if 'rope_parameters' in hf:  # also the legacy keys, for readers older than transformers 5
-    hf.update(rope_lib.legacy_keys(hf['rope_parameters']))
+  if 'rope_type' in hf.get('rope_parameters', {}):  # also the legacy keys, for readers older
+    hf.update(rope_lib.legacy_keys(hf['rope_parameters']))  # than transformers 5 (per-layer-type
+    # RoPE, Gemma 3's, writes its own)
   hf['architectures'] = [architecture]
   tensors = safetensors_io.export_params(model, _table(table, model.config))
   hf['dtype'] = str(next(iter(tensors.values())).dtype)

@@ -13,9 +13,13 @@ oracle in tests/weights/test_gguf.py):
     no torch at runtime). The cached HF directory is written one tensor at a time, in
     safetensors shards, F16/BF16 tensors in their own dtype (the same values): converting never
     holds the whole model, let alone a float32 copy of it.
-  * llama.cpp's converter permutes the rows of Q and K (and their biases) from
-    HF's rotate-half rotary layout to GGML's interleaved one; we undo it exactly
-    as transformers' `LlamaTensorProcessor._reverse_permute_weights` does.
+  * Per architecture (llama, gemma2, gemma3): llama.cpp's converter permutes a Llama's Q
+    and K rows (and biases) from HF's rotate-half rotary layout to GGML's interleaved one; we
+    undo it exactly as transformers' `LlamaTensorProcessor._reverse_permute_weights` does.
+    Gemma's RoPE is NeoX-style (rotate-half already), so nothing is permuted, and its RMSNorm
+    weights are stored as 1 + w: 1 is taken off (transformers' `Gemma2TensorProcessor`).
+    Gemma hyper-parameters the file does not hold (layer pattern, local RoPE base, query
+    scale) are set as llama.cpp's runtime sets them (`_gemma_config`).
   * `tie_word_embeddings` is true when the file has no `output.weight`; the
     tied `lm_head.weight` is then not emitted (as HF `save_pretrained` does).
   * The tokenizer is built by transformers' GGUF tokenizer converter
@@ -48,35 +52,46 @@ log = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike
 
-SUPPORTED_ARCHITECTURES = ('llama',)
+SUPPORTED_ARCHITECTURES = ('llama', 'gemma2', 'gemma3')
 
 # Bump when the conversion changes, so cached HF directories are rebuilt.
-FORMAT_VERSION = 3  # 2: legacy rope_scaling, eot/eom ids in generation_config eos_token_id;
-# 3: safetensors shards written tensor by tensor, F16/BF16 kept in their dtype
+FORMAT_VERSION = 4  # 2: legacy rope_scaling, eot/eom ids in generation_config eos_token_id;
+# 3: safetensors shards written tensor by tensor, F16/BF16 kept in their dtype; 4: Gemma
 _COMPLETE = '.ftjax-complete'
 
 _GT = gguf.GGMLQuantizationType
 # Stored as plain values, not blocks; everything else goes to gguf.quants.
 _PLAIN = (_GT.F32, _GT.F16, _GT.F64)
 
-# GGUF tensor name -> HF name for llama (llama.cpp's convert_hf_to_gguf names).
-_LLAMA_NAMES = (
+# GGUF tensor name -> HF name (llama.cpp's convert_hf_to_gguf names), shared by the families.
+_COMMON_NAMES = (
     (r'token_embd\.weight', 'model.embed_tokens.weight'),
     (r'output_norm\.weight', 'model.norm.weight'),
     (r'output\.weight', 'lm_head.weight'),
     (r'blk\.(\d+)\.attn_norm\.weight', r'model.layers.\1.input_layernorm.weight'),
-    (r'blk\.(\d+)\.ffn_norm\.weight',
-     r'model.layers.\1.post_attention_layernorm.weight'),
     (r'blk\.(\d+)\.attn_q\.(weight|bias)', r'model.layers.\1.self_attn.q_proj.\2'),
     (r'blk\.(\d+)\.attn_k\.(weight|bias)', r'model.layers.\1.self_attn.k_proj.\2'),
     (r'blk\.(\d+)\.attn_v\.(weight|bias)', r'model.layers.\1.self_attn.v_proj.\2'),
-    (r'blk\.(\d+)\.attn_output\.(weight|bias)',
-     r'model.layers.\1.self_attn.o_proj.\2'),
+    (r'blk\.(\d+)\.attn_output\.(weight|bias)', r'model.layers.\1.self_attn.o_proj.\2'),
     (r'blk\.(\d+)\.ffn_gate\.weight', r'model.layers.\1.mlp.gate_proj.weight'),
     (r'blk\.(\d+)\.ffn_up\.weight', r'model.layers.\1.mlp.up_proj.weight'),
     (r'blk\.(\d+)\.ffn_down\.weight', r'model.layers.\1.mlp.down_proj.weight'),
 )
-_LLAMA_NAME_RES = tuple((re.compile(g), hf) for g, hf in _LLAMA_NAMES)
+_LLAMA_NAMES = _COMMON_NAMES + (
+    (r'blk\.(\d+)\.ffn_norm\.weight', r'model.layers.\1.post_attention_layernorm.weight'),
+)
+# Gemma's sandwich norms: llama.cpp's `ffn_norm` is the pre-FFN one here.
+_GEMMA_NAMES = _COMMON_NAMES + (
+    (r'blk\.(\d+)\.post_attention_norm\.weight',
+     r'model.layers.\1.post_attention_layernorm.weight'),
+    (r'blk\.(\d+)\.ffn_norm\.weight', r'model.layers.\1.pre_feedforward_layernorm.weight'),
+    (r'blk\.(\d+)\.post_ffw_norm\.weight', r'model.layers.\1.post_feedforward_layernorm.weight'),
+    (r'blk\.(\d+)\.attn_q_norm\.weight', r'model.layers.\1.self_attn.q_norm.weight'),
+    (r'blk\.(\d+)\.attn_k_norm\.weight', r'model.layers.\1.self_attn.k_norm.weight'),
+)
+_NAME_RES = {arch: tuple((re.compile(g), hf) for g, hf in names)
+             for arch, names in (('llama', _LLAMA_NAMES), ('gemma2', _GEMMA_NAMES),
+                                 ('gemma3', _GEMMA_NAMES))}
 # llama.cpp derives these from the config; transformers drops them too.
 _SKIPPED = frozenset({'rope_freqs.weight'})
 
@@ -174,20 +189,21 @@ def _reverse_permute(w: np.ndarray, n_head: int) -> np.ndarray:
   return w.reshape(n_head, dim, 2, *w.shape[1:]).swapaxes(2, 1).reshape(w.shape)
 
 
-def _hf_name(gguf_name: str, path: pathlib.Path) -> str | None:
+def _hf_name(gguf_name: str, arch: str, path: pathlib.Path) -> str | None:
   if gguf_name in _SKIPPED:
     return None
-  for rx, hf in _LLAMA_NAME_RES:
+  for rx, hf in _NAME_RES[arch]:
     if rx.fullmatch(gguf_name):
       return rx.sub(hf, gguf_name)
-  raise UserError(f"tensor '{gguf_name}' in {path} is not part of a llama model "
+  raise UserError(f"tensor '{gguf_name}' in {path} is not part of a {arch} model "
                   "ftjax knows (mixture-of-experts and other variants are not "
                   'supported)')
 
 
 def _hf_config(meta: dict[str, Any], tensor_names: set[str],
                path: pathlib.Path) -> dict[str, Any]:
-  """A transformers LlamaConfig dict from `llama.*` and `tokenizer.*` keys."""
+  """A transformers config dict (Llama, Gemma 2 or Gemma 3 text) from the `<arch>.*` and
+  `tokenizer.*` keys."""
   arch = meta['general.architecture']
 
   def get(key, default=None, required=True):
@@ -196,7 +212,7 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
       raise UserError(f"GGUF file {path} lacks metadata key '{arch}.{key}'")
     if isinstance(value, list):
       raise UserError(f"GGUF file {path} has a per-layer '{arch}.{key}', "
-                      'which llama models do not support')
+                      f'which {arch} models do not support')
     return value
 
   heads = int(get('attention.head_count'))
@@ -205,7 +221,7 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
   rotary = int(get('rope.dimension_count', head_dim))
   if rotary != head_dim:
     raise UserError(f'GGUF file {path} rotates {rotary} of {head_dim} head '
-                    'dimensions; llama models rotate all of them')
+                    f'dimensions; {arch} models rotate all of them')
   tokens = meta.get('tokenizer.ggml.tokens')
   vocab = get('vocab_size', len(tokens) if tokens else None)
   rope = {'rope_theta': float(get('rope.freq_base', 10000.0)),
@@ -217,8 +233,6 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
     raise UserError(f"GGUF file {path} uses rope scaling '{scaling}'; "
                     "supported: 'none', 'linear'")
   config = {
-      'architectures': ['LlamaForCausalLM'],
-      'model_type': 'llama',
       'vocab_size': int(vocab),
       'hidden_size': hidden,
       'intermediate_size': int(get('feed_forward_length')),
@@ -226,16 +240,13 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
       'num_attention_heads': heads,
       'num_key_value_heads': int(get('attention.head_count_kv', heads)),
       'head_dim': head_dim,
-      'hidden_act': 'silu',
       'rms_norm_eps': float(get('attention.layer_norm_rms_epsilon')),
       'max_position_embeddings': int(get('context_length')),
-      'rope_parameters': rope,
-      **rope_lib.legacy_keys(rope),  # Older readers look here.
       'attention_bias': 'blk.0.attn_q.bias' in tensor_names,
-      'mlp_bias': False,
       'tie_word_embeddings': 'output.weight' not in tensor_names,
       'dtype': 'float32',
   }
+  config.update(_FAMILY_CONFIG[arch](get, rope, config))
   for name, key in (('bos_token_id', 'bos_token_id'),
                     ('eos_token_id', 'eos_token_id'),
                     ('pad_token_id', 'padding_token_id'),
@@ -243,6 +254,52 @@ def _hf_config(meta: dict[str, Any], tensor_names: set[str],
     if f'tokenizer.ggml.{key}' in meta:
       config[name] = int(meta[f'tokenizer.ggml.{key}'])
   return config
+
+
+def _llama_config(get, rope, common) -> dict[str, Any]:
+  del get, common
+  return {'architectures': ['LlamaForCausalLM'], 'model_type': 'llama', 'hidden_act': 'silu',
+          'mlp_bias': False, 'rope_parameters': rope,
+          **rope_lib.legacy_keys(rope)}  # Older readers look here.
+
+
+def _gemma_config(arch: str):
+  """Gemma 2 / 3 keys the file does not hold come as llama.cpp's runtime sets them: every
+  second (Gemma 2) or sixth (Gemma 3) layer global, Gemma 3's local RoPE base 10k, queries
+  scaled by head_dim ** -0.5 (llama.cpp's rule for all but the 27B models, which use
+  hidden / heads; transformers' default, 256, equals head_dim for the other sizes)."""
+  def config(get, rope, common) -> dict[str, Any]:
+    layers = common['num_hidden_layers']
+    out = {'hidden_activation': 'gelu_pytorch_tanh',
+           'sliding_window': int(get('attention.sliding_window', 4096)),
+           'query_pre_attn_scalar': common['head_dim']}
+    if arch == 'gemma2':
+      pattern = 2
+      if layers == 46:  # Gemma 2 27B (see above)
+        out['query_pre_attn_scalar'] = common['hidden_size'] // common['num_attention_heads']
+      out.update(architectures=['Gemma2ForCausalLM'], model_type='gemma2',
+                 rope_parameters=rope, **rope_lib.legacy_keys(rope),
+                 attn_logit_softcapping=float(get('attn_logit_softcapping', 50.0)),
+                 final_logit_softcapping=float(get('final_logit_softcapping', 30.0)))
+    else:
+      pattern = 6
+      if layers == 62:  # Gemma 3 27B (see above)
+        out['query_pre_attn_scalar'] = common['hidden_size'] // common['num_attention_heads']
+      local = {'rope_type': 'default', 'rope_theta': 10000.0}
+      out.update(architectures=['Gemma3ForCausalLM'], model_type='gemma3_text',
+                 rope_parameters={'full_attention': rope, 'sliding_attention': local},
+                 **rope_lib.legacy_keys(rope), rope_local_base_freq=10000.0,
+                 final_logit_softcapping=get('final_logit_softcapping', None, required=False),
+                 attn_logit_softcapping=None, use_bidirectional_attention=False)
+    out['layer_types'] = ['sliding_attention' if (i + 1) % pattern else 'full_attention'
+                          for i in range(layers)]
+    return out
+  return config
+
+
+_FAMILY_CONFIG = {'llama': _llama_config, 'gemma2': _gemma_config('gemma2'),
+                  'gemma3': _gemma_config('gemma3')}
+_ARCHITECTURE_OF = {'llama': 'llama', 'gemma2': 'gemma2', 'gemma3_text': 'gemma3'}  # model_type
 
 
 def _generation_config(meta: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
@@ -269,18 +326,25 @@ def _check_architecture(meta: dict[str, Any], path: pathlib.Path) -> None:
 
 def _iter_tensors(reader: gguf.GGUFReader, config: dict[str, Any], path: pathlib.Path, *,
                   own_dtype: bool = False):
-  """(HF name, array) of every weight, dequantized one at a time (`_dequantize`)."""
+  """(HF name, array) of every weight, dequantized one at a time (`_dequantize`).
+
+  Llama: Q/K rows un-permuted. Gemma: llama.cpp stores every RMSNorm weight as 1 + w (its
+  NeoX-style RoPE needs no permutation), so 1 is taken off, as transformers' loader does.
+  """
+  arch = _ARCHITECTURE_OF[config['model_type']]
   heads = config['num_attention_heads']
   kv_heads = config['num_key_value_heads']
   for tensor in reader.tensors:
-    name = _hf_name(tensor.name, path)  # Before dequantizing: fail fast.
+    name = _hf_name(tensor.name, arch, path)  # Before dequantizing: fail fast.
     if name is None:
       continue
     array = _dequantize(tensor, path, own_dtype=own_dtype)
-    if '.attn_q.' in tensor.name:
+    if arch == 'llama' and '.attn_q.' in tensor.name:
       array = _reverse_permute(array, heads)
-    elif '.attn_k.' in tensor.name:
+    elif arch == 'llama' and '.attn_k.' in tensor.name:
       array = _reverse_permute(array, kv_heads)
+    elif arch != 'llama' and name.endswith('norm.weight'):
+      array = (array.astype(np.float32) - 1.0).astype(array.dtype)
     yield name, array
 
 
@@ -337,7 +401,7 @@ def write_tokenizer(meta: dict[str, Any], out_dir: PathLike,
 
 def read_gguf(path: PathLike, *, tensors: bool = True, tokenizer: bool = True,
               tokenizer_dir: PathLike | None = None) -> GgufCheckpoint:
-  """Reads a llama-architecture GGUF file as an HF checkpoint.
+  """Reads a GGUF file (architecture llama, gemma2 or gemma3) as an HF checkpoint.
 
   Args:
     path: the `.gguf` file.

@@ -11,7 +11,8 @@ from ftjax.weights.safetensors_io import Rule
 from ftjax.weights.safetensors_io import WeightTable
 
 
-def _linear(name: str) -> list[Rule]:
+def linear_rules(name: str) -> list[Rule]:
+  """An `nnx.Linear` at `name`: HF's [out, in] weight transposed, and its bias."""
   return [Rule(f'{name}.weight', f'{name}.kernel', 'T'),
           Rule(f'{name}.bias', f'{name}.bias')]
 
@@ -21,12 +22,12 @@ def _rules(tied: bool) -> list[Rule]:
   rules = [Rule('model.embed_tokens.weight', 'model.embed_tokens.embedding'),
            Rule('model.norm.weight', 'model.norm.scale')]
   for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
-    rules += _linear(f'{layer}.self_attn.{proj}')
+    rules += linear_rules(f'{layer}.self_attn.{proj}')
   for norm in ('q_norm', 'k_norm'):
     rules.append(Rule(f'{layer}.self_attn.{norm}.weight',
                       f'{layer}.self_attn.{norm}.scale'))
   for proj in ('gate_proj', 'up_proj', 'down_proj'):
-    rules += _linear(f'{layer}.mlp.{proj}')
+    rules += linear_rules(f'{layer}.mlp.{proj}')
   for norm in ('input_layernorm', 'post_attention_layernorm'):
     rules.append(Rule(f'{layer}.{norm}.weight', f'{layer}.{norm}.scale'))
   if not tied:
