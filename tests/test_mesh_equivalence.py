@@ -8,7 +8,8 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   rule really shards) under full fine-tuning on all four meshes, and on the mixed mesh once more
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
-  tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 there; and full, LoRA and QLoRA under DPO, under
+  tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 and
+  full and LoRA on a tiny Phi-3 there; and full, LoRA and QLoRA under DPO, under
   distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
   the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -54,6 +55,7 @@ MODELS = ("bert", "llama")
 # Gemma 3 (sandwich and q/k norms, scaled embeddings, a sliding and a global layer with their
 # own RoPE) under full fine-tuning, LoRA and prompt tuning.
 GEMMA_METHODS = ("full", "lora", "prompt_tuning")
+PHI3_METHODS = ("full", "lora")  # fused qkv_proj / gate_up_proj, LongRoPE
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
@@ -87,6 +89,7 @@ def cases() -> list[tuple[str, str, str]]:
           for name in ("one", "mixed")]
   out += [("llama_grpo", method, name) for method in GRPO_METHODS for name in ("one", "mixed")]
   out += [("gemma", method, name) for method in GEMMA_METHODS for name in ("one", "mixed")]
+  out += [("phi3", method, name) for method in PHI3_METHODS for name in ("one", "mixed")]
   return out
 
 
@@ -138,6 +141,21 @@ def make_mesh_gemma(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def make_mesh_phi3(path: pathlib.Path) -> pathlib.Path:
+  """`tiny_assets.make_tiny_phi3` with dims that shard by 8 (qkv_proj 64 -> 128)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from tiny_assets import make_tiny_phi3  # pylint: disable=g-import-not-at-top
+
+  make_tiny_phi3(path)
+  config = transformers.Phi3Config.from_pretrained(str(path))
+  config.update(dict(hidden_size=64, intermediate_size=128, num_attention_heads=8,
+                     num_key_value_heads=4, vocab_size=8 * math.ceil(config.vocab_size / 8)))
+  torch.manual_seed(0)
+  transformers.Phi3ForCausalLM(config).save_pretrained(str(path))
+  return path
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
@@ -150,6 +168,7 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "llama": str(make_mesh_llama(root / "llama")),
       "teacher": str(make_mesh_llama(root / "teacher", seed=1)),  # the same tokenizer
       "gemma": str(make_mesh_gemma(root / "gemma")),
+      "phi3": str(make_mesh_phi3(root / "phi3")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -199,7 +218,7 @@ def config_for(model, method, mesh_name, assets):
     c.data.max_length = 16
     c.data.bucket_boundaries = (16,)
   else:
-    c.model.checkpoint = assets["gemma" if model == "gemma" else "llama"]
+    c.model.checkpoint = assets[model if model in ("gemma", "phi3") else "llama"]
     c.model.task = "causal_lm"
     c.data.name = "chat_files"
     c.data.files.train = assets["chat"]["train"]
@@ -402,6 +421,16 @@ def test_gemma_on_a_2x2x2_mesh_matches_1_device(results, method):
       assert key in sharded_along(specs, "fsdp") and key in sharded_along(specs, "tensor"), specs
   if method == "lora":
     assert specs["params/model.layers.0.self_attn.q_proj.lora_b"] == [None, "tensor"], specs
+
+
+@pytest.mark.parametrize("method", PHI3_METHODS)
+def test_phi3_on_a_2x2x2_mesh_matches_1_device(results, method):
+  specs = compare(results, "phi3", method, "mixed")["specs"]
+  if method == "full":
+    key = "params/model.layers.0.self_attn.qkv_proj.kernel"
+    assert key in sharded_along(specs, "fsdp") and key in sharded_along(specs, "tensor"), specs
+  else:  # the default LoRA target is the fused qkv_proj
+    assert specs["params/model.layers.0.self_attn.qkv_proj.lora_b"] == [None, "tensor"], specs
 
 
 @pytest.mark.parametrize("model,method", [

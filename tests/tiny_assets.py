@@ -135,6 +135,30 @@ def make_tiny_gemma3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
   return path
 
 
+def make_tiny_phi3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random Phi-3 (fused qkv_proj / gate_up_proj, LongRoPE past 16 positions, norm
+  weights moved off 1) with the tiny decoders' ChatML tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = _save_chat_tokenizer(path)
+  config = transformers.Phi3Config(
+      vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+      original_max_position_embeddings=16, rope_parameters=dict(
+          rope_type="longrope", rope_theta=10000.0, short_factor=[1.0] * 4,
+          long_factor=[1.0, 2.0, 3.0, 4.0]),
+      eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"], pad_token_id=0)
+  torch.manual_seed(seed)
+  model = transformers.Phi3ForCausalLM(config)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name:
+        param.add_(torch.randn_like(param) * 0.2)
+  model.save_pretrained(str(path))
+  return path
+
+
 def make_conversations(n: int, seed: int) -> list[dict]:
   import random  # pylint: disable=g-import-not-at-top
   rng = random.Random(seed)

@@ -32,7 +32,6 @@ from typing import Any
 from flax import nnx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ftjax.errors import UserError
 from ftjax.models import attention
@@ -264,8 +263,9 @@ class GemmaAttention(nnx.Module):
       self.q_norm = self.k_norm = None
 
   def __call__(self, x, shape, layout, positions, cache, rngs=None, *, window=None,
-               inv_freq=None):
-    """As `llama.LlamaAttention`; `inv_freq` is this layer's RoPE inverse frequencies."""
+               rotary=None):
+    """As `llama.LlamaAttention`; `rotary` is this layer's (RoPE inverse frequencies,
+    attention scaling) from `rope.layer_rotary`."""
     b, t = shape
     cfg = self.cfg
     d = cfg.head_dim
@@ -275,8 +275,8 @@ class GemmaAttention(nnx.Module):
     v = qkv(self.v_proj(x)).reshape(b, t, cfg.num_key_value_heads, d)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    q = rope_lib.apply(q, positions, inv_freq)
-    k = rope_lib.apply(k, positions, inv_freq)
+    q = rope_lib.apply(q, positions, *rotary)
+    k = rope_lib.apply(k, positions, *rotary)
     k, v = attention.update_kv(cache, k, v)
     out = attention.attend(
         q, k, v, layout.mask(window), scale=cfg.query_pre_attn_scalar ** -0.5,
@@ -301,9 +301,9 @@ class GemmaDecoderLayer(nnx.Module):
     self.post_feedforward_layernorm = norm()
 
   def __call__(self, x, shape, layout, positions, cache, rngs=None, *, window=None,
-               inv_freq=None):
+               rotary=None):
     attn, kv = self.self_attn(self.input_layernorm(x), shape, layout, positions, cache, rngs,
-                              window=window, inv_freq=inv_freq)
+                              window=window, rotary=rotary)
     x = x + self.post_attention_layernorm(attn)
     return x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x))), kv
 
@@ -348,11 +348,13 @@ class GemmaModel(nnx.Module):
     """Returns (hidden [B, T, H], per-layer (k, v))."""
     b, t = input_ids.shape
     x = self.embed(input_ids).reshape(b * t, -1)
+    ropes = tuple(self.cfg.layer_rope(j) for j in range(self.cfg.num_hidden_layers))
 
     def body(layer, x, i, kv, rngs):
       layer_cache = None if cache is None else kv_cache_lib.LayerCache(*kv, cache.index)
       x, kv = layer(x, (b, t), layout, positions, layer_cache, rngs,
-                    window=self.window(i), inv_freq=self.inv_freq(i))
+                    window=self.window(i),
+                    rotary=rope_lib.layer_rotary(ropes, self.cfg.head_dim, i, positions))
       return x, (None if cache is None else kv)
 
     x, kvs = layer_stack.run_layers(
@@ -367,17 +369,6 @@ class GemmaModel(nnx.Module):
       return windows[i if isinstance(i, int) else 0]
     table = [attention.NO_WINDOW if w is None else w for w in windows]
     return jnp.asarray(table, jnp.int32)[i]
-
-  def inv_freq(self, i):
-    """Layer i's RoPE inverse frequencies [head_dim // 2] (host numpy, or traced for a traced i)."""
-    cfg = self.cfg
-    freqs = [rope_lib.inverse_frequencies(cfg.layer_rope(j), cfg.head_dim)
-             for j in range(cfg.num_hidden_layers)]
-    if isinstance(i, int):
-      return freqs[i]
-    if len({cfg.layer_rope(j) for j in range(cfg.num_hidden_layers)}) == 1:
-      return freqs[0]
-    return jnp.asarray(np.stack(freqs))[i]
 
 
 def _softcap(logits, cap):

@@ -1,10 +1,13 @@
-"""Llama-family decoders (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3) in NNX.
+"""Llama-family decoders (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3, Phi-3) in NNX.
 
 One implementation, switched by HF config keys:
   llama/mistral: optional `attention_bias` (q/k/v/o) and `mlp_bias`;
   qwen2: q/k/v biases, no o_proj bias; qwen3: per-head RMSNorm `q_norm` and
-  `k_norm` on queries/keys before RoPE; mistral/qwen sliding windows are
-  applied (per layer, from `sliding_window` / `layer_types`), not ignored.
+  `k_norm` on queries/keys before RoPE; mistral/qwen/phi3 sliding windows are
+  applied (per layer, from `sliding_window` / `layer_types`), not ignored;
+  phi3: fused `self_attn.qkv_proj` ([q | k | v] rows) and `mlp.gate_up_proj` ([gate | up]),
+  kept fused so PEFT target names and exports are HF's, and residual / embedding dropout
+  (`resid_pdrop`, `embd_pdrop`; LongRoPE and partial rotary come with `rope.py`).
 
 Module paths mirror HF so conversion is a table (`weights/llama_table.py`):
   model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj,
@@ -36,7 +39,7 @@ ACTIVATIONS = {'silu': jax.nn.silu, 'swish': jax.nn.silu,
                'gelu': layers.gelu_exact,
                'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True)}
 
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3')
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'phi3')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +69,10 @@ class LlamaConfig:
   # Per-layer sliding window (None = full attention), from the HF keys.
   layer_windows: tuple[int | None, ...] = ()
   attention_dropout: float = 0.0
+  # Phi-3: fused q/k/v and gate/up projections; dropout on the residual branches and embeddings.
+  fused_projections: bool = False
+  residual_dropout: float = 0.0
+  embedding_dropout: float = 0.0
   initializer_range: float = 0.02
   bos_token_id: Any = None
   eos_token_id: Any = None
@@ -124,6 +131,9 @@ class LlamaConfig:
       raise UserError(f'missing key {e} in {where}') from e
     if model_type == 'qwen2':
       kw.update(qkv_bias=True)
+    elif model_type == 'phi3':  # no bias keys: Phi-3's projections have none
+      kw.update(fused_projections=True, residual_dropout=float(get('resid_pdrop', 0.0)),
+                embedding_dropout=float(get('embd_pdrop', 0.0)))
     else:
       bias = bool(get('attention_bias', False))
       kw.update(qkv_bias=bias, o_bias=bias)
@@ -147,6 +157,11 @@ class LlamaConfig:
       hf['attention_bias'] = self.qkv_bias
     hf['mlp_bias'] = self.mlp_bias
     windows = [w for w in self.layer_windows if w is not None]
+    if self.model_type == 'phi3':
+      hf.update(resid_pdrop=self.residual_dropout, embd_pdrop=self.embedding_dropout,
+                sliding_window=windows[0] if windows else None)
+      if self.rope.original_max_position_embeddings is not None:
+        hf['original_max_position_embeddings'] = self.rope.original_max_position_embeddings
     if self.model_type == 'mistral':
       hf['sliding_window'] = windows[0] if windows else None
     elif self.model_type in ('qwen2', 'qwen3'):
@@ -169,7 +184,7 @@ def hashable(value):
 def _layer_windows(hf, model_type, layers) -> tuple[int | None, ...]:
   """Per-layer sliding windows the way each transformers class reads them."""
   window = hf.get('sliding_window')
-  if model_type == 'mistral':
+  if model_type in ('mistral', 'phi3'):
     return (window,) * layers if window else ()
   if model_type in ('qwen2', 'qwen3'):
     if not hf.get('use_sliding_window') or not window:
@@ -221,11 +236,12 @@ class LlamaAttention(nnx.Module):
     h, d = cfg.hidden_size, cfg.head_dim
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = _linear(cfg, h, n * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
-    self.k_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias,
-                          **kw)
-    self.v_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias,
-                          **kw)
+    if cfg.fused_projections:
+      self.qkv_proj = _linear(cfg, h, (n + 2 * kv) * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
+    else:
+      self.q_proj = _linear(cfg, h, n * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
+      self.k_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
+      self.v_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
     self.o_proj = _linear(cfg, n * d, h, ('heads', 'embed'), cfg.o_bias, **kw)
     if cfg.qk_norm:
       nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name=None)
@@ -243,15 +259,18 @@ class LlamaAttention(nnx.Module):
     b, t = shape
     cfg = self.cfg
     d = cfg.head_dim
-    qkv = layer_stack.name_qkv
-    q = qkv(self.q_proj(x)).reshape(b, t, cfg.num_attention_heads, d)
-    k = qkv(self.k_proj(x)).reshape(b, t, cfg.num_key_value_heads, d)
-    v = qkv(self.v_proj(x)).reshape(b, t, cfg.num_key_value_heads, d)
+    n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
+    name = layer_stack.name_qkv
+    if cfg.fused_projections:
+      q, k, v = jnp.split(name(self.qkv_proj(x)), [n * d, (n + kv) * d], axis=-1)
+    else:
+      q, k, v = name(self.q_proj(x)), name(self.k_proj(x)), name(self.v_proj(x))
+    q, k, v = q.reshape(b, t, n, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    inv_freq = rope_lib.inverse_frequencies(cfg.rope, d)
-    q = rope_lib.apply(q, positions, inv_freq)
-    k = rope_lib.apply(k, positions, inv_freq)
+    inv_freq, scaling = rope_lib.rotary(cfg.rope, d, positions)
+    q = rope_lib.apply(q, positions, inv_freq, scaling)
+    k = rope_lib.apply(k, positions, inv_freq, scaling)
     k, v = attention.update_kv(cache, k, v)
     out = attention.attend(
         q, k, v, layout.mask(window), scale=d ** -0.5,
@@ -261,18 +280,25 @@ class LlamaAttention(nnx.Module):
 
 
 class LlamaMLP(nnx.Module):
-  """SwiGLU: down(act(gate(x)) * up(x))."""
+  """SwiGLU: down(act(gate(x)) * up(x)); Phi-3 computes [gate | up] in one `gate_up_proj`."""
 
-  def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, cfg, *, dtype, param_dtype, rngs: nnx.Rngs):
     h, m = cfg.hidden_size, cfg.intermediate_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act = ACTIVATIONS[cfg.hidden_act]
-    self.gate_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
-    self.up_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+    if getattr(cfg, 'fused_projections', False):
+      self.gate_up_proj = _linear(cfg, h, 2 * m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+    else:
+      self.gate_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+      self.up_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
     self.down_proj = _linear(cfg, m, h, ('mlp', 'embed'), cfg.mlp_bias, **kw)
 
   def __call__(self, x):
-    return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+    if hasattr(self, 'gate_up_proj'):
+      gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)
+    else:
+      gate, up = self.gate_proj(x), self.up_proj(x)
+    return self.down_proj(self.act(gate) * up)
 
 
 class LlamaDecoderLayer(nnx.Module):
@@ -287,13 +313,15 @@ class LlamaDecoderLayer(nnx.Module):
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                             **nkw)
     self.mlp = LlamaMLP(cfg, **kw)
+    self.residual_dropout = cfg.residual_dropout
 
   def __call__(self, x, shape, layout, positions, cache, rngs=None, *,
                window=None):
     attn, kv = self.self_attn(self.input_layernorm(x), shape, layout,
                               positions, cache, rngs, window=window)
-    x = x + attn
-    return x + self.mlp(self.post_attention_layernorm(x)), kv
+    drop = lambda y: attention.dropout(self.residual_dropout, y, rngs)
+    x = x + drop(attn)
+    return x + drop(self.mlp(self.post_attention_layernorm(x))), kv
 
 
 class LlamaModel(nnx.Module):
@@ -329,6 +357,7 @@ class LlamaModel(nnx.Module):
     b, t = input_ids.shape
     # Layers work on [B*T, H] rows: XLA:CPU's fast 2-D matmul kernels.
     x = self.embed_tokens(input_ids).reshape(b * t, -1)
+    x = attention.dropout(self.cfg.embedding_dropout, x, rngs)
 
     def body(layer, x, i, kv, rngs):
       layer_cache = (None if cache is None
@@ -364,7 +393,7 @@ def finish(out, kvs, cache):
 
 class LlamaForCausalLM(nnx.Module):
   """Decoder + LM head; HF `LlamaForCausalLM` / `MistralForCausalLM` /
-  `Qwen2ForCausalLM` / `Qwen3ForCausalLM`.
+  `Qwen2ForCausalLM` / `Qwen3ForCausalLM` / `Phi3ForCausalLM`.
 
   `remat` (config `model.remat`) and `attention` (config `model.attention`)
   are passed to the decoder: see `LlamaModel`.
@@ -426,7 +455,7 @@ class LlamaForCausalLM(nnx.Module):
 
 class LlamaForSequenceClassification(nnx.Module):
   """Decoder + linear `score` on the last real token; HF `LlamaForSequenceClassification` (and
-  the Mistral / Qwen2 / Qwen3 classes), so exported weights give the same logits. Reward
+  the Mistral / Qwen2 / Qwen3 / Phi-3 classes), so exported weights give the same logits. Reward
   models are this class with one label. `remat` and `attention` as `LlamaForCausalLM`'s."""
 
   def __init__(self, config: LlamaConfig, num_labels: int, *, dtype=jnp.float32,

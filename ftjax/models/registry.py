@@ -74,7 +74,7 @@ def _llama_family(prefix: str) -> Family:
       classes={'causal_lm': (llama.LlamaForCausalLM,
                              llama_table.causal_lm_table, f'{prefix}ForCausalLM'),
                'classification': (llama.LlamaForSequenceClassification,
-                                  llama_table.SEQUENCE_CLASSIFICATION,
+                                  llama_table.sequence_classification_table,
                                   f'{prefix}ForSequenceClassification')},
       build=_build_decoder(llama.LlamaForCausalLM, llama.LlamaForSequenceClassification))
 
@@ -113,6 +113,7 @@ _FAMILIES: dict[str, Family] = {
     'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification'),
     'llama': _llama_family('Llama'),
     'mistral': _llama_family('Mistral'),
+    'phi3': _llama_family('Phi3'),
     'qwen2': _llama_family('Qwen2'),
     'qwen3': _llama_family('Qwen3'),
 }

@@ -1,7 +1,7 @@
 """Weight tables between HF Llama-family checkpoints and `ftjax.models.llama`.
 
 HF names follow `transformers.LlamaForCausalLM` (also Mistral, Qwen2, Qwen3,
-SmolLM2), and `LlamaForSequenceClassification` for the classifier (its `score` in place of
+SmolLM2, and Phi-3 with its fused `qkv_proj` / `gate_up_proj`), and `LlamaForSequenceClassification` for the classifier (its `score` in place of
 the LM head; a causal-LM checkpoint loads into it with `score` new). With tied embeddings `lm_head.weight` is not a parameter: a
 checkpoint that still stores it (some do) has it ignored, and export omits it,
 as transformers does.
@@ -17,16 +17,17 @@ def linear_rules(name: str) -> list[Rule]:
           Rule(f'{name}.bias', f'{name}.bias')]
 
 
-def _rules(tied: bool) -> list[Rule]:
+def _rules(tied: bool, fused: bool = False) -> list[Rule]:
   layer = 'model.layers.{i}'
   rules = [Rule('model.embed_tokens.weight', 'model.embed_tokens.embedding'),
            Rule('model.norm.weight', 'model.norm.scale')]
-  for proj in ('q_proj', 'k_proj', 'v_proj', 'o_proj'):
+  projections = ('qkv_proj', 'o_proj') if fused else ('q_proj', 'k_proj', 'v_proj', 'o_proj')
+  for proj in projections:
     rules += linear_rules(f'{layer}.self_attn.{proj}')
   for norm in ('q_norm', 'k_norm'):
     rules.append(Rule(f'{layer}.self_attn.{norm}.weight',
                       f'{layer}.self_attn.{norm}.scale'))
-  for proj in ('gate_proj', 'up_proj', 'down_proj'):
+  for proj in ('gate_up_proj', 'down_proj') if fused else ('gate_proj', 'up_proj', 'down_proj'):
     rules += linear_rules(f'{layer}.mlp.{proj}')
   for norm in ('input_layernorm', 'post_attention_layernorm'):
     rules.append(Rule(f'{layer}.{norm}.weight', f'{layer}.{norm}.scale'))
@@ -38,17 +39,35 @@ def _rules(tied: bool) -> list[Rule]:
 # Non-persistent RoPE buffers that old checkpoints saved.
 _BUFFERS = (r'model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq',)
 
-CAUSAL_LM = WeightTable(rules=tuple(_rules(tied=False)), ignore=_BUFFERS)
-CAUSAL_LM_TIED = WeightTable(rules=tuple(_rules(tied=True)),
-                             ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
+
+def _causal_lm(tied: bool, fused: bool) -> WeightTable:
+  if tied:
+    return WeightTable(rules=tuple(_rules(True, fused)), ignore=_BUFFERS + (r'lm_head\.weight',),
+                       optional=(r'score\..*',))
+  return WeightTable(rules=tuple(_rules(False, fused)), ignore=_BUFFERS)
+
+
+def _sequence_classification(fused: bool) -> WeightTable:
+  """The decoder and `score`; a causal LM's `lm_head` is not read."""
+  return WeightTable(
+      rules=tuple(_rules(True, fused)) + (Rule('score.weight', 'score.kernel', 'T'),),
+      ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
+
+
+CAUSAL_LM = _causal_lm(tied=False, fused=False)
+CAUSAL_LM_TIED = _causal_lm(tied=True, fused=False)
+SEQUENCE_CLASSIFICATION = _sequence_classification(fused=False)
+_FUSED = {True: _causal_lm(True, True), False: _causal_lm(False, True)}
+_FUSED_CLASSIFICATION = _sequence_classification(fused=True)
 
 
 def causal_lm_table(config) -> WeightTable:
-  """The table for a `LlamaForCausalLM` with this config."""
+  """The table for a `LlamaForCausalLM` with this config (tied head, Phi-3's fused layout)."""
+  if config.fused_projections:
+    return _FUSED[config.tie_word_embeddings]
   return CAUSAL_LM_TIED if config.tie_word_embeddings else CAUSAL_LM
 
 
-# A sequence classifier: the decoder and `score`; a causal LM's `lm_head` is not read.
-SEQUENCE_CLASSIFICATION = WeightTable(
-    rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),),
-    ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
+def sequence_classification_table(config) -> WeightTable:
+  """The table for a `LlamaForSequenceClassification` with this config."""
+  return _FUSED_CLASSIFICATION if config.fused_projections else SEQUENCE_CLASSIFICATION

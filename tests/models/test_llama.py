@@ -300,14 +300,20 @@ def test_unsupported_model_type_lists_supported(tmp_path):
     registry.build_model(tmp_path, task='causal_lm', rngs=nnx.Rngs(0))
 
 
-@pytest.mark.parametrize('rope', ['yarn', 'dynamic', 'longrope'])
-def test_unsupported_rope_type(tmp_path, rope):
+def test_unsupported_rope_type(tmp_path):
   hf = transformers.LlamaConfig(**TINY).to_dict()
-  hf['rope_parameters'] = {'rope_type': rope, 'factor': 2.0,
-                           'rope_theta': 1e4}
+  hf['rope_parameters'] = {'rope_type': 'proportional', 'factor': 2.0, 'rope_theta': 1e4}
   _write(tmp_path, hf)
-  with pytest.raises(UserError, match=f"unsupported rope_type '{rope}'"):
+  with pytest.raises(UserError, match="unsupported rope_type 'proportional'.*supported: .*yarn"):
     registry.build_model(tmp_path, task='causal_lm', rngs=nnx.Rngs(0))
+
+
+def test_longrope_needs_its_factors(tmp_path):
+  hf = transformers.LlamaConfig(**TINY).to_dict()
+  hf['rope_parameters'] = {'rope_type': 'longrope', 'rope_theta': 1e4,
+                           'original_max_position_embeddings': 16, 'short_factor': [1.0] * 4}
+  with pytest.raises(UserError, match="rope_type 'longrope' in llama config needs 'long_factor'"):
+    llama.LlamaConfig.from_hf(hf)
 
 
 def test_wrong_tensor_shape(checkpoints, tmp_path):
@@ -355,3 +361,70 @@ def test_gradients_through_packed_batch(checkpoints):
   leaves = jax.tree.leaves(grads(params))
   assert all(np.isfinite(np.asarray(g)).all() for g in leaves)
   assert sum(float(jnp.abs(g).sum()) > 0 for g in leaves) == len(leaves)
+
+
+# --- Phi-3: fused projections, LongRoPE, partial rotary, sliding window ------------------------
+
+PHI3 = dict(TINY, hidden_size=64, intermediate_size=48, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=24, pad_token_id=0)
+PHI3_VARIANTS = {
+    # Phi-3-mini-128k-like: LongRoPE (per-frequency factors past the original 8 positions).
+    'longrope': dict(original_max_position_embeddings=8, rope_parameters=dict(
+        rope_type='longrope', rope_theta=1e4, short_factor=[1.0 + i / 16 for i in range(8)],
+        long_factor=[1.0 + i for i in range(8)])),
+    # Phi-4-mini-like partial rotary (12 of 16 dims) with a sliding window of 5.
+    'partial_window': dict(sliding_window=5, rope_parameters=dict(
+        rope_type='default', rope_theta=1e4, partial_rotary_factor=0.75)),
+}
+
+
+@pytest.fixture(scope='module')
+def phi3_checkpoints(tmp_path_factory):
+  out = {}
+  for name, extra in PHI3_VARIANTS.items():
+    config = transformers.Phi3Config(**{**PHI3, **extra})
+    config._attn_implementation = 'eager'  # pylint: disable=protected-access
+    torch.manual_seed(0)
+    model = transformers.Phi3ForCausalLM(config).eval()
+    with torch.no_grad():
+      for pname, p in model.named_parameters():
+        if 'norm' in pname:
+          p.add_(torch.randn_like(p) * 0.1)
+    path = tmp_path_factory.mktemp(f'phi3_{name}')
+    model.save_pretrained(path)
+    out[name] = (path, model)
+  return out
+
+
+@pytest.mark.parametrize('name', list(PHI3_VARIANTS))
+def test_phi3_logits_and_export_match_transformers(phi3_checkpoints, name, tmp_path):
+  path, ref = phi3_checkpoints[name]
+  model, fresh = registry.build_model(path, task='causal_lm', rngs=nnx.Rngs(0))
+  assert fresh == [] and model.config.fused_projections
+  assert model.model.layers[0].self_attn.qkv_proj.kernel.shape == (64, (4 + 2 * 2) * 16)
+  assert model.model.layers[0].mlp.gate_up_proj.kernel.shape == (64, 2 * 48)
+  ids, mask = _batch(seq=14)  # past the original 8 positions: LongRoPE's long factors
+  _assert_real_close(_logits(model, ids, mask), _torch_logits(ref, ids, mask), mask)
+  registry.save_hf(model, tmp_path)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  assert saved['architectures'] == ['Phi3ForCausalLM']
+  config = transformers.AutoConfig.from_pretrained(tmp_path)
+  config._attn_implementation = 'eager'  # pylint: disable=protected-access
+  again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, config=config).eval()
+  _assert_real_close(_logits(model, ids, mask), _torch_logits(again, ids, mask), mask)
+  assert llama.LlamaConfig.from_hf(saved) == model.config
+
+
+def test_phi3_classifier_matches_transformers(phi3_checkpoints, tmp_path):
+  model, fresh = registry.build_model(phi3_checkpoints['partial_window'][0],
+                                      task='classification', num_labels=3, rngs=nnx.Rngs(0))
+  assert fresh == ['score.kernel']
+  registry.save_hf(model, tmp_path)
+  ref = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()
+  assert type(ref).__name__ == 'Phi3ForSequenceClassification'
+  ids, mask = _batch(seq=9)
+  ids, mask = ids[:, ::-1].copy(), mask[:, ::-1].copy()  # right padding with pad id 0
+  with torch.no_grad():
+    want = ref(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).logits
+  np.testing.assert_allclose(np.asarray(nnx.jit(lambda m, i, a: m(i, a))(model, ids, mask)),
+                             want.numpy(), atol=1e-4)

@@ -20,7 +20,8 @@ from ftjax import methods, sharding, train
 from ftjax.config import base_config
 from ftjax.errors import UserError
 from ftjax.methods import base as methods_base
-from ftjax.models import bert, gpt2, layer_stack, llama
+from ftjax.models import bert, gemma, gpt2, layer_stack, llama
+from ftjax.models import rope as rope_lib
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / 'methods'))
 import method_harness  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -55,6 +56,13 @@ def _build(name, remat='none'):
     return _perturbed(gpt2.GPT2LMHeadModel(cfg, rngs=rngs, remat=remat))
   if name == 'llama':
     return _perturbed(llama.LlamaForCausalLM(llama.LlamaConfig(**LLAMA), rngs=rngs, remat=remat))
+  if name == 'gemma3':  # per-layer windows and RoPE (sliding, sliding, global), linear global
+    cfg = gemma.GemmaConfig(
+        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=4, sliding_window=3,
+        layer_types=('sliding_attention', 'sliding_attention', 'full_attention'),
+        rope=rope_lib.RopeConfig('linear', 1e6, factor=2.0), local_rope=rope_lib.RopeConfig())
+    return _perturbed(gemma.GemmaForCausalLM(cfg, rngs=rngs, remat=remat))
   # Qwen3-style q/k norms and per-layer sliding windows (full, sliding, full).
   cfg = llama.LlamaConfig(model_type='qwen3', qk_norm=True, qkv_bias=True,
                           layer_windows=(None, 3, None), **{**LLAMA, 'num_hidden_layers': 3})
@@ -98,7 +106,7 @@ def _unstacked_grads(stacked_model, grads):
   return nnx.state(layer_stack.unstack_layers(model), nnx.Param)
 
 
-@pytest.mark.parametrize('name', ['qwen3_windows', 'gpt2'])
+@pytest.mark.parametrize('name', ['qwen3_windows', 'gpt2', 'gemma3'])
 def test_scanned_forward_and_grads_equal_unscanned(name):
   model = _build(name)
   stacked = layer_stack.stack_layers(model)
