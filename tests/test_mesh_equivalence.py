@@ -9,7 +9,7 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
   tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 and
-  full and LoRA on a tiny Phi-3 there; and full, LoRA and QLoRA under DPO, under
+  full and LoRA on a tiny Phi-3, a tiny RoBERTa and a tiny DistilBERT there; and full, LoRA and QLoRA under DPO, under
   distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
   the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -56,6 +56,9 @@ MODELS = ("bert", "llama")
 # own RoPE) under full fine-tuning, LoRA and prompt tuning.
 GEMMA_METHODS = ("full", "lora", "prompt_tuning")
 PHI3_METHODS = ("full", "lora")  # fused qkv_proj / gate_up_proj, LongRoPE
+# RoBERTa (fairseq positions, the two-layer head) and DistilBERT (its names, two-layer head).
+ENCODER_METHODS = ("full", "lora")
+ENCODERS = ("roberta", "distilbert")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
@@ -90,6 +93,8 @@ def cases() -> list[tuple[str, str, str]]:
   out += [("llama_grpo", method, name) for method in GRPO_METHODS for name in ("one", "mixed")]
   out += [("gemma", method, name) for method in GEMMA_METHODS for name in ("one", "mixed")]
   out += [("phi3", method, name) for method in PHI3_METHODS for name in ("one", "mixed")]
+  out += [(model, method, name) for model in ENCODERS for method in ENCODER_METHODS
+          for name in ("one", "mixed")]
   return out
 
 
@@ -159,7 +164,8 @@ def make_mesh_phi3(path: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
-  from tiny_assets import make_conversations, write_jsonl  # pylint: disable=g-import-not-at-top
+  from tiny_assets import (  # pylint: disable=g-import-not-at-top
+      make_conversations, make_tiny_distilbert, make_tiny_roberta, write_jsonl)
 
   root = tmp_path_factory.mktemp("mesh_equivalence")
   assets = {
@@ -169,6 +175,8 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "teacher": str(make_mesh_llama(root / "teacher", seed=1)),  # the same tokenizer
       "gemma": str(make_mesh_gemma(root / "gemma")),
       "phi3": str(make_mesh_phi3(root / "phi3")),
+      "roberta": str(make_tiny_roberta(root / "roberta")),
+      "distilbert": str(make_tiny_distilbert(root / "distilbert")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -210,8 +218,8 @@ def config_for(model, method, mesh_name, assets):
     c.method[method][key] = value
   c.data.test_split = ""
   c.data.padding = "max_length"  # one shape: one compilation per case
-  if model == "bert":
-    c.model.checkpoint = assets["bert"]
+  if model in ("bert",) + ENCODERS:
+    c.model.checkpoint = assets[model]
     c.data.name = "files"
     c.data.files.train = assets["sentiment"]["train"]
     c.data.files.validation = assets["sentiment"]["validation"]
@@ -421,6 +429,17 @@ def test_gemma_on_a_2x2x2_mesh_matches_1_device(results, method):
       assert key in sharded_along(specs, "fsdp") and key in sharded_along(specs, "tensor"), specs
   if method == "lora":
     assert specs["params/model.layers.0.self_attn.q_proj.lora_b"] == [None, "tensor"], specs
+
+
+@pytest.mark.parametrize("model", ENCODERS)
+@pytest.mark.parametrize("method", ENCODER_METHODS)
+def test_encoders_on_a_2x2x2_mesh_match_1_device(results, model, method):
+  specs = compare(results, model, method, "mixed")["specs"]
+  key = {("roberta", "full"): "params/roberta.encoder.layer.0.attention.self_attn.query.kernel",
+         ("roberta", "lora"): "params/classifier.dense.kernel",
+         ("distilbert", "full"): "params/distilbert.transformer.layer.0.attention.q_lin.kernel",
+         ("distilbert", "lora"): "params/pre_classifier.kernel"}[model, method]
+  assert key in sharded_along(specs, "fsdp") or key in sharded_along(specs, "tensor"), specs
 
 
 @pytest.mark.parametrize("method", PHI3_METHODS)

@@ -56,6 +56,36 @@ def make_tiny_bert(path: pathlib.Path, *, seed: int = 0, layers: int = 2, hidden
   return path
 
 
+def make_tiny_roberta(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random RoBERTa (fairseq positions from pad + 1, one token type) with the tiny
+  BERT's WordPiece tokenizer (its [PAD] is the model's pad_token_id)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = save_wordpiece_tokenizer(path, list(WORDS) + [".", ","])
+  config = transformers.RobertaConfig(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=64, type_vocab_size=1,
+      pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"], eos_token_id=vocab["[SEP]"])
+  torch.manual_seed(seed)
+  transformers.RobertaModel(config).save_pretrained(str(path))
+  return path
+
+
+def make_tiny_distilbert(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random DistilBERT with the tiny BERT's WordPiece tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = save_wordpiece_tokenizer(path, list(WORDS) + [".", ","])
+  config = transformers.DistilBertConfig(
+      vocab_size=len(vocab), dim=32, n_layers=2, n_heads=4, hidden_dim=64,
+      max_position_embeddings=64, pad_token_id=vocab["[PAD]"])
+  torch.manual_seed(seed)
+  transformers.DistilBertModel(config).save_pretrained(str(path))
+  return path
+
+
 def make_sentiment_rows(n: int, seed: int) -> list[dict]:
   """Short synthetic reviews whose label is decided by one sentiment word."""
   import random  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,10 @@
-"""BERT-family encoder (BERT, MiniLM, ...) as Flax NNX modules.
+"""BERT-family encoders (BERT, MiniLM, RoBERTa, XLM-RoBERTa) as Flax NNX modules.
+
+RoBERTa and XLM-RoBERTa are BERT with positions counted from `pad_token_id + 1` over the
+non-padding tokens (fairseq's `make_positions`), usually one token type, no pooler under the
+classifier, and a two-layer classification head on the first token (`classifier.dense`,
+`classifier.out_proj`); their configs are `RobertaConfig` / `XLMRobertaConfig` and their
+modules sit under `roberta.` where BERT's sit under `bert.`.
 
 Submodule paths mirror the Hugging Face names so that weight conversion is a
 table (`ftjax/weights/bert_table.py`) and methods can target modules by regex:
@@ -47,7 +53,7 @@ ACTIVATIONS = {
 
 # Added (in fp32) to attention scores of padded keys; finite so a row whose
 # keys are all padding gets a uniform softmax instead of NaNs.
-_MASK_VALUE = -1e9
+MASK_VALUE = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,8 +113,39 @@ class BertConfig:
     """Returns the HF config.json keys for this architecture."""
     return {'model_type': self.model_type, **dataclasses.asdict(self)}
 
+  @property
+  def fairseq_positions(self) -> bool:
+    """Positions from pad_token_id + 1 over the real tokens (RoBERTa), not 0, 1, 2, ..."""
+    return False
 
-def _linear(cfg, d_in, d_out, axes, dtype, param_dtype, rngs):
+
+@dataclasses.dataclass(frozen=True)
+class RobertaConfig(BertConfig):
+  """HF `RobertaConfig` (same keys as BERT's; its own defaults)."""
+
+  model_type: ClassVar[str] = 'roberta'
+
+  vocab_size: int = 50265
+  max_position_embeddings: int = 514
+  type_vocab_size: int = 1
+  layer_norm_eps: float = 1e-5
+  pad_token_id: int = 1
+
+  @property
+  def fairseq_positions(self) -> bool:
+    return True
+
+
+@dataclasses.dataclass(frozen=True)
+class XLMRobertaConfig(RobertaConfig):
+  """HF `XLMRobertaConfig`: RoBERTa's architecture, XLM-R's vocabulary."""
+
+  model_type: ClassVar[str] = 'xlm-roberta'
+
+  vocab_size: int = 250002
+
+
+def linear(cfg, d_in, d_out, axes, dtype, param_dtype, rngs):
   """An HF-initialised `nnx.Linear` (normal(std=initializer_range), zero bias)."""
   return nnx.Linear(
       d_in, d_out, dtype=dtype, param_dtype=param_dtype,
@@ -118,7 +155,7 @@ def _linear(cfg, d_in, d_out, axes, dtype, param_dtype, rngs):
       rngs=rngs)
 
 
-def _embed(cfg, num, dtype, param_dtype, rngs):
+def embed(cfg, num, dtype, param_dtype, rngs):
   return nnx.Embed(
       num, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
       embedding_init=nnx.initializers.normal(cfg.initializer_range),
@@ -146,9 +183,9 @@ class BertEmbeddings(nnx.Module):
   def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.word_embeddings = _embed(cfg, cfg.vocab_size, **kw)
-    self.position_embeddings = _embed(cfg, cfg.max_position_embeddings, **kw)
-    self.token_type_embeddings = _embed(cfg, cfg.type_vocab_size, **kw)
+    self.word_embeddings = embed(cfg, cfg.vocab_size, **kw)
+    self.position_embeddings = embed(cfg, cfg.max_position_embeddings, **kw)
+    self.token_type_embeddings = embed(cfg, cfg.type_vocab_size, **kw)
     self.LayerNorm = LayerNorm(cfg, **kw)  # pylint: disable=invalid-name
     # Position of the first token; HF's `cache_length`. Prefix tuning sets it to
     # its number of virtual tokens, as HF does when they come as a KV cache.
@@ -162,14 +199,25 @@ class BertEmbeddings(nnx.Module):
       inputs_embeds = self.word_embeddings(input_ids)
     seq_len = inputs_embeds.shape[1]
     offset = self.position_offset
-    if seq_len + offset > self.cfg.max_position_embeddings:
+    first = self.cfg.pad_token_id + 1 if self.cfg.fairseq_positions else 0
+    if first + seq_len + offset > self.cfg.max_position_embeddings:
       raise UserError(
           f'sequence length {seq_len}'
           + (f' (+{offset} virtual tokens)' if offset else '')
           + ' exceeds max_position_embeddings '
-          f'{self.cfg.max_position_embeddings} of the BERT model')
-    x = (inputs_embeds
-         + layers.embed_rows(self.position_embeddings, offset, seq_len)[None]
+          f'{self.cfg.max_position_embeddings} of the {self.cfg.model_type} model'
+          + (f' ({first} positions before the first token)' if first else ''))
+    if self.cfg.fairseq_positions and input_ids is not None:
+      # HF's `create_position_ids_from_input_ids`: real tokens count from pad + 1, padding
+      # sits at pad; a gather (positions differ per row). Given only embeddings (prompt
+      # tuning), HF numbers them in order, as the slice below does.
+      real = (input_ids != self.cfg.pad_token_id).astype(jnp.int32)
+      positions = (jnp.cumsum(real, axis=1) + offset) * real + self.cfg.pad_token_id
+      position_embeddings = self.position_embeddings(positions)
+    else:
+      position_embeddings = layers.embed_rows(self.position_embeddings, first + offset,
+                                              seq_len)[None]
+    x = (inputs_embeds + position_embeddings
          + layers.embed_few(self.token_type_embeddings, token_type_ids))
     x = self.LayerNorm(x)
     return _dropout(self.cfg.hidden_dropout_prob, x, rngs)
@@ -182,9 +230,9 @@ class BertSelfAttention(nnx.Module):
     self.cfg = cfg
     h = cfg.hidden_size
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.query = _linear(cfg, h, h, ('embed', 'heads'), **kw)
-    self.key = _linear(cfg, h, h, ('embed', 'heads'), **kw)
-    self.value = _linear(cfg, h, h, ('embed', 'heads'), **kw)
+    self.query = linear(cfg, h, h, ('embed', 'heads'), **kw)
+    self.key = linear(cfg, h, h, ('embed', 'heads'), **kw)
+    self.value = linear(cfg, h, h, ('embed', 'heads'), **kw)
 
   def __call__(self, x, mask_bias, rngs=None):
     """x: [B*S, H] token rows; mask_bias: [B, 1, 1, S]. Returns [B*S, H]."""
@@ -211,7 +259,7 @@ class BertSelfOutput(nnx.Module):
                rngs: nnx.Rngs):
     self.cfg = cfg
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.dense = _linear(cfg, d_in, cfg.hidden_size, axes, **kw)
+    self.dense = linear(cfg, d_in, cfg.hidden_size, axes, **kw)
     self.LayerNorm = LayerNorm(cfg, **kw)  # pylint: disable=invalid-name
 
   def __call__(self, x, residual, rngs=None):
@@ -234,7 +282,7 @@ class BertIntermediate(nnx.Module):
 
   def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
     self.act = ACTIVATIONS[cfg.hidden_act]
-    self.dense = _linear(cfg, cfg.hidden_size, cfg.intermediate_size,
+    self.dense = linear(cfg, cfg.hidden_size, cfg.intermediate_size,
                          ('embed', 'mlp'), dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
 
@@ -281,7 +329,7 @@ class BertPooler(nnx.Module):
   """tanh(dense(hidden state of the first token)), as in HF."""
 
   def __init__(self, cfg: BertConfig, *, dtype, param_dtype, rngs: nnx.Rngs):
-    self.dense = _linear(cfg, cfg.hidden_size, cfg.hidden_size,
+    self.dense = linear(cfg, cfg.hidden_size, cfg.hidden_size,
                          ('embed', 'embed'), dtype=dtype,
                          param_dtype=param_dtype, rngs=rngs)
 
@@ -289,7 +337,7 @@ class BertPooler(nnx.Module):
     return jnp.tanh(self.dense(first_token))
 
 
-def _check_attention(model_cls: type, impl: str) -> None:
+def check_attention(model_cls: type, impl: str) -> None:
   """BERT's bidirectional attention has one implementation (config `model.attention`)."""
   if impl != 'xla':
     raise UserError(f"config key 'model.attention' = '{impl}': {model_cls.__name__} has no "
@@ -303,7 +351,7 @@ class BertModel(nnx.Module):
   def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
                remat: str = 'none', attention: str = 'xla'):
-    _check_attention(type(self), attention)
+    check_attention(type(self), attention)
     self.config = config
     self.dtype = dtype
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -338,7 +386,7 @@ class BertModel(nnx.Module):
           [extra, jnp.asarray(attention_mask).astype(jnp.int32)], axis=1)
     # [B, 1, 1, S] additive bias over keys, fp32 regardless of compute dtype.
     mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                          _MASK_VALUE).astype(jnp.float32)
+                          MASK_VALUE).astype(jnp.float32)
     # The encoder works on [B*S, H] rows: XLA:CPU's fast matmul kernels take
     # the 2-D weight gradients, the 3-D ones fall back to a ~2x slower path.
     x = self.encoder(x.reshape(b * s, h), mask_bias, rngs).reshape(b, s, h)
@@ -354,12 +402,12 @@ class BertForSequenceClassification(nnx.Module):
   def __init__(self, config: BertConfig, num_labels: int, *,
                dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs,
                remat: str = 'none', attention: str = 'xla'):
-    _check_attention(type(self), attention)
+    check_attention(type(self), attention)
     self.config = config
     self.num_labels = num_labels
     self.bert = BertModel(config, add_pooling_layer=True, dtype=dtype,
                           param_dtype=param_dtype, rngs=rngs, remat=remat)
-    self.classifier = _linear(config, config.hidden_size, num_labels,
+    self.classifier = linear(config, config.hidden_size, num_labels,
                               ('embed', None), dtype=dtype,
                               param_dtype=param_dtype, rngs=rngs)
 
@@ -371,3 +419,45 @@ class BertForSequenceClassification(nnx.Module):
     if rate is None:
       rate = self.config.hidden_dropout_prob
     return self.classifier(_dropout(rate, pooled, rngs))
+
+
+class RobertaClassificationHead(nnx.Module):
+  """HF `RobertaClassificationHead`: dropout, dense, tanh, dropout, `out_proj` on the first
+  token's hidden state (no pooler)."""
+
+  def __init__(self, config: BertConfig, num_labels: int, *, dtype, param_dtype,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.config = config
+    self.dense = linear(config, config.hidden_size, config.hidden_size, ('embed', 'embed'), **kw)
+    self.out_proj = linear(config, config.hidden_size, num_labels, ('embed', None), **kw)
+
+  def __call__(self, first_token, rngs=None):
+    rate = self.config.classifier_dropout
+    if rate is None:
+      rate = self.config.hidden_dropout_prob
+    x = jnp.tanh(self.dense(_dropout(rate, first_token, rngs)))
+    return self.out_proj(_dropout(rate, x, rngs))
+
+
+class RobertaForSequenceClassification(nnx.Module):
+  """RoBERTa (no pooler) + `RobertaClassificationHead`; HF
+  `RobertaForSequenceClassification` / `XLMRobertaForSequenceClassification`. `remat` and
+  `attention` as `BertModel`'s."""
+
+  def __init__(self, config: BertConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):
+    check_attention(type(self), attention)
+    self.config = config
+    self.num_labels = num_labels
+    self.roberta = BertModel(config, add_pooling_layer=False, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs, remat=remat)
+    self.classifier = RobertaClassificationHead(config, num_labels, dtype=dtype,
+                                                param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    """Returns logits [B, num_labels] (in the compute dtype)."""
+    hidden, _ = self.roberta(input_ids, attention_mask, token_type_ids, rngs=rngs)
+    return self.classifier(hidden[:, 0], rngs)

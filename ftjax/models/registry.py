@@ -27,11 +27,13 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import bert
+from ftjax.models import distilbert
 from ftjax.models import gemma
 from ftjax.models import gpt2
 from ftjax.models import llama
 from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
+from ftjax.weights import distilbert_table
 from ftjax.weights import gemma_table
 from ftjax.weights import gpt2_table
 from ftjax.weights import llama_table
@@ -52,11 +54,23 @@ class Family:
   build: Callable[..., nnx.Module]
 
 
-def _build_bert(config, task, num_labels, dtype, param_dtype, rngs, **options):
-  if task == 'classification':
-    return bert.BertForSequenceClassification(
-        config, num_labels, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
-  return bert.BertModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
+def _build_encoder(classifier_cls, base_cls=bert.BertModel):
+  def build(config, task, num_labels, dtype, param_dtype, rngs, **options):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
+    if task == 'classification':
+      return classifier_cls(config, num_labels, **kw)
+    return base_cls(config, **kw)
+  return build
+
+
+def _roberta_family(config_cls, prefix: str) -> Family:
+  return Family(
+      config_cls=config_cls,
+      classes={'base': (bert.BertModel, bert_table.ROBERTA_BASE, f'{prefix}Model'),
+               'classification': (bert.RobertaForSequenceClassification,
+                                  bert_table.ROBERTA_SEQUENCE_CLASSIFICATION,
+                                  f'{prefix}ForSequenceClassification')},
+      build=_build_encoder(bert.RobertaForSequenceClassification))
 
 
 def _build_decoder(causal_lm_cls, classifier_cls):
@@ -98,8 +112,19 @@ _FAMILIES: dict[str, Family] = {
                                bert_table.SEQUENCE_CLASSIFICATION,
                                'BertForSequenceClassification'),
         },
-        build=_build_bert,
+        build=_build_encoder(bert.BertForSequenceClassification),
     ),
+    'distilbert': Family(
+        config_cls=distilbert.DistilBertConfig,
+        classes={'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
+                 'classification': (distilbert.DistilBertForSequenceClassification,
+                                    distilbert_table.SEQUENCE_CLASSIFICATION,
+                                    'DistilBertForSequenceClassification')},
+        build=_build_encoder(distilbert.DistilBertForSequenceClassification,
+                             distilbert.DistilBertModel),
+    ),
+    'roberta': _roberta_family(bert.RobertaConfig, 'Roberta'),
+    'xlm-roberta': _roberta_family(bert.XLMRobertaConfig, 'XLMRoberta'),
     'gpt2': Family(
         config_cls=gpt2.GPT2Config,
         classes={'causal_lm': (gpt2.GPT2LMHeadModel,

@@ -1,6 +1,7 @@
 """Weight tables between HF BERT checkpoints and `ftjax.models.bert`.
 
-HF names follow `transformers.BertModel` / `BertForSequenceClassification`.
+HF names follow `transformers.BertModel` / `BertForSequenceClassification`, and
+`RobertaModel` / `RobertaForSequenceClassification` (also XLM-RoBERTa) under `roberta.`.
 Old TF-converted checkpoints name LayerNorm params `gamma`/`beta`; both are read.
 """
 
@@ -69,4 +70,26 @@ SEQUENCE_CLASSIFICATION = WeightTable(
     ignore=_BUFFERS + (r'cls\..*',),
     optional=(r'bert\.pooler\..*', r'classifier\..*'),
     prefix_aliases=(('', 'bert.'),),
+)
+
+
+_ROBERTA_BUFFERS = (r'(roberta\.)?embeddings\.(position_ids|token_type_ids)',)
+
+# `RobertaModel` (the base with its pooler, `task='base'`); reads classifier checkpoints too.
+ROBERTA_BASE = WeightTable(
+    rules=tuple(_base_rules()),
+    ignore=_ROBERTA_BUFFERS + (r'classifier\..*', r'lm_head\..*'),
+    optional=(r'pooler\..*',),
+    prefix_aliases=(('roberta.', ''),),
+)
+
+# `RobertaForSequenceClassification`: no pooler; the two-layer head is new on a base checkpoint
+# (a masked-LM checkpoint's `lm_head` and a base's pooler are not read).
+ROBERTA_SEQUENCE_CLASSIFICATION = WeightTable(
+    rules=tuple(r for r in _base_rules('roberta.', 'roberta.') if 'pooler' not in r.hf)
+    + tuple(_linear('classifier.dense', 'classifier.dense')
+            + _linear('classifier.out_proj', 'classifier.out_proj')),
+    ignore=_ROBERTA_BUFFERS + (r'lm_head\..*', r'(roberta\.)?pooler\..*'),
+    optional=(r'classifier\..*',),
+    prefix_aliases=(('', 'roberta.'),),
 )

@@ -73,7 +73,7 @@ class ModelNames:
       name, rule = hit
       tensors[prefix + name] = np.asarray(safetensors_io.apply_transform(
           rule.transform, np.asarray(jax.device_get(var[...]))))
-      modules.add(name.rsplit(".", 1)[0])
+      modules.add(_head_module(name.rsplit(".", 1)[0], pattern))
     return tensors, sorted(modules)
 
   def load_tensors(self, model: nnx.Module, tensors: dict[str, np.ndarray], source) -> None:
@@ -92,6 +92,15 @@ class ModelNames:
         raise UserError(f"tensor '{name}' in {source} has shape {tuple(value.shape)}, "
                         f"model expects {tuple(var[...].shape)}")
       var[...] = jnp.asarray(value, var[...].dtype)
+
+
+def _head_module(module: str, pattern: str) -> str:
+  """The outermost module of `module` that `pattern` matches: PEFT wraps a whole head
+  (RoBERTa's `classifier` holds `dense` and `out_proj`), and listing its parts as well makes
+  PEFT wrap them twice."""
+  parts = module.split(".")
+  return next((".".join(parts[:i]) for i in range(1, len(parts) + 1)
+               if re.search(pattern, ".".join(parts[:i]))), module)
 
 
 def as_numpy(x) -> np.ndarray:

@@ -1,0 +1,73 @@
+"""Methods on the newer encoder families: a tiny RoBERTa (`tiny_assets.make_tiny_roberta`:
+fairseq positions, the two-layer head) and a tiny DistilBERT (`make_tiny_distilbert`: its own
+module names, pre_classifier + classifier).
+
+The methods harness on the tiny sentiment files: full fine-tuning, LoRA (merged and exported)
+and BitFit; a LoRA export that `peft` loads onto transformers' classifier with our logits.
+"""
+
+import re
+
+import jax
+import numpy as np
+import peft
+import pytest
+import torch
+import transformers
+from flax import nnx
+
+from ftjax import train
+from ftjax.methods import base
+from method_harness import HIDDEN, LABELS, LAYERS, check_common, check_merge, run_method, tiny_config
+from tiny_assets import make_tiny_distilbert, make_tiny_roberta
+
+# Both heads: a dense H -> H (RoBERTa's classifier.dense, DistilBERT's pre_classifier) and the
+# H -> labels projection, with biases.
+HEAD = HIDDEN * HIDDEN + HIDDEN + HIDDEN * LABELS + LABELS
+MAKERS = {"roberta": make_tiny_roberta, "distilbert": make_tiny_distilbert}
+LORA_OWN = r"\.(query|value|q_lin|v_lin)\.lora_[ab]$"
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  return {name: make(tmp_path_factory.mktemp(f"tiny_{name}")) for name, make in MAKERS.items()}
+
+
+def _biases(run) -> int:
+  state = nnx.state(train.model_from_state(run.exp, run.initial), nnx.Param)
+  return sum(int(np.prod(x.shape)) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]
+             if base.keypath_string(p).endswith(".bias")
+             and not re.search(base.HEAD_PATTERN, base.keypath_string(p)))
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+@pytest.mark.parametrize("name", ["full", "lora", "bitfit"])
+def test_harness_checks(dirs, tiny_sentiment_files, tmp_path, family, name):
+  run = run_method(tiny_config(dirs[family], tiny_sentiment_files, method=name,
+                               **(dict(rank=4, alpha=8.0) if name == "lora" else {})))
+  count, own = {
+      # q and v (query/value, q_lin/v_lin) per layer, rank 4: 4 * (in + out) each.
+      "lora": (LAYERS * 2 * 4 * (HIDDEN + HIDDEN) + HEAD, LORA_OWN),
+      "bitfit": (_biases(run) + HEAD, r"\.bias$"),
+      "full": (run.exp.param_counts["total"], r"."),
+  }[name]
+  check_common(run, expected_trainable=count, own=own, identity_atol=0.0)
+  if name == "lora":
+    check_merge(run, run.exp.method, tmp_path)
+
+
+@pytest.mark.parametrize("family", list(MAKERS))
+def test_lora_export_loads_in_peft(dirs, tiny_sentiment_files, tmp_path, family):
+  run = run_method(tiny_config(dirs[family], tiny_sentiment_files, method="lora", rank=4,
+                               alpha=8.0))
+  model = train.model_from_state(run.exp, run.final)
+  out = run.exp.method.export_peft(model, tmp_path / "peft", base_path=str(dirs[family]))
+  hf = transformers.AutoModelForSequenceClassification.from_pretrained(
+      str(dirs[family]), num_labels=LABELS)
+  peft_model = peft.PeftModel.from_pretrained(hf, str(out)).eval()
+  batch = run.batch
+  with torch.no_grad():
+    got = peft_model(input_ids=torch.tensor(np.asarray(batch["input_ids"])),
+                     attention_mask=torch.tensor(np.asarray(batch["attention_mask"]))).logits
+  want = np.asarray(model(batch["input_ids"], batch["attention_mask"]))
+  np.testing.assert_allclose(got.numpy(), want, atol=1e-4, rtol=0)
