@@ -128,7 +128,7 @@ def make_mesh_gemma(path: pathlib.Path) -> pathlib.Path:
   layers, sliding then global."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
-  from tiny_assets import make_tiny_gemma3  # pylint: disable=g-import-not-at-top
+  from tiny_assets import make_tiny_gemma3, move_norms  # pylint: disable=g-import-not-at-top
 
   make_tiny_gemma3(path)
   config = transformers.Gemma3TextConfig.from_pretrained(str(path))
@@ -138,10 +138,7 @@ def make_mesh_gemma(path: pathlib.Path) -> pathlib.Path:
                      vocab_size=8 * math.ceil(config.vocab_size / 8)))
   torch.manual_seed(0)
   model = transformers.Gemma3ForCausalLM(config)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name:
-        param.add_(torch.randn_like(param) * 0.2)
+  move_norms(model, 0.2)
   model.save_pretrained(str(path))
   return path
 

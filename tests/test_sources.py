@@ -82,7 +82,7 @@ def test_local_path_missing(tmp_path):
 
 
 def test_unknown_scheme():
-  with pytest.raises(UserError, match=r"unknown source scheme 's3:'.*'pypi:', 'sdist:', 'hf:'"):
+  with pytest.raises(UserError, match=r"unknown source scheme 's3:'.*'pypi:', 'sdist:', 'join:', 'hf:'"):
     sources.resolve("s3://bucket/model")
 
 

@@ -127,6 +127,16 @@ def _save_chat_tokenizer(path: pathlib.Path) -> dict[str, int]:
   return vocab
 
 
+def move_norms(model, scale: float) -> None:
+  """Adds N(0, scale) to every norm weight of a torch model, so a norm read as 1 + w, or
+  dropped, shows in the logits (HF initialises them to exactly 0 or 1)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if "norm" in name:
+        param.add_(torch.randn_like(param) * scale)
+
+
 def make_tiny_llama(path: pathlib.Path, *, seed: int = 0, layers: int = 2) -> pathlib.Path:
   """A tiny random Llama (tied embeddings, like SmolLM2) with a ChatML tokenizer."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -157,10 +167,7 @@ def make_tiny_gemma3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
       eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"], pad_token_id=0)
   torch.manual_seed(seed)
   model = transformers.Gemma3ForCausalLM(config)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name:
-        param.add_(torch.randn_like(param) * 0.2)
+  move_norms(model, 0.2)
   model.save_pretrained(str(path))
   return path
 
@@ -181,10 +188,7 @@ def make_tiny_phi3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
       eos_token_id=vocab["<|im_end|>"], bos_token_id=vocab["<|im_start|>"], pad_token_id=0)
   torch.manual_seed(seed)
   model = transformers.Phi3ForCausalLM(config)
-  with torch.no_grad():
-    for name, param in model.named_parameters():
-      if "norm" in name:
-        param.add_(torch.randn_like(param) * 0.2)
+  move_norms(model, 0.2)
   model.save_pretrained(str(path))
   return path
 

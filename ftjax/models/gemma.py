@@ -231,15 +231,6 @@ class GemmaRMSNorm(nnx.Module):
     return (y * (1.0 + self.scale[...].astype(jnp.float32))).astype(self.dtype)
 
 
-def _linear(cfg, d_in, d_out, axes, bias, dtype, param_dtype, rngs):
-  return nnx.Linear(
-      d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
-      kernel_init=nnx.initializers.normal(cfg.initializer_range),
-      kernel_metadata={'out_sharding': axes, 'eager_sharding': False},
-      bias_metadata={'out_sharding': axes[1:], 'eager_sharding': False},
-      rngs=rngs)
-
-
 class GemmaAttention(nnx.Module):
   """GQA self-attention with RoPE; HF `Gemma2Attention` / `Gemma3Attention`."""
 
@@ -251,10 +242,10 @@ class GemmaAttention(nnx.Module):
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     bias = cfg.attention_bias
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.q_proj = _linear(cfg, h, n * d, ('embed', 'heads'), bias, **kw)
-    self.k_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), bias, **kw)
-    self.v_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), bias, **kw)
-    self.o_proj = _linear(cfg, n * d, h, ('heads', 'embed'), bias, **kw)
+    self.q_proj = llama.linear(cfg, h, n * d, ('embed', 'heads'), bias, **kw)
+    self.k_proj = llama.linear(cfg, h, kv * d, ('embed', 'kv_heads'), bias, **kw)
+    self.v_proj = llama.linear(cfg, h, kv * d, ('embed', 'kv_heads'), bias, **kw)
+    self.o_proj = llama.linear(cfg, n * d, h, ('heads', 'embed'), bias, **kw)
     if cfg.qk_norm:
       nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name=None)
       self.q_norm = GemmaRMSNorm(d, cfg.rms_norm_eps, **nkw)
@@ -388,15 +379,12 @@ class GemmaForCausalLM(nnx.Module):
     self.dtype = dtype
     self.model = GemmaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                             remat=remat, attention_impl=attention)
-    self.lm_head = None if config.tie_word_embeddings else _linear(
+    self.lm_head = None if config.tie_word_embeddings else llama.linear(
         config, config.hidden_size, config.vocab_size, ('embed', 'vocab'), False,
         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
-  def init_cache(self, batch_size: int, max_length: int, dtype=None) -> kv_cache_lib.KVCache:
-    """An empty fixed-shape cache (k/v in `dtype`, default compute dtype)."""
-    cfg = self.config
-    return kv_cache_lib.init_cache(cfg.num_hidden_layers, batch_size, max_length,
-                                   cfg.num_key_value_heads, cfg.head_dim, dtype or self.dtype)
+  # The same cache as Llama's (it reads only the layer count, kv heads and head_dim).
+  init_cache = llama.LlamaForCausalLM.init_cache
 
   def __call__(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None,
                cache: kv_cache_lib.KVCache | None = None, rngs: nnx.Rngs | None = None,
@@ -428,7 +416,7 @@ class GemmaForSequenceClassification(nnx.Module):
     self.num_labels = num_labels
     self.model = GemmaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
                             remat=remat, attention_impl=attention)
-    self.score = _linear(config, config.hidden_size, num_labels, ('embed', None), False,
+    self.score = llama.linear(config, config.hidden_size, num_labels, ('embed', None), False,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,

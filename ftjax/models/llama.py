@@ -196,7 +196,8 @@ def _layer_windows(hf, model_type, layers) -> tuple[int | None, ...]:
   return ()
 
 
-def _linear(cfg, d_in, d_out, axes, bias, dtype, param_dtype, rngs):
+def linear(cfg, d_in, d_out, axes, bias, dtype, param_dtype, rngs):
+  """An HF-initialised `nnx.Linear` (normal(initializer_range)) with logical axes `axes`."""
   return nnx.Linear(
       d_in, d_out, use_bias=bias, dtype=dtype, param_dtype=param_dtype,
       kernel_init=nnx.initializers.normal(cfg.initializer_range),
@@ -237,12 +238,12 @@ class LlamaAttention(nnx.Module):
     n, kv = cfg.num_attention_heads, cfg.num_key_value_heads
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     if cfg.fused_projections:
-      self.qkv_proj = _linear(cfg, h, (n + 2 * kv) * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
+      self.qkv_proj = linear(cfg, h, (n + 2 * kv) * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
     else:
-      self.q_proj = _linear(cfg, h, n * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
-      self.k_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
-      self.v_proj = _linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
-    self.o_proj = _linear(cfg, n * d, h, ('heads', 'embed'), cfg.o_bias, **kw)
+      self.q_proj = linear(cfg, h, n * d, ('embed', 'heads'), cfg.qkv_bias, **kw)
+      self.k_proj = linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
+      self.v_proj = linear(cfg, h, kv * d, ('embed', 'kv_heads'), cfg.qkv_bias, **kw)
+    self.o_proj = linear(cfg, n * d, h, ('heads', 'embed'), cfg.o_bias, **kw)
     if cfg.qk_norm:
       nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name=None)
       self.q_norm = RMSNorm(d, cfg.rms_norm_eps, **nkw)
@@ -287,11 +288,11 @@ class LlamaMLP(nnx.Module):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.act = ACTIVATIONS[cfg.hidden_act]
     if getattr(cfg, 'fused_projections', False):
-      self.gate_up_proj = _linear(cfg, h, 2 * m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+      self.gate_up_proj = linear(cfg, h, 2 * m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
     else:
-      self.gate_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
-      self.up_proj = _linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
-    self.down_proj = _linear(cfg, m, h, ('mlp', 'embed'), cfg.mlp_bias, **kw)
+      self.gate_proj = linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+      self.up_proj = linear(cfg, h, m, ('embed', 'mlp'), cfg.mlp_bias, **kw)
+    self.down_proj = linear(cfg, m, h, ('mlp', 'embed'), cfg.mlp_bias, **kw)
 
   def __call__(self, x):
     if hasattr(self, 'gate_up_proj'):
@@ -409,7 +410,7 @@ class LlamaForCausalLM(nnx.Module):
     if config.tie_word_embeddings:
       self.lm_head = None
     else:
-      self.lm_head = _linear(config, config.hidden_size, config.vocab_size,
+      self.lm_head = linear(config, config.hidden_size, config.vocab_size,
                              ('embed', 'vocab'), False, dtype=dtype,
                              param_dtype=param_dtype, rngs=rngs)
 
@@ -466,7 +467,7 @@ class LlamaForSequenceClassification(nnx.Module):
     self.num_labels = num_labels
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
                             rngs=rngs, remat=remat, attention_impl=attention)
-    self.score = _linear(config, config.hidden_size, num_labels, ('embed', None), False,
+    self.score = linear(config, config.hidden_size, num_labels, ('embed', None), False,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
