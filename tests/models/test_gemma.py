@@ -21,6 +21,7 @@ from ftjax.errors import UserError
 from ftjax.models import gemma
 from ftjax.models import registry
 from ftjax.weights import safetensors_io
+import decoder_oracle
 
 VOCAB = 97
 TINY = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=3,
@@ -60,31 +61,12 @@ def _hf_model(name, seed=0):
 
 
 def _batch(seed=0, batch=3, seq=8):
-  """Token ids with left padding in two rows."""
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(3, VOCAB, (batch, seq))
-  mask = np.ones((batch, seq), np.int64)
-  mask[1, :3] = 0
-  mask[2, :6] = 0
-  ids[mask == 0] = 0
-  return ids, mask
+  return decoder_oracle.left_padded_batch(VOCAB, seed, batch, seq, low=3)
 
 
-def _torch_logits(model, ids, mask):
-  pos = np.maximum(np.cumsum(mask, 1) - 1, 0)
-  with torch.no_grad():
-    return model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                 position_ids=torch.from_numpy(pos)).logits.float().numpy()
-
-
-@nnx.jit
-def _logits(model, ids, mask=None):
-  return model(ids, mask)
-
-
-def _assert_real_close(got, want, mask, atol=1e-4):
-  real = mask.astype(bool)
-  np.testing.assert_allclose(np.asarray(got)[real], want[real], atol=atol)
+_torch_logits = decoder_oracle.torch_logits
+_logits = decoder_oracle.jit_logits
+_assert_real_close = decoder_oracle.assert_real_close
 
 
 @pytest.fixture(scope='module')

@@ -98,6 +98,27 @@ def _gguf_name(hf):
   return f'blk.{i}.{_LAYER_TO_GGUF[module]}.{suffix}'
 
 
+def add_byte_level_tokenizer(w: gguf.GGUFWriter) -> None:
+  """The byte-level BPE vocabulary of `_byte_level_vocab` as GGUF tokenizer metadata, with
+  bos 1, eos 2 and pad 0."""
+  tokens, types, merges = _byte_level_vocab()
+  w.add_tokenizer_model('gpt2')
+  w.add_tokenizer_pre('default')
+  w.add_token_list(tokens)
+  w.add_token_types(types)
+  w.add_token_merges(merges)
+  w.add_bos_token_id(1)
+  w.add_eos_token_id(2)
+  w.add_pad_token_id(0)
+
+
+def write_and_close(w: gguf.GGUFWriter) -> None:
+  w.write_header_to_file()
+  w.write_kv_data_to_file()
+  w.write_tensors_to_file()
+  w.close()
+
+
 def write_tiny_gguf(path, *, arch='llama', tied=True, bias=False, quant=GT.Q8_0,
                     override=None, add_bos=False, tiny=TINY, metadata=None):
   """Writes a tiny llama GGUF as llama.cpp's converter would.
@@ -122,14 +143,7 @@ def write_tiny_gguf(path, *, arch='llama', tied=True, bias=False, quant=GT.Q8_0,
   w.add_rope_freq_base(50000.0)
   w.add_rope_dimension_count(tiny['hidden'] // tiny['heads'])
   w.add_vocab_size(len(tokens))
-  w.add_tokenizer_model('gpt2')
-  w.add_tokenizer_pre('default')
-  w.add_token_list(tokens)
-  w.add_token_types(types)
-  w.add_token_merges(merges)
-  w.add_bos_token_id(1)
-  w.add_eos_token_id(2)
-  w.add_pad_token_id(0)
+  add_byte_level_tokenizer(w)
   w.add_add_bos_token(add_bos)
   w.add_chat_template(CHAT_TEMPLATE)
   if metadata:
@@ -148,10 +162,7 @@ def write_tiny_gguf(path, *, arch='llama', tied=True, bias=False, quant=GT.Q8_0,
       w.add_tensor(gname, gguf.quants.quantize(value, quant), raw_dtype=quant)
     else:
       w.add_tensor(gname, value)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  write_and_close(w)
   return hf
 
 

@@ -22,7 +22,7 @@ from ftjax import sources
 from ftjax.models import registry
 from ftjax.weights import gguf as ftgguf
 from ftjax.weights import safetensors_io
-from test_gguf import _byte_level_vocab
+from test_gguf import _byte_level_vocab, add_byte_level_tokenizer, write_and_close
 
 # HF module -> llama.cpp tensor name (convert_hf_to_gguf's Gemma mapping).
 _LAYER_TO_GGUF = {
@@ -70,7 +70,6 @@ def _tiny_hf(arch):
 
 
 def _write_gguf(path, arch, model):
-  tokens, types, merges = _byte_level_vocab()
   cfg = model.config
   w = gguf.GGUFWriter(str(path), arch)
   w.add_block_count(cfg.num_hidden_layers)
@@ -88,21 +87,11 @@ def _write_gguf(path, arch, model):
   if arch == 'gemma2':
     w.add_attn_logit_softcapping(cfg.attn_logit_softcapping)
     w.add_final_logit_softcapping(cfg.final_logit_softcapping)
-  w.add_tokenizer_model('gpt2')
-  w.add_tokenizer_pre('default')
-  w.add_token_list(tokens)
-  w.add_token_types(types)
-  w.add_token_merges(merges)
-  w.add_bos_token_id(1)
-  w.add_eos_token_id(2)
-  w.add_pad_token_id(0)
+  add_byte_level_tokenizer(w)
   hf = {k: v.float().numpy() for k, v in model.state_dict().items() if k != 'lm_head.weight'}
   for name, value in hf.items():
     w.add_tensor(_gguf_name(name), value + 1.0 if 'norm' in name else value)
-  w.write_header_to_file()
-  w.write_kv_data_to_file()
-  w.write_tensors_to_file()
-  w.close()
+  write_and_close(w)
   return hf
 
 
