@@ -26,6 +26,7 @@ are fp32. Params carry the Llama family's logical axes.
 """
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -125,8 +126,7 @@ class GemmaConfig:
     model_type = hf.get('model_type', 'gemma3_text')
     where = f'{model_type} config'
 
-    def get(key, default):  # transformers 5 writes None for unset keys
-      return default if hf.get(key) is None else hf[key]
+    get = functools.partial(llama.hf_get, hf)
 
     if model_type not in MODEL_TYPES:
       raise UserError(f"unsupported model_type '{model_type}' for the Gemma family; "

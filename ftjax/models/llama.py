@@ -22,6 +22,7 @@ logits are fp32. Params carry logical axes from {'vocab', 'embed', 'heads',
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 from flax import nnx
@@ -103,9 +104,7 @@ class LlamaConfig:
     model_type = hf.get('model_type', 'llama')
     where = f'{model_type} config'
 
-    def get(key, default):  # transformers 5 writes None for unset keys
-      return default if hf.get(key) is None else hf[key]
-
+    get = functools.partial(hf_get, hf)
     try:
       heads = hf['num_attention_heads']
       hidden = hf['hidden_size']
@@ -174,6 +173,12 @@ class LlamaConfig:
         hf['max_window_layers'] = next(
             i for i, w in enumerate(self.layer_windows) if w is not None)
     return hf
+
+
+def hf_get(hf: dict[str, Any], key: str, default):
+  """`hf[key]`, or `default` where config.json lacks it or holds None (transformers 5 writes
+  None for unset keys)."""
+  return default if hf.get(key) is None else hf[key]
 
 
 def hashable(value):

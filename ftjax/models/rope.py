@@ -188,6 +188,14 @@ def inverse_frequencies(rope: RopeConfig, head_dim: int) -> np.ndarray:
   return np.asarray(inv_freq, np.float32)
 
 
+@functools.lru_cache(maxsize=64)
+def long_inverse_frequencies(rope: RopeConfig, head_dim: int) -> np.ndarray:
+  """LongRoPE's [head_dim // 2] inverse frequencies of a pass past the original length (the
+  long factors); cached like `inverse_frequencies`."""
+  return (1.0 / (np.float32(rope.theta) ** _base_exponents(head_dim))
+          / np.asarray(rope.long_factor, np.float32)).astype(np.float32)
+
+
 def attention_scaling(rope: RopeConfig) -> float:
   """The factor on cos and sin: yarn's and LongRoPE's attention factor, else 1."""
   if rope.attention_factor is not None:
@@ -220,9 +228,8 @@ def rotary(rope: RopeConfig, head_dim: int, positions: jax.Array):
     return inverse_frequencies(rope, head_dim), scale
   length = jnp.max(positions).astype(jnp.int32) + 1
   if rope.rope_type == 'longrope':
-    long = (1.0 / (np.float32(rope.theta) ** _base_exponents(head_dim))
-            / np.asarray(rope.long_factor, np.float32)).astype(np.float32)
-    return jnp.where(length > rope.original_max_position_embeddings, long,
+    return jnp.where(length > rope.original_max_position_embeddings,
+                     long_inverse_frequencies(rope, head_dim),
                      inverse_frequencies(rope, head_dim)), scale
   # dynamic NTK: base * (factor * L / max - (factor - 1)) ** (d / (d - 2)) for L past max
   max_len = rope.max_position_embeddings
