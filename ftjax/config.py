@@ -80,6 +80,14 @@ def base_config() -> ConfigDict:
   c.objective.preference.label_smoothing = 0.0  # share of pairs assumed flipped (cDPO, robust, SimPO)
   c.objective.preference.simpo_gamma = 0.5  # SimPO's target reward margin
   c.objective.preference.sft_weight = 0.0  # + this x the chosen reply's NLL (RPO; ORPO's is 1)
+  # "embedding" (model.task "base"; data.name "pair_files", "rotten_tomatoes_pairs"): pooled
+  # sentence embeddings trained with in-batch negatives (ftjax/tasks/embedding.py).
+  c.objective.embedding = ConfigDict()
+  c.objective.embedding.pooling = "mean"  # mean, cls or max over the last hidden states
+  c.objective.embedding.normalize = True  # unit-length embeddings (sentence-transformers' Normalize)
+  c.objective.embedding.scale = 20.0  # MNRL's similarity scale (1 / temperature)
+  c.objective.embedding.symmetric = False  # + the positive -> anchors direction, averaged
+  c.objective.embedding.retrieval_k = (1, 5, 10)  # eval recall@k / hit@k; mrr and ndcg at the last
   c.objective.reward = ConfigDict()
   c.objective.reward.center_rewards = 0.0  # + this x (r_chosen + r_rejected)^2 (TRL's coefficient)
   # "distill": match a frozen teacher's distribution (labels or next tokens) on the task's data.

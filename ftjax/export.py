@@ -3,7 +3,9 @@
 
 `--format hf` merges the method into plain weights (`method.merge`) and writes what
 `transformers.AutoModel*.from_pretrained(OUT)` loads: config.json, model.safetensors and the
-base checkpoint's tokenizer files. `--format peft` writes `adapter_config.json` +
+base checkpoint's tokenizer files; a sentence-embedding run (objective `embedding`) adds the
+sentence-transformers files (`weights/sentence_transformers_files.py`), so
+`SentenceTransformer(OUT)` pools and normalises as the run did. `--format peft` writes `adapter_config.json` +
 `adapter_model.safetensors` that `peft.PeftModel.from_pretrained(base_model, OUT)` loads (lora,
 dora, ia3, prompt_tuning, prefix_tuning). `--format gguf` (Llama family) merges as `hf` does and
 writes OUT as one llama.cpp GGUF file with the tokenizer and chat template in its metadata
@@ -32,6 +34,7 @@ from ftjax.models import registry
 from ftjax.paths import is_local
 from ftjax.train.restore import load_workdir_config  # noqa: F401  (export.load_workdir_config, as before)
 from ftjax.weights import gguf_export
+from ftjax.weights import sentence_transformers_files
 
 FORMATS = ("hf", "peft", "gguf")
 # Files of a checkpoint directory that make up its tokenizer.
@@ -104,6 +107,11 @@ def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest",
       id2label = dict(enumerate(labels)) if labels and cfg.model.task == "classification" else None
       registry.save_hf(model, tmp, id2label=id2label)
       _copy_tokenizer(pathlib.Path(exp.model_path), tmp)
+      if getattr(exp.task, "MODEL_TASK", "") == "base":  # a sentence-embedding run
+        opt, hf = exp.task.options, registry.read_hf_config(tmp)
+        sentence_transformers_files.write(
+            tmp, hidden_size=hf.get("hidden_size", hf.get("dim")),  # DistilBERT's is `dim`
+            pooling=opt.pooling, normalize=opt.normalize, max_seq_length=cfg.data.max_length)
     elif fmt == "gguf":
       hf_dir = tmp / "hf"
       hf_dir.mkdir()

@@ -159,3 +159,28 @@ def scalars(metrics: Mapping) -> dict:
   """The plain-number entries of a metrics dict (what metrics.jsonl and TensorBoard take)."""
   return {k: v for k, v in metrics.items()
           if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def pearson(x, y) -> float:
+  """Pearson's correlation of two 1-D arrays (NaN when either is constant)."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  x, y = x - x.mean(), y - y.mean()
+  denominator = np.sqrt((x * x).sum() * (y * y).sum())
+  return float((x * y).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def average_ranks(x) -> np.ndarray:
+  """1-based ranks of a 1-D array, ties given their mean rank (scipy's `rankdata`)."""
+  x = np.asarray(x)
+  order = np.argsort(x, kind="stable")
+  sorted_x = x[order]
+  starts = np.flatnonzero(np.r_[True, sorted_x[1:] != sorted_x[:-1]])
+  ends = np.r_[starts[1:], len(x)]
+  ranks = np.empty(len(x), np.float64)
+  ranks[order] = np.repeat((starts + ends + 1) / 2, ends - starts)  # mean of start+1 .. end
+  return ranks
+
+
+def spearman(x, y) -> float:
+  """Spearman's rank correlation: Pearson's of the average ranks."""
+  return pearson(average_ranks(x), average_ranks(y))

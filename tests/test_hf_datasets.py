@@ -9,6 +9,7 @@ import pytest
 
 from ftjax import train
 from ftjax.data import builders, chat, hf_datasets, preference
+from ftjax.data import pairs as pairs_lib
 from ftjax.errors import UserError
 from test_train import tiny_config
 from tiny_assets import make_conversations, make_preference_rows, make_tiny_llama
@@ -69,6 +70,16 @@ def test_parquet_chat_and_json_preference_rows_feed_the_chat_and_pair_pipelines(
   data = preference.load_preference_data(cfg, tokenizer, seed=0)
   got = sorted(p["prompt"][-1]["content"] for p in data.pairs("train"))  # messages, user last
   assert got == sorted(p["prompt"] for p in pairs)
+
+  # Text pairs (anchor / positive columns) feed the embedding objective's pair data.
+  datasets.Dataset.from_list([{"query": p["prompt"], "positive": p["chosen"], "group": i % 3}
+                              for i, p in enumerate(pairs)]).to_json(str(tmp_path / "text.jsonl"))
+  cfg.hf_columns = ml_collections.ConfigDict({"query": "anchor"})
+  cfg.files = ml_collections.ConfigDict({"train": str(tmp_path / "text.jsonl")})
+  data = pairs_lib.load_pair_data(cfg, tokenizer, seed=0)
+  assert sorted((r["anchor"], r["positive"]) for r in data.rows("train")) == sorted(
+      (p["prompt"], p["chosen"]) for p in pairs)
+  assert sorted(set(r["group"] for r in data.rows("train"))) == ["0", "1", "2"]
 
 
 def test_bad_columns_and_sources_are_one_line_errors(tmp_path):

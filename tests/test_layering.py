@@ -22,7 +22,7 @@ LAYERS = (
                       "ftjax.metric_writers", "ftjax.progress", "ftjax.preemption",
                       "ftjax.workdir_lock", "ftjax.optim", "ftjax.sharding", "ftjax.config",
                       "ftjax.eval_slices", "ftjax.wandb_run")),
-    ("tasks", ("ftjax.tasks", "ftjax.metrics", "ftjax.generate")),
+    ("tasks", ("ftjax.tasks", "ftjax.metrics", "ftjax.retrieval", "ftjax.generate")),
     ("methods", ("ftjax.methods",)),
     ("weights", ("ftjax.weights", "ftjax.models.registry")),
     ("models and data", ("ftjax.models", "ftjax.data")),

@@ -62,6 +62,9 @@ ENCODERS = ("roberta", "distilbert")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
+# Sentence embeddings on the bare tiny BERT: in-batch negatives span the global batch, with the
+# same-group masking, however the batch is sharded.
+EMBEDDING_METHODS = ("full",)
 METHODS = method_registry.names()  # a new method is covered without touching this file
 # Small options keep every case cheap; everything else is the method's default.
 OPTIONS = {"adapters": dict(bottleneck=8), "prompt_tuning": dict(num_virtual_tokens=4),
@@ -94,6 +97,8 @@ def cases() -> list[tuple[str, str, str]]:
   out += [("gemma", method, name) for method in GEMMA_METHODS for name in ("one", "mixed")]
   out += [("phi3", method, name) for method in PHI3_METHODS for name in ("one", "mixed")]
   out += [(model, method, name) for model in ENCODERS for method in ENCODER_METHODS
+          for name in ("one", "mixed")]
+  out += [("bert_embedding", method, name) for method in EMBEDDING_METHODS
           for name in ("one", "mixed")]
   return out
 
@@ -162,7 +167,8 @@ def make_mesh_phi3(path: pathlib.Path) -> pathlib.Path:
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
   from tiny_assets import (  # pylint: disable=g-import-not-at-top
-      make_conversations, make_tiny_distilbert, make_tiny_roberta, write_jsonl)
+      make_conversations, make_sentiment_rows, make_tiny_distilbert, make_tiny_roberta,
+      write_jsonl)
 
   root = tmp_path_factory.mktemp("mesh_equivalence")
   assets = {
@@ -181,6 +187,12 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
             "rejected": "i am not sure"} for c in make_conversations(24, 2)]
   assets["pairs"] = {"train": str(write_jsonl(root / "pairs_train.jsonl", pairs)),
                      "validation": str(write_jsonl(root / "pairs_dev.jsonl", pairs[:4]))}
+  texts = [r["text"] for r in make_sentiment_rows(48, 3)]
+  text_pairs = [{"anchor": a, "positive": b, "group": str(i % 5)}
+                for i, (a, b) in enumerate(zip(texts[0::2], texts[1::2]))]
+  assets["text_pairs"] = {"train": str(write_jsonl(root / "text_pairs_train.jsonl", text_pairs)),
+                          "validation": str(write_jsonl(root / "text_pairs_dev.jsonl",
+                                                        text_pairs[:4]))}
   prompts = [{"prompt": p["prompt"]} for p in pairs]
   assets["prompts"] = {"train": str(write_jsonl(root / "prompts_train.jsonl", prompts)),
                        "validation": str(write_jsonl(root / "prompts_dev.jsonl", prompts[:4]))}
@@ -215,13 +227,18 @@ def config_for(model, method, mesh_name, assets):
     c.method[method][key] = value
   c.data.test_split = ""
   c.data.padding = "max_length"  # one shape: one compilation per case
-  if model in ("bert",) + ENCODERS:
-    c.model.checkpoint = assets[model]
+  if model in ("bert", "bert_embedding") + ENCODERS:
+    c.model.checkpoint = assets[model.removesuffix("_embedding")]
     c.data.name = "files"
     c.data.files.train = assets["sentiment"]["train"]
     c.data.files.validation = assets["sentiment"]["validation"]
     c.data.max_length = 16
     c.data.bucket_boundaries = (16,)
+    if model == "bert_embedding":
+      c.model.task, c.data.name = "base", "pair_files"
+      c.data.files.train = assets["text_pairs"]["train"]
+      c.data.files.validation = assets["text_pairs"]["validation"]
+      c.eval.metric, c.eval.mode = "loss", "min"
   else:
     c.model.checkpoint = assets[model if model in ("gemma", "phi3") else "llama"]
     c.model.task = "causal_lm"
@@ -437,6 +454,13 @@ def test_encoders_on_a_2x2x2_mesh_match_1_device(results, model, method):
          ("distilbert", "full"): "params/distilbert.transformer.layer.0.attention.q_lin.kernel",
          ("distilbert", "lora"): "params/pre_classifier.kernel"}[model, method]
   assert key in sharded_along(specs, "fsdp") or key in sharded_along(specs, "tensor"), specs
+
+
+@pytest.mark.parametrize("method", EMBEDDING_METHODS)
+def test_sentence_embeddings_on_a_2x2x2_mesh_match_1_device(results, method):
+  got = compare(results, "bert_embedding", method, "mixed")
+  key = "params/encoder.layer.0.attention.self_attn.query.kernel"  # the bare encoder's params
+  assert key in sharded_along(got["specs"], "fsdp") + sharded_along(got["specs"], "tensor"), got
 
 
 @pytest.mark.parametrize("method", PHI3_METHODS)

@@ -13,15 +13,18 @@ from ftjax.data import chatterbot
 from ftjax.data import classification_files
 from ftjax.data import hf_datasets
 from ftjax.data import hhh
+from ftjax.data import pair_files
 from ftjax.data import paths
 from ftjax.data import preference_files
 from ftjax.data import prompt_files
 from ftjax.data import rotten_tomatoes
+from ftjax.data import rotten_tomatoes_pairs
 from ftjax.data import text_files
 from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
-         "prompt_files", "arithmetic", "text_files", "hf_datasets")
+         "prompt_files", "arithmetic", "text_files", "hf_datasets", "pair_files",
+         "rotten_tomatoes_pairs")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -55,6 +58,10 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return arithmetic.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "text_files":
     return text_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "pair_files":
+    return pair_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "rotten_tomatoes_pairs":
+    return rotten_tomatoes_pairs.RottenTomatoesPairs(data_dir=data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

@@ -7,10 +7,10 @@
     `data.files` as its `data_files` (split -> file), or a Hub dataset id (needs the network;
     `data.hf_config` names its configuration).
 `data.hf_columns` renames columns (`{"sentence": "text"}`) before use. `data.hf_format`
-(`classification`, `chat`, `preference`, `prompts`; `""` = from the columns) picks the ftjax
-builder the rows feed: `files`, `chat_files`, `preference_files` or `prompt_files`, with their
-usual fields (`data.text_field`/`label_field`, `data.messages_field`, `prompt`/`chosen`/
-`rejected`, `prompt`/`answer`). A `ClassLabel` column gives `data.label_names` unless set.
+(`classification`, `chat`, `preference`, `prompts`, `pairs`; `""` = from the columns) picks the
+ftjax builder the rows feed: `files`, `chat_files`, `preference_files`, `prompt_files` or
+`pair_files`, with their usual fields (`data.text_field`/`label_field`, `data.messages_field`,
+`prompt`/`chosen`/`rejected`, `prompt`/`answer`, `anchor`/`positive`[/`group`/`score`]). A `ClassLabel` column gives `data.label_names` unless set.
 
 Each split is exported once with the library's own writer (`Dataset.to_json`, JSON lines) to a
 folder named by the datasets' fingerprints and the options; the ftjax builder then prepares it
@@ -27,7 +27,7 @@ import ml_collections
 from ftjax.errors import UserError
 
 FORMATS = {"classification": "files", "chat": "chat_files", "preference": "preference_files",
-           "prompts": "prompt_files"}
+           "prompts": "prompt_files", "pairs": "pair_files"}
 
 
 def _load(data_cfg):
@@ -63,9 +63,12 @@ def _load(data_cfg):
 
 
 def infer_format(columns, data_cfg) -> str:
-  """The ftjax format of rows with these columns: preference, chat, classification, prompts."""
+  """The ftjax format of rows with these columns: preference, pairs, chat, classification,
+  prompts."""
   if {"chosen", "rejected"} <= set(columns):
     return "preference"
+  if {"anchor", "positive"} <= set(columns):
+    return "pairs"
   if data_cfg.get("messages_field", "messages") in columns:
     return "chat"
   if data_cfg.get("label_field", "label") in columns:
@@ -85,6 +88,8 @@ def _required(kind: str, data_cfg) -> list[str]:
     return [data_cfg.get("messages_field", "messages")]
   if kind == "preference":
     return ["chosen", "rejected"]
+  if kind == "pairs":
+    return ["anchor", "positive"]
   return ["prompt"]
 
 

