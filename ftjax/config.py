@@ -138,6 +138,8 @@ def base_config() -> ConfigDict:
   c.data.text_field = "text"
   c.data.text_pair_field = ""
   c.data.label_field = "label"
+  c.data.tokens_field = "tokens"  # token classification (data.name "token_files"): the words
+  c.data.tags_field = "tags"  # and their IOB2 tags, in JSONL rows
   c.data.label_names = ()
   c.data.train_split = "train"
   c.data.eval_split = "validation"

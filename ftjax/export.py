@@ -104,7 +104,8 @@ def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest",
   try:
     if fmt == "hf":
       labels = getattr(exp.dataset, "label_names", None)
-      id2label = dict(enumerate(labels)) if labels and cfg.model.task == "classification" else None
+      id2label = dict(enumerate(labels)) if labels and cfg.model.task in (
+          "classification", "token_classification") else None
       registry.save_hf(model, tmp, id2label=id2label)
       _copy_tokenizer(pathlib.Path(exp.model_path), tmp)
       if getattr(exp.task, "MODEL_TASK", "") == "base":  # a sentence-embedding run

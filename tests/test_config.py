@@ -110,6 +110,15 @@ def test_repo_configs_load():
   assert config_lib.load_config("configs/quickstart.py:linear_probe").method.name == "linear_probe"
 
 
+@pytest.mark.parametrize("name", sorted(p.name for p in (
+    __import__("pathlib").Path(__file__).parents[1] / "configs").glob("*.py")))
+def test_every_repo_config_loads_and_validates(name):
+  from ftjax import train  # pylint: disable=g-import-not-at-top,unused-import  (registers reward_model)
+  # Keys a config documents as given on the command line.
+  required = {"grpo_sentiment.py": ["objective.grpo.reward_model=runs/quickstart"]}
+  config_lib.validate(config_lib.load_config(f"configs/{name}", required.get(name, [])))
+
+
 def test_removed_num_workers_is_refused_with_the_reason(tmp_path):
   with pytest.raises(UserError, match=r"config key 'data.num_workers' in the command line was removed "
                                       r"\(the text pipelines tokenize in-process"):

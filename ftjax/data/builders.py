@@ -20,11 +20,12 @@ from ftjax.data import prompt_files
 from ftjax.data import rotten_tomatoes
 from ftjax.data import rotten_tomatoes_pairs
 from ftjax.data import text_files
+from ftjax.data import token_files
 from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
          "prompt_files", "arithmetic", "text_files", "hf_datasets", "pair_files",
-         "rotten_tomatoes_pairs")
+         "rotten_tomatoes_pairs", "token_files")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -62,6 +63,8 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return pair_files.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "rotten_tomatoes_pairs":
     return rotten_tomatoes_pairs.RottenTomatoesPairs(data_dir=data_dir)
+  if data_cfg.name == "token_files":
+    return token_files.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

@@ -461,3 +461,37 @@ class RobertaForSequenceClassification(nnx.Module):
     """Returns logits [B, num_labels] (in the compute dtype)."""
     hidden, _ = self.roberta(input_ids, attention_mask, token_type_ids, rngs=rngs)
     return self.classifier(hidden[:, 0], rngs)
+
+
+class BertForTokenClassification(nnx.Module):
+  """BERT (no pooler) + dropout + linear `classifier` on every token; HF
+  `BertForTokenClassification` (`RobertaForTokenClassification` / XLM-R's with the base under
+  `roberta`). `remat` and `attention` as `BertModel`'s."""
+
+  BASE = 'bert'  # the attribute (and HF name prefix) of the encoder
+
+  def __init__(self, config: BertConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):
+    check_attention(type(self), attention)
+    self.config = config
+    self.num_labels = num_labels
+    setattr(self, self.BASE, BertModel(config, add_pooling_layer=False, dtype=dtype,
+                                       param_dtype=param_dtype, rngs=rngs, remat=remat))
+    self.classifier = linear(config, config.hidden_size, num_labels, ('embed', None),
+                             dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    """Returns per-token logits [B, S, num_labels] (in the compute dtype)."""
+    hidden, _ = getattr(self, self.BASE)(input_ids, attention_mask, token_type_ids, rngs=rngs)
+    rate = self.config.classifier_dropout
+    if rate is None:
+      rate = self.config.hidden_dropout_prob
+    return self.classifier(_dropout(rate, hidden, rngs))
+
+
+class RobertaForTokenClassification(BertForTokenClassification):
+  """HF `RobertaForTokenClassification` / `XLMRobertaForTokenClassification`."""
+
+  BASE = 'roberta'

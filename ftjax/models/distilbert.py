@@ -226,3 +226,23 @@ class DistilBertForSequenceClassification(nnx.Module):
     hidden, _ = self.distilbert(input_ids, attention_mask, rngs=rngs)
     x = jax.nn.relu(self.pre_classifier(hidden[:, 0]))
     return self.classifier(attention.dropout(self.config.seq_classif_dropout, x, rngs))
+
+
+class DistilBertForTokenClassification(nnx.Module):
+  """DistilBERT + dropout + linear `classifier` on every token; HF
+  `DistilBertForTokenClassification`."""
+
+  def __init__(self, config: DistilBertConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.num_labels = num_labels
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.distilbert = DistilBertModel(config, **kw, remat=remat, attention=attention)
+    self.classifier = _linear(config, config.dim, num_labels, ('embed', None), **kw)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    """Per-token logits [B, S, num_labels] (compute dtype)."""
+    hidden, _ = self.distilbert(input_ids, attention_mask, rngs=rngs)
+    return self.classifier(attention.dropout(self.config.dropout, hidden, rngs))

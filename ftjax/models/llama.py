@@ -74,6 +74,9 @@ class LlamaConfig:
   fused_projections: bool = False
   residual_dropout: float = 0.0
   embedding_dropout: float = 0.0
+  # The token classifier's dropout: transformers' `classifier_dropout`, else `hidden_dropout`,
+  # else 0.1 (`GenericForTokenClassification`).
+  classifier_dropout: float = 0.1
   initializer_range: float = 0.02
   bos_token_id: Any = None
   eos_token_id: Any = None
@@ -137,6 +140,7 @@ class LlamaConfig:
       bias = bool(get('attention_bias', False))
       kw.update(qkv_bias=bias, o_bias=bias)
     kw['mlp_bias'] = bool(get('mlp_bias', False))
+    kw['classifier_dropout'] = float(get('classifier_dropout', get('hidden_dropout', 0.1)))
     kw['qk_norm'] = model_type == 'qwen3'
     kw['layer_windows'] = _layer_windows(hf, model_type, layers)
     return cls(**kw)
@@ -155,6 +159,8 @@ class LlamaConfig:
     if self.model_type in ('llama', 'qwen3', 'mistral'):
       hf['attention_bias'] = self.qkv_bias
     hf['mlp_bias'] = self.mlp_bias
+    if self.classifier_dropout != 0.1:
+      hf['classifier_dropout'] = self.classifier_dropout
     windows = [w for w in self.layer_windows if w is not None]
     if self.model_type == 'phi3':
       hf.update(resid_pdrop=self.residual_dropout, embd_pdrop=self.embedding_dropout,
@@ -487,3 +493,30 @@ class LlamaForSequenceClassification(nnx.Module):
     return self.score(layers.last_token(x, input_ids, attention_mask,
                                          self.config.pad_token_id))
 
+
+
+class LlamaForTokenClassification(nnx.Module):
+  """Decoder + dropout + linear `score` (with a bias) on every position; HF
+  `LlamaForTokenClassification` (and Mistral's, Qwen2's, Qwen3's, Phi-3's:
+  `GenericForTokenClassification`). `remat` and `attention` as `LlamaForCausalLM`'s."""
+
+  def __init__(self, config: LlamaConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.dtype = dtype
+    self.num_labels = num_labels
+    self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
+                            rngs=rngs, remat=remat, attention_impl=attention)
+    self.score = linear(config, config.hidden_size, num_labels, ('embed', None), True,
+                        dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               positions=None, segment_ids=None, rngs: nnx.Rngs | None = None):
+    """Per-position logits [B, T, num_labels] (compute dtype); `token_type_ids` is ignored."""
+    del token_type_ids
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, _ = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, None)
+    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    return self.score(attention.dropout(self.config.classifier_dropout, x, rngs))

@@ -6,8 +6,9 @@ architecture name it exports as. Adding Llama or GPT-2 is one entry.
 
 Tasks: 'base' (the bare encoder), 'classification' (sequence classification
 head, like `AutoModelForSequenceClassification`: BERT's pooler + classifier, a
-decoder's `score` on its last real token) and 'causal_lm' (decoder with an LM
-head, like `AutoModelForCausalLM`). A family lists the tasks it has.
+decoder's `score` on its last real token), 'token_classification' (a label per token, like
+`AutoModelForTokenClassification`) and 'causal_lm' (decoder with an LM head, like
+`AutoModelForCausalLM`). A family lists the tasks it has; asking one for another names them.
 
 `model_spec` reads a checkpoint's `config.json` into a `ModelSpec` (how to build the
 model, its weight table) before any weight is read; training builds the model sharded from it
@@ -40,7 +41,8 @@ from ftjax.weights import llama_table
 from ftjax.weights import safetensors_io
 
 CONFIG_FILE = 'config.json'
-TASKS = ('base', 'classification', 'causal_lm')
+TASKS = ('base', 'classification', 'causal_lm', 'token_classification')
+LABELLED_TASKS = ('classification', 'token_classification')  # built with `num_labels`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,86 +56,72 @@ class Family:
   build: Callable[..., nnx.Module]
 
 
-def _build_encoder(classifier_cls, base_cls=bert.BertModel):
+def _builder(**classes):
+  """A family's `build`: the class of each task (`classification=...`); the labelled tasks'
+  classes take `num_labels` after the config."""
   def build(config, task, num_labels, dtype, param_dtype, rngs, **options):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
-    if task == 'classification':
-      return classifier_cls(config, num_labels, **kw)
-    return base_cls(config, **kw)
+    if task in LABELLED_TASKS:
+      return classes[task](config, num_labels, **kw)
+    return classes[task](config, **kw)
   return build
+
+
+def _family_of_classes(config_cls, classes: dict[str, tuple[type, Any, str]]) -> Family:
+  return Family(config_cls=config_cls, classes=classes,
+                build=_builder(**{task: entry[0] for task, entry in classes.items()}))
 
 
 def _roberta_family(config_cls, prefix: str) -> Family:
-  return Family(
-      config_cls=config_cls,
-      classes={'base': (bert.BertModel, bert_table.ROBERTA_BASE, f'{prefix}Model'),
-               'classification': (bert.RobertaForSequenceClassification,
-                                  bert_table.ROBERTA_SEQUENCE_CLASSIFICATION,
-                                  f'{prefix}ForSequenceClassification')},
-      build=_build_encoder(bert.RobertaForSequenceClassification))
-
-
-def _build_decoder(causal_lm_cls, classifier_cls):
-  def build(config, task, num_labels, dtype, param_dtype, rngs, **options):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs, **options)
-    if task == 'classification':
-      return classifier_cls(config, num_labels, **kw)
-    return causal_lm_cls(config, **kw)
-  return build
+  return _family_of_classes(config_cls, {
+      'base': (bert.BertModel, bert_table.ROBERTA_BASE, f'{prefix}Model'),
+      'classification': (bert.RobertaForSequenceClassification,
+                         bert_table.ROBERTA_SEQUENCE_CLASSIFICATION,
+                         f'{prefix}ForSequenceClassification'),
+      'token_classification': (bert.RobertaForTokenClassification,
+                               bert_table.ROBERTA_TOKEN_CLASSIFICATION,
+                               f'{prefix}ForTokenClassification')})
 
 
 def _llama_family(prefix: str) -> Family:
-  return Family(
-      config_cls=llama.LlamaConfig,
-      classes={'causal_lm': (llama.LlamaForCausalLM,
-                             llama_table.causal_lm_table, f'{prefix}ForCausalLM'),
-               'classification': (llama.LlamaForSequenceClassification,
-                                  llama_table.sequence_classification_table,
-                                  f'{prefix}ForSequenceClassification')},
-      build=_build_decoder(llama.LlamaForCausalLM, llama.LlamaForSequenceClassification))
+  return _family_of_classes(llama.LlamaConfig, {
+      'causal_lm': (llama.LlamaForCausalLM, llama_table.causal_lm_table, f'{prefix}ForCausalLM'),
+      'classification': (llama.LlamaForSequenceClassification,
+                         llama_table.sequence_classification_table,
+                         f'{prefix}ForSequenceClassification'),
+      'token_classification': (llama.LlamaForTokenClassification,
+                               llama_table.token_classification_table,
+                               f'{prefix}ForTokenClassification')})
 
 
 def _gemma_family(prefix: str, classifier: str) -> Family:
-  return Family(
-      config_cls=gemma.GemmaConfig,
-      classes={'causal_lm': (gemma.GemmaForCausalLM,
-                             gemma_table.causal_lm_table, f'{prefix}ForCausalLM'),
-               'classification': (gemma.GemmaForSequenceClassification,
-                                  gemma_table.SEQUENCE_CLASSIFICATION, classifier)},
-      build=_build_decoder(gemma.GemmaForCausalLM, gemma.GemmaForSequenceClassification))
+  return _family_of_classes(gemma.GemmaConfig, {
+      'causal_lm': (gemma.GemmaForCausalLM, gemma_table.causal_lm_table, f'{prefix}ForCausalLM'),
+      'classification': (gemma.GemmaForSequenceClassification,
+                         gemma_table.SEQUENCE_CLASSIFICATION, classifier)})
 
 
 _FAMILIES: dict[str, Family] = {
-    'bert': Family(
-        config_cls=bert.BertConfig,
-        classes={
-            'base': (bert.BertModel, bert_table.BASE, 'BertModel'),
-            'classification': (bert.BertForSequenceClassification,
-                               bert_table.SEQUENCE_CLASSIFICATION,
-                               'BertForSequenceClassification'),
-        },
-        build=_build_encoder(bert.BertForSequenceClassification),
-    ),
-    'distilbert': Family(
-        config_cls=distilbert.DistilBertConfig,
-        classes={'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
-                 'classification': (distilbert.DistilBertForSequenceClassification,
-                                    distilbert_table.SEQUENCE_CLASSIFICATION,
-                                    'DistilBertForSequenceClassification')},
-        build=_build_encoder(distilbert.DistilBertForSequenceClassification,
-                             distilbert.DistilBertModel),
-    ),
+    'bert': _family_of_classes(bert.BertConfig, {
+        'base': (bert.BertModel, bert_table.BASE, 'BertModel'),
+        'classification': (bert.BertForSequenceClassification,
+                           bert_table.SEQUENCE_CLASSIFICATION, 'BertForSequenceClassification'),
+        'token_classification': (bert.BertForTokenClassification,
+                                 bert_table.TOKEN_CLASSIFICATION, 'BertForTokenClassification')}),
+    'distilbert': _family_of_classes(distilbert.DistilBertConfig, {
+        'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
+        'classification': (distilbert.DistilBertForSequenceClassification,
+                           distilbert_table.SEQUENCE_CLASSIFICATION,
+                           'DistilBertForSequenceClassification'),
+        'token_classification': (distilbert.DistilBertForTokenClassification,
+                                 distilbert_table.TOKEN_CLASSIFICATION,
+                                 'DistilBertForTokenClassification')}),
     'roberta': _roberta_family(bert.RobertaConfig, 'Roberta'),
     'xlm-roberta': _roberta_family(bert.XLMRobertaConfig, 'XLMRoberta'),
-    'gpt2': Family(
-        config_cls=gpt2.GPT2Config,
-        classes={'causal_lm': (gpt2.GPT2LMHeadModel,
-                               gpt2_table.lm_head_table, 'GPT2LMHeadModel'),
-                 'classification': (gpt2.GPT2ForSequenceClassification,
-                                    gpt2_table.SEQUENCE_CLASSIFICATION,
-                                    'GPT2ForSequenceClassification')},
-        build=_build_decoder(gpt2.GPT2LMHeadModel, gpt2.GPT2ForSequenceClassification),
-    ),
+    'gpt2': _family_of_classes(gpt2.GPT2Config, {
+        'causal_lm': (gpt2.GPT2LMHeadModel, gpt2_table.lm_head_table, 'GPT2LMHeadModel'),
+        'classification': (gpt2.GPT2ForSequenceClassification,
+                           gpt2_table.SEQUENCE_CLASSIFICATION, 'GPT2ForSequenceClassification')}),
     'gemma2': _gemma_family('Gemma2', 'Gemma2ForSequenceClassification'),
     'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification'),
     'llama': _llama_family('Llama'),
@@ -257,7 +245,7 @@ def _spec(hf: dict[str, Any], *, task, num_labels, dtype, param_dtype, remat, at
   family = _family(model_type, config_source)
   _family_task(family, model_type, task)
   config = family.config_cls.from_hf(hf)
-  if task == 'classification' and num_labels is None:
+  if task in LABELLED_TASKS and num_labels is None:
     num_labels = _config_num_labels(hf) or 2
   _, table, _ = family.classes[task]
 
@@ -403,7 +391,7 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
   hf['architectures'] = [architecture]
   tensors = safetensors_io.export_params(model, _table(table, model.config))
   hf['dtype'] = str(next(iter(tensors.values())).dtype)
-  if model_task == 'classification':
+  if model_task in LABELLED_TASKS:
     n = model.num_labels
     id2label = id2label or {i: f'LABEL_{i}' for i in range(n)}
     if len(id2label) != n:

@@ -110,6 +110,9 @@ def warnings_of(report: dict) -> list[str]:
     if share > TRUNCATION_WARNING:
       out.append(f"{split}: {share:.1%} of rows are longer than data.max_length="
                  f"{report['max_length']} tokens and get truncated")
+    if s.get("truncated_words"):
+      out.append(f"{split}: {s['truncated_words']} of {s['words']} words are cut off by "
+                 f"data.max_length={report['max_length']} (their entities count as missed)")
     counts = [c for c in s.get("labels", {}).values()]
     if counts and min(counts) == 0:
       empty = [k for k, c in s["labels"].items() if c == 0]
@@ -232,10 +235,34 @@ def pair_section(dataset, tokenizer, cfg) -> dict:
           "skipped_pairs": dict(getattr(dataset, "skipped", {}) or {})}
 
 
+def token_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `TokenData`: sentences, words, token lengths before truncation, the words
+  `data.max_length` cuts off (their entities count as missed), gold entities per type and tag
+  counts, duplicate sentences, and leakage of whole sentences between splits."""
+  from ftjax.data import iob2  # pylint: disable=g-import-not-at-top
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, keys_by_split = {}, {}
+  for split in order:
+    rows = dataset.rows(split)
+    keys = [" ".join(r["tokens"]) for r in rows]
+    stats = split_stats(keys, None, (), token_lengths(tokenizer, keys), cfg.data.max_length)
+    dataset.token_lengths(split)  # tokenises the split, counting the words cut off
+    entities = collections.Counter(e[0] for r in rows for e in iob2.entities(r["tags"]))
+    stats.update(words=sum(len(r["tokens"]) for r in rows),
+                 truncated_words=int(dataset.truncated_words.get(split, 0)),
+                 entities=dict(sorted(entities.items())),
+                 tags=dict(sorted(collections.Counter(t for r in rows for t in r["tags"]).items())))
+    splits[split] = stats
+    keys_by_split[split] = keys
+  return {"splits": splits, "leakage": leakage(keys_by_split, order),
+          "label_names": list(dataset.label_names)}
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
-            "grpo": prompt_section, "embedding": pair_section}
+            "grpo": prompt_section, "embedding": pair_section,
+            "token_classification": token_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -308,6 +335,15 @@ def markdown(report: dict, heading: str = "##") -> str:
       g = s["pairs_per_group"]
       sizes = f"{g['min']} / {_fmt(g['median'])} / {g['max']}" if g else "-"
       lines.append(f"| {k} | {s['groups']} | {sizes} | {s['graded_pairs']} |")
+  if any("entities" in s for s in splits.values()):
+    kinds = sorted({k for s in splits.values() for k in s["entities"]})
+    lines += ["", "Tagged sentences (gold entities per type; words cut off by data.max_length "
+              "count as predicted O):", "",
+              "| split | words | words cut off | " + " | ".join(kinds) + " |",
+              "|---|---:|---:|" + "---:|" * len(kinds)]
+    for k, s in splits.items():
+      lines.append(f"| {k} | {s['words']} | {s['truncated_words']} | "
+                   + " | ".join(str(s["entities"].get(kind, 0)) for kind in kinds) + " |")
   if any("windows" in s for s in splits.values()):
     lines += ["", "Plain text: documents longer than data.max_length are cut into overlapping "
               "windows (every token learnt once), not truncated:", "",

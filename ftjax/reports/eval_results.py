@@ -73,7 +73,8 @@ def _number(value) -> str:
 
 def format_table(result: dict) -> str:
   """A short plain-text summary: headline metrics, per class, per slice."""
-  keys = ("accuracy", "macro_f1", "loss", "ece", "num_examples", "reward_accuracy", "spearman",
+  keys = ("accuracy", "macro_f1", "entity_f1", "entity_precision", "entity_recall",
+          "token_accuracy", "loss", "ece", "num_examples", "reward_accuracy", "spearman",
           "num_pairs")
   retrieval = [k for k in result if re.match(r"^(recall|hit|mrr|ndcg)@\d+$", k)]
   lines = [f"{result['split']} @ {result['checkpoint']} (step {result['step']}): "
@@ -86,6 +87,13 @@ def format_table(result: dict) -> str:
     for i, label in enumerate(labels):
       lines.append(f"  {label:<{width}}  {per_class['precision'][i]:9.4f}  {per_class['recall'][i]:6.4f}"
                    f"  {per_class['f1'][i]:6.4f}  {per_class['support'][i]:7d}")
+  per_type = result.get("per_type")  # token classification: entities per type
+  if per_type:
+    width = max(len("entity"), *(len(k) for k in per_type))
+    lines.append(f"  {'entity':<{width}}  precision  recall      f1  support")
+    for kind, m in per_type.items():
+      lines.append(f"  {kind:<{width}}  {m['precision']:9.4f}  {m['recall']:6.4f}"
+                   f"  {m['f1']:6.4f}  {m['support']:7d}")
   slices = result.get("slices")
   if isinstance(slices, dict) and slices:
     width = max(len("slice"), *(len(n) for n in slices))

@@ -24,7 +24,7 @@ from ftjax.paths import as_path, is_local
 REPORT_FILE = "report.md"
 # Metrics shown in tables and plotted, in this order, when a run has them.
 TABLE_METRICS = ("accuracy", "macro_f1", "loss", "ece", "perplexity", "token_accuracy",
-                 "reward_accuracy", "spearman")
+                 "reward_accuracy", "spearman", "entity_f1", "macro_entity_f1")
 _RETRIEVAL_METRIC = re.compile(r"^(recall|mrr|ndcg)@(\d+)$")  # the embedding objective's
 _NOT_PLOTTED = ("step", "split", "num_examples", "lr", "grad_norm", "examples_per_sec",
                 "tokens_per_sec", "loss", "num_tokens", "num_pairs", "num_queries",

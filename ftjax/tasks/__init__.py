@@ -1,9 +1,11 @@
 """Objectives: what a model is trained to minimise, chosen by `config.objective.name`.
 
 `model.task` names the model's *head* (`classification`: a sequence classifier; `causal_lm`: a
-language model); the objective names the *loss and data* on that head. `objective.name = ""`
-(the default) is the head's own objective: `classification` (cross-entropy on labels) or `sft`
-(next-token loss on assistant tokens). Others train the same heads on other data (`preference`:
+language model; `token_classification`: a label per token; `base`: the bare encoder); the
+objective names the *loss and data* on that head. `objective.name = ""` (the default) is the
+head's own objective: `classification` (cross-entropy on labels), `sft` (next-token loss on
+assistant tokens), `token_classification` (cross-entropy on each word's first token, entity F1)
+or `embedding`. Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
 classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
 samples, scored by reward functions; `embedding`: a bare encoder, `model.task = "base"`, pooled
@@ -48,7 +50,8 @@ import importlib
 
 from ftjax.errors import UserError
 
-MODEL_TASKS = ("classification", "causal_lm", "base")  # the heads `model.task` may name
+# the heads `model.task` may name
+MODEL_TASKS = ("classification", "causal_lm", "base", "token_classification")
 
 _OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
@@ -58,9 +61,11 @@ _OBJECTIVES = {
     "distill": "ftjax.tasks.distill",
     "grpo": "ftjax.tasks.grpo",
     "embedding": "ftjax.tasks.embedding",
+    "token_classification": "ftjax.tasks.token_classification",
 }
 # model.task -> objective
-_DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding"}
+_DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding",
+            "token_classification": "token_classification"}
 
 
 def names() -> list[str]:

@@ -93,3 +93,19 @@ ROBERTA_SEQUENCE_CLASSIFICATION = WeightTable(
     optional=(r'classifier\..*',),
     prefix_aliases=(('', 'roberta.'),),
 )
+
+
+def _token_classification(prefix: str, ignore: tuple[str, ...]) -> WeightTable:
+  """`{Bert,Roberta}ForTokenClassification`: the encoder under `prefix` without its pooler, and
+  `classifier`, new on a base checkpoint (whose pooler is not read)."""
+  return WeightTable(
+      rules=tuple(r for r in _base_rules(prefix, prefix) if 'pooler' not in r.hf)
+      + tuple(_linear('classifier', 'classifier')),
+      ignore=ignore + (rf'({prefix[:-1]}\.)?pooler\..*',),
+      optional=(r'classifier\..*',),
+      prefix_aliases=(('', prefix),))
+
+
+TOKEN_CLASSIFICATION = _token_classification('bert.', _BUFFERS + (r'cls\..*',))
+ROBERTA_TOKEN_CLASSIFICATION = _token_classification('roberta.',
+                                                     _ROBERTA_BUFFERS + (r'lm_head\..*',))

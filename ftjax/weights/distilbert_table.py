@@ -40,3 +40,9 @@ SEQUENCE_CLASSIFICATION = WeightTable(
     rules=tuple(_base_rules('distilbert.') + _linear('pre_classifier') + _linear('classifier')),
     ignore=_IGNORED, optional=(r'(pre_)?classifier\..*',),
     prefix_aliases=(('', 'distilbert.'),))
+
+# `DistilBertForTokenClassification`: `classifier` on every token, new on a base checkpoint.
+TOKEN_CLASSIFICATION = WeightTable(
+    rules=tuple(_base_rules('distilbert.') + _linear('classifier')),
+    ignore=_IGNORED + (r'pre_classifier\..*',), optional=(r'classifier\..*',),
+    prefix_aliases=(('', 'distilbert.'),))

@@ -54,11 +54,19 @@ def _sequence_classification(fused: bool) -> WeightTable:
       ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
 
 
+def _token_classification(fused: bool) -> WeightTable:
+  """The decoder and a `score` with a bias on every position (`GenericForTokenClassification`)."""
+  return WeightTable(
+      rules=tuple(_rules(True, fused)) + tuple(linear_rules('score')),
+      ignore=_BUFFERS + (r'lm_head\.weight',), optional=(r'score\..*',))
+
+
 CAUSAL_LM = _causal_lm(tied=False, fused=False)
 CAUSAL_LM_TIED = _causal_lm(tied=True, fused=False)
 SEQUENCE_CLASSIFICATION = _sequence_classification(fused=False)
 _FUSED = {True: _causal_lm(True, True), False: _causal_lm(False, True)}
 _FUSED_CLASSIFICATION = _sequence_classification(fused=True)
+_TOKEN_CLASSIFICATION = {fused: _token_classification(fused) for fused in (False, True)}
 
 
 def causal_lm_table(config) -> WeightTable:
@@ -71,3 +79,8 @@ def causal_lm_table(config) -> WeightTable:
 def sequence_classification_table(config) -> WeightTable:
   """The table for a `LlamaForSequenceClassification` with this config."""
   return _FUSED_CLASSIFICATION if config.fused_projections else SEQUENCE_CLASSIFICATION
+
+
+def token_classification_table(config) -> WeightTable:
+  """The table for a `LlamaForTokenClassification` with this config."""
+  return _TOKEN_CLASSIFICATION[config.fused_projections]
