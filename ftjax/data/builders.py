@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 from ftjax.data import arithmetic
 from ftjax.data import chat_files
 from ftjax.data import chatterbot
+from ftjax.data import choice_files
 from ftjax.data import classification_files
 from ftjax.data import hf_datasets
 from ftjax.data import hhh
@@ -25,7 +26,7 @@ from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
          "prompt_files", "arithmetic", "text_files", "hf_datasets", "pair_files",
-         "rotten_tomatoes_pairs", "token_files")
+         "rotten_tomatoes_pairs", "token_files", "choice_files")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -65,6 +66,8 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return rotten_tomatoes_pairs.RottenTomatoesPairs(data_dir=data_dir)
   if data_cfg.name == "token_files":
     return token_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "choice_files":
+    return choice_files.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

@@ -495,3 +495,45 @@ class RobertaForTokenClassification(BertForTokenClassification):
   """HF `RobertaForTokenClassification` / `XLMRobertaForTokenClassification`."""
 
   BASE = 'roberta'
+
+
+def _flatten_choices(*arrays):
+  """[B, C, T] arrays (None kept) as [B * C, T], for one encoder pass over every choice."""
+  return tuple(None if x is None else jnp.asarray(x).reshape(-1, x.shape[-1]) for x in arrays)
+
+
+class BertForMultipleChoice(BertForSequenceClassification):
+  """HF `BertForMultipleChoice`: BERT + pooler + dropout + a one-output `classifier` scoring each
+  (prompt, choice) row of [B, C, T] inputs; logits [B, C]."""
+
+  def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, remat: str = 'none', attention: str = 'xla'):
+    super().__init__(config, 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat=remat,
+                     attention=attention)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    b, c = input_ids.shape[:2]
+    return super().__call__(*_flatten_choices(input_ids, attention_mask, token_type_ids),
+                            rngs=rngs).reshape(b, c)
+
+
+class RobertaForMultipleChoice(nnx.Module):
+  """HF `RobertaForMultipleChoice` / XLM-R's: RoBERTa *with* its pooler + dropout + a one-output
+  `classifier` per (prompt, choice) row; logits [B, C]."""
+
+  def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, remat: str = 'none', attention: str = 'xla'):
+    check_attention(type(self), attention)
+    self.config = config
+    self.roberta = BertModel(config, add_pooling_layer=True, dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs, remat=remat)
+    self.classifier = linear(config, config.hidden_size, 1, ('embed', None), dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    b, c = input_ids.shape[:2]
+    _, pooled = self.roberta(*_flatten_choices(input_ids, attention_mask, token_type_ids),
+                             rngs=rngs)
+    return self.classifier(_dropout(self.config.hidden_dropout_prob, pooled, rngs)).reshape(b, c)

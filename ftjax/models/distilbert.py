@@ -246,3 +246,20 @@ class DistilBertForTokenClassification(nnx.Module):
     """Per-token logits [B, S, num_labels] (compute dtype)."""
     hidden, _ = self.distilbert(input_ids, attention_mask, rngs=rngs)
     return self.classifier(attention.dropout(self.config.dropout, hidden, rngs))
+
+
+class DistilBertForMultipleChoice(DistilBertForSequenceClassification):
+  """HF `DistilBertForMultipleChoice`: the sequence classifier's head with one output, scoring
+  each (prompt, choice) row of [B, C, T] inputs; logits [B, C]."""
+
+  def __init__(self, config: DistilBertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, remat: str = 'none', attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    super().__init__(config, 1, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat=remat,
+                     attention=attention)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    b, c, t = input_ids.shape
+    mask = None if attention_mask is None else jnp.asarray(attention_mask).reshape(b * c, t)
+    return super().__call__(jnp.asarray(input_ids).reshape(b * c, t), mask,
+                            rngs=rngs).reshape(b, c)

@@ -7,7 +7,8 @@ architecture name it exports as. Adding Llama or GPT-2 is one entry.
 Tasks: 'base' (the bare encoder), 'classification' (sequence classification
 head, like `AutoModelForSequenceClassification`: BERT's pooler + classifier, a
 decoder's `score` on its last real token), 'token_classification' (a label per token, like
-`AutoModelForTokenClassification`) and 'causal_lm' (decoder with an LM head, like
+`AutoModelForTokenClassification`), 'multiple_choice' (a score per (prompt, choice) row, like
+`AutoModelForMultipleChoice`) and 'causal_lm' (decoder with an LM head, like
 `AutoModelForCausalLM`). A family lists the tasks it has; asking one for another names them.
 
 `model_spec` reads a checkpoint's `config.json` into a `ModelSpec` (how to build the
@@ -41,7 +42,7 @@ from ftjax.weights import llama_table
 from ftjax.weights import safetensors_io
 
 CONFIG_FILE = 'config.json'
-TASKS = ('base', 'classification', 'causal_lm', 'token_classification')
+TASKS = ('base', 'classification', 'causal_lm', 'token_classification', 'multiple_choice')
 LABELLED_TASKS = ('classification', 'token_classification')  # built with `num_labels`
 
 
@@ -80,7 +81,9 @@ def _roberta_family(config_cls, prefix: str) -> Family:
                          f'{prefix}ForSequenceClassification'),
       'token_classification': (bert.RobertaForTokenClassification,
                                bert_table.ROBERTA_TOKEN_CLASSIFICATION,
-                               f'{prefix}ForTokenClassification')})
+                               f'{prefix}ForTokenClassification'),
+      'multiple_choice': (bert.RobertaForMultipleChoice, bert_table.ROBERTA_MULTIPLE_CHOICE,
+                          f'{prefix}ForMultipleChoice')})
 
 
 def _llama_family(prefix: str) -> Family:
@@ -107,7 +110,9 @@ _FAMILIES: dict[str, Family] = {
         'classification': (bert.BertForSequenceClassification,
                            bert_table.SEQUENCE_CLASSIFICATION, 'BertForSequenceClassification'),
         'token_classification': (bert.BertForTokenClassification,
-                                 bert_table.TOKEN_CLASSIFICATION, 'BertForTokenClassification')}),
+                                 bert_table.TOKEN_CLASSIFICATION, 'BertForTokenClassification'),
+        'multiple_choice': (bert.BertForMultipleChoice, bert_table.MULTIPLE_CHOICE,
+                            'BertForMultipleChoice')}),
     'distilbert': _family_of_classes(distilbert.DistilBertConfig, {
         'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
         'classification': (distilbert.DistilBertForSequenceClassification,
@@ -115,7 +120,9 @@ _FAMILIES: dict[str, Family] = {
                            'DistilBertForSequenceClassification'),
         'token_classification': (distilbert.DistilBertForTokenClassification,
                                  distilbert_table.TOKEN_CLASSIFICATION,
-                                 'DistilBertForTokenClassification')}),
+                                 'DistilBertForTokenClassification'),
+        'multiple_choice': (distilbert.DistilBertForMultipleChoice,
+                            distilbert_table.MULTIPLE_CHOICE, 'DistilBertForMultipleChoice')}),
     'roberta': _roberta_family(bert.RobertaConfig, 'Roberta'),
     'xlm-roberta': _roberta_family(bert.XLMRobertaConfig, 'XLMRoberta'),
     'gpt2': _family_of_classes(gpt2.GPT2Config, {

@@ -258,11 +258,35 @@ def token_section(dataset, tokenizer, cfg) -> dict:
           "label_names": list(dataset.label_names)}
 
 
+def choice_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `ChoiceData`: questions, choices per question, how often the right answer
+  sits at each position (a position bias a model can learn instead of the task), token lengths
+  of the longest (question, choice) row before truncation, duplicates and leakage of questions."""
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, keys_by_split = {}, {}
+  for split in order:
+    rows = dataset.rows(split)
+    keys = [f"{r['question']} || {' | '.join(r['choices'])}" for r in rows]
+    flat = token_lengths(tokenizer, [r["question"] for r in rows for _ in r["choices"]],
+                         [c for r in rows for c in r["choices"]])
+    ends = np.cumsum([len(r["choices"]) for r in rows])
+    lengths = np.array([flat[e - len(r["choices"]):e].max() for e, r in zip(ends, rows)],
+                       np.int64)
+    stats = split_stats(keys, None, (), lengths, cfg.data.max_length)
+    counts = [len(r["choices"]) for r in rows]
+    stats["choices_per_question"] = {"min": min(counts), "max": max(counts)}
+    stats["right_answer_position"] = dict(sorted(collections.Counter(
+        str(r["label"]) for r in rows).items()))
+    splits[split] = stats
+    keys_by_split[split] = keys
+  return {"splits": splits, "leakage": leakage(keys_by_split, order)}
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
             "grpo": prompt_section, "embedding": pair_section,
-            "token_classification": token_section}
+            "token_classification": token_section, "multiple_choice": choice_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -344,6 +368,14 @@ def markdown(report: dict, heading: str = "##") -> str:
     for k, s in splits.items():
       lines.append(f"| {k} | {s['words']} | {s['truncated_words']} | "
                    + " | ".join(str(s["entities"].get(kind, 0)) for kind in kinds) + " |")
+  if any("right_answer_position" in s for s in splits.values()):
+    lines += ["", "Multiple choice (where the right answer sits):", "",
+              "| split | choices per question | right answer at position (count) |",
+              "|---|---:|---|"]
+    for k, s in splits.items():
+      c = s["choices_per_question"]
+      lines.append(f"| {k} | {c['min']}-{c['max']} | " + ", ".join(
+          f"{pos}: {n}" for pos, n in s["right_answer_position"].items()) + " |")
   if any("windows" in s for s in splits.values()):
     lines += ["", "Plain text: documents longer than data.max_length are cut into overlapping "
               "windows (every token learnt once), not truncated:", "",

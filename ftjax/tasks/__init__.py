@@ -1,11 +1,12 @@
 """Objectives: what a model is trained to minimise, chosen by `config.objective.name`.
 
 `model.task` names the model's *head* (`classification`: a sequence classifier; `causal_lm`: a
-language model; `token_classification`: a label per token; `base`: the bare encoder); the
+language model; `token_classification`: a label per token; `multiple_choice`: a score per
+(question, choice); `base`: the bare encoder); the
 objective names the *loss and data* on that head. `objective.name = ""` (the default) is the
 head's own objective: `classification` (cross-entropy on labels), `sft` (next-token loss on
-assistant tokens), `token_classification` (cross-entropy on each word's first token, entity F1)
-or `embedding`. Others train the same heads on other data (`preference`:
+assistant tokens), `token_classification` (cross-entropy on each word's first token, entity F1),
+`multiple_choice` (cross-entropy over the choices) or `embedding`. Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
 classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
 samples, scored by reward functions; `embedding`: a bare encoder, `model.task = "base"`, pooled
@@ -51,7 +52,7 @@ import importlib
 from ftjax.errors import UserError
 
 # the heads `model.task` may name
-MODEL_TASKS = ("classification", "causal_lm", "base", "token_classification")
+MODEL_TASKS = ("classification", "causal_lm", "base", "token_classification", "multiple_choice")
 
 _OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
@@ -62,10 +63,11 @@ _OBJECTIVES = {
     "grpo": "ftjax.tasks.grpo",
     "embedding": "ftjax.tasks.embedding",
     "token_classification": "ftjax.tasks.token_classification",
+    "multiple_choice": "ftjax.tasks.multiple_choice",
 }
 # model.task -> objective
 _DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding",
-            "token_classification": "token_classification"}
+            "token_classification": "token_classification", "multiple_choice": "multiple_choice"}
 
 
 def names() -> list[str]:

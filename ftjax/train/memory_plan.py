@@ -71,10 +71,13 @@ def _largest_batch(exp) -> dict:
   length = cfg.data.max_length
   spec = sharding.batch_sharding(exp.mesh)
   global_rows = len(next(iter(batch.values()))) * jax.process_count()
-  # Rows lead, the sequence is last ([B, T]; a preference batch's [B, 2, T]).
-  return {k: jax.ShapeDtypeStruct((global_rows,) + v.shape[1:-1] + ((length,) if v.ndim >= 2
-                                                                    else ()),
-                                  v.dtype, sharding=spec)
+  # Rows lead, the sequence is last ([B, T]; a preference batch's [B, 2, T]) in the arrays shaped
+  # like `input_ids`; others keep their own trailing axes (a multiple-choice batch's [B, C] mask).
+  ids = batch["input_ids"]
+  is_sequence = lambda v: v.ndim == ids.ndim >= 2 and v.shape[-1] == ids.shape[-1]
+  return {k: jax.ShapeDtypeStruct((global_rows,) + v.shape[1:-1] + (
+      (length,) if is_sequence(v) else v.shape[-1:] if v.ndim >= 2 else ()), v.dtype,
+                                  sharding=spec)
           for k, v in batch.items()}
 
 

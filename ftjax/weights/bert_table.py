@@ -109,3 +109,13 @@ def _token_classification(prefix: str, ignore: tuple[str, ...]) -> WeightTable:
 TOKEN_CLASSIFICATION = _token_classification('bert.', _BUFFERS + (r'cls\..*',))
 ROBERTA_TOKEN_CLASSIFICATION = _token_classification('roberta.',
                                                      _ROBERTA_BUFFERS + (r'lm_head\..*',))
+
+# `BertForMultipleChoice`: the sequence classifier's names (one output).
+MULTIPLE_CHOICE = SEQUENCE_CLASSIFICATION
+
+# `RobertaForMultipleChoice`: RoBERTa with its pooler, and a one-output `classifier`.
+ROBERTA_MULTIPLE_CHOICE = WeightTable(
+    rules=tuple(_base_rules('roberta.', 'roberta.') + _linear('classifier', 'classifier')),
+    ignore=_ROBERTA_BUFFERS + (r'lm_head\..*',),
+    optional=(r'roberta\.pooler\..*', r'classifier\..*'),
+    prefix_aliases=(('', 'roberta.'),))

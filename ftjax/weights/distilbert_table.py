@@ -46,3 +46,6 @@ TOKEN_CLASSIFICATION = WeightTable(
     rules=tuple(_base_rules('distilbert.') + _linear('classifier')),
     ignore=_IGNORED + (r'pre_classifier\..*',), optional=(r'classifier\..*',),
     prefix_aliases=(('', 'distilbert.'),))
+
+# `DistilBertForMultipleChoice`: the sequence classifier's names (one output).
+MULTIPLE_CHOICE = SEQUENCE_CLASSIFICATION
