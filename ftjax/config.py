@@ -88,6 +88,11 @@ def base_config() -> ConfigDict:
   c.objective.embedding.scale = 20.0  # MNRL's similarity scale (1 / temperature)
   c.objective.embedding.symmetric = False  # + the positive -> anchors direction, averaged
   c.objective.embedding.retrieval_k = (1, 5, 10)  # eval recall@k / hit@k; mrr and ndcg at the last
+  # "question_answering" (model.task "question_answering"; data.name "qa_files"): the best span's
+  # search at evaluation (ftjax/tasks/question_answering.py).
+  c.objective.question_answering = ConfigDict()
+  c.objective.question_answering.max_answer_length = 30  # tokens
+  c.objective.question_answering.n_best = 20  # start and end candidates per window
   c.objective.reward = ConfigDict()
   c.objective.reward.center_rewards = 0.0  # + this x (r_chosen + r_rejected)^2 (TRL's coefficient)
   # "distill": match a frozen teacher's distribution (labels or next tokens) on the task's data.
@@ -140,6 +145,7 @@ def base_config() -> ConfigDict:
   c.data.label_field = "label"
   c.data.tokens_field = "tokens"  # token classification (data.name "token_files"): the words
   c.data.tags_field = "tags"  # and their IOB2 tags, in JSONL rows
+  c.data.doc_stride = 128  # question answering: context tokens shared by consecutive windows
   c.data.label_names = ()
   c.data.train_split = "train"
   c.data.eval_split = "validation"

@@ -25,7 +25,7 @@ import jax
 from flax import nnx
 
 # Heads that a task adds on top of the base model; methods that train "the head" match these.
-HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score)(\.|$)"  # DistilBERT's head has two
+HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score|qa_outputs)(\.|$)"  # DistilBERT's head has two
 
 
 def path_string(path: tuple[Any, ...]) -> str:

@@ -537,3 +537,32 @@ class RobertaForMultipleChoice(nnx.Module):
     _, pooled = self.roberta(*_flatten_choices(input_ids, attention_mask, token_type_ids),
                              rngs=rngs)
     return self.classifier(_dropout(self.config.hidden_dropout_prob, pooled, rngs)).reshape(b, c)
+
+
+class BertForQuestionAnswering(nnx.Module):
+  """HF `BertForQuestionAnswering` (`RobertaForQuestionAnswering` / XLM-R's with the base under
+  `roberta`): the encoder without its pooler and a two-output `qa_outputs` on every token;
+  returns (start logits, end logits), each [B, S]."""
+
+  BASE = 'bert'
+
+  def __init__(self, config: BertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, remat: str = 'none', attention: str = 'xla'):
+    check_attention(type(self), attention)
+    self.config = config
+    setattr(self, self.BASE, BertModel(config, add_pooling_layer=False, dtype=dtype,
+                                       param_dtype=param_dtype, rngs=rngs, remat=remat))
+    self.qa_outputs = linear(config, config.hidden_size, 2, ('embed', None), dtype=dtype,
+                             param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    hidden, _ = getattr(self, self.BASE)(input_ids, attention_mask, token_type_ids, rngs=rngs)
+    logits = self.qa_outputs(hidden)
+    return logits[..., 0], logits[..., 1]
+
+
+class RobertaForQuestionAnswering(BertForQuestionAnswering):
+  """HF `RobertaForQuestionAnswering` / `XLMRobertaForQuestionAnswering`."""
+
+  BASE = 'roberta'

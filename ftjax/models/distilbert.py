@@ -263,3 +263,21 @@ class DistilBertForMultipleChoice(DistilBertForSequenceClassification):
     mask = None if attention_mask is None else jnp.asarray(attention_mask).reshape(b * c, t)
     return super().__call__(jnp.asarray(input_ids).reshape(b * c, t), mask,
                             rngs=rngs).reshape(b, c)
+
+
+class DistilBertForQuestionAnswering(nnx.Module):
+  """HF `DistilBertForQuestionAnswering`: DistilBERT + dropout (`qa_dropout`) + a two-output
+  `qa_outputs` on every token; returns (start logits, end logits), each [B, S]."""
+
+  def __init__(self, config: DistilBertConfig, *, dtype=jnp.float32, param_dtype=jnp.float32,
+               rngs: nnx.Rngs, remat: str = 'none', attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.distilbert = DistilBertModel(config, **kw, remat=remat, attention=attention)
+    self.qa_outputs = _linear(config, config.dim, 2, ('embed', None), **kw)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               rngs: nnx.Rngs | None = None):
+    hidden, _ = self.distilbert(input_ids, attention_mask, rngs=rngs)
+    logits = self.qa_outputs(attention.dropout(self.config.qa_dropout, hidden, rngs))
+    return logits[..., 0], logits[..., 1]

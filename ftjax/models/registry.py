@@ -8,7 +8,8 @@ Tasks: 'base' (the bare encoder), 'classification' (sequence classification
 head, like `AutoModelForSequenceClassification`: BERT's pooler + classifier, a
 decoder's `score` on its last real token), 'token_classification' (a label per token, like
 `AutoModelForTokenClassification`), 'multiple_choice' (a score per (prompt, choice) row, like
-`AutoModelForMultipleChoice`) and 'causal_lm' (decoder with an LM head, like
+`AutoModelForMultipleChoice`), 'question_answering' (answer-span start and end logits, like
+`AutoModelForQuestionAnswering`) and 'causal_lm' (decoder with an LM head, like
 `AutoModelForCausalLM`). A family lists the tasks it has; asking one for another names them.
 
 `model_spec` reads a checkpoint's `config.json` into a `ModelSpec` (how to build the
@@ -42,7 +43,8 @@ from ftjax.weights import llama_table
 from ftjax.weights import safetensors_io
 
 CONFIG_FILE = 'config.json'
-TASKS = ('base', 'classification', 'causal_lm', 'token_classification', 'multiple_choice')
+TASKS = ('base', 'classification', 'causal_lm', 'token_classification', 'multiple_choice',
+         'question_answering')
 LABELLED_TASKS = ('classification', 'token_classification')  # built with `num_labels`
 
 
@@ -83,7 +85,10 @@ def _roberta_family(config_cls, prefix: str) -> Family:
                                bert_table.ROBERTA_TOKEN_CLASSIFICATION,
                                f'{prefix}ForTokenClassification'),
       'multiple_choice': (bert.RobertaForMultipleChoice, bert_table.ROBERTA_MULTIPLE_CHOICE,
-                          f'{prefix}ForMultipleChoice')})
+                          f'{prefix}ForMultipleChoice'),
+      'question_answering': (bert.RobertaForQuestionAnswering,
+                             bert_table.ROBERTA_QUESTION_ANSWERING,
+                             f'{prefix}ForQuestionAnswering')})
 
 
 def _llama_family(prefix: str) -> Family:
@@ -112,7 +117,9 @@ _FAMILIES: dict[str, Family] = {
         'token_classification': (bert.BertForTokenClassification,
                                  bert_table.TOKEN_CLASSIFICATION, 'BertForTokenClassification'),
         'multiple_choice': (bert.BertForMultipleChoice, bert_table.MULTIPLE_CHOICE,
-                            'BertForMultipleChoice')}),
+                            'BertForMultipleChoice'),
+        'question_answering': (bert.BertForQuestionAnswering, bert_table.QUESTION_ANSWERING,
+                               'BertForQuestionAnswering')}),
     'distilbert': _family_of_classes(distilbert.DistilBertConfig, {
         'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
         'classification': (distilbert.DistilBertForSequenceClassification,
@@ -122,7 +129,10 @@ _FAMILIES: dict[str, Family] = {
                                  distilbert_table.TOKEN_CLASSIFICATION,
                                  'DistilBertForTokenClassification'),
         'multiple_choice': (distilbert.DistilBertForMultipleChoice,
-                            distilbert_table.MULTIPLE_CHOICE, 'DistilBertForMultipleChoice')}),
+                            distilbert_table.MULTIPLE_CHOICE, 'DistilBertForMultipleChoice'),
+        'question_answering': (distilbert.DistilBertForQuestionAnswering,
+                               distilbert_table.QUESTION_ANSWERING,
+                               'DistilBertForQuestionAnswering')}),
     'roberta': _roberta_family(bert.RobertaConfig, 'Roberta'),
     'xlm-roberta': _roberta_family(bert.XLMRobertaConfig, 'XLMRoberta'),
     'gpt2': _family_of_classes(gpt2.GPT2Config, {

@@ -110,6 +110,9 @@ def warnings_of(report: dict) -> list[str]:
     if share > TRUNCATION_WARNING:
       out.append(f"{split}: {share:.1%} of rows are longer than data.max_length="
                  f"{report['max_length']} tokens and get truncated")
+    if s.get("answer_in_no_window"):
+      out.append(f"{split}: {s['answer_in_no_window']} answers fall whole in no context window "
+                 "(raise data.doc_stride or data.max_length): they cannot be learnt")
     if s.get("truncated_words"):
       out.append(f"{split}: {s['truncated_words']} of {s['words']} words are cut off by "
                  f"data.max_length={report['max_length']} (their entities count as missed)")
@@ -282,11 +285,38 @@ def choice_section(dataset, tokenizer, cfg) -> dict:
   return {"splits": splits, "leakage": leakage(keys_by_split, order)}
 
 
+def qa_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `QAData`: questions, unanswerable ones, context windows per question (and
+  how many questions have an answer in no window: cut by the stride they cannot be learnt),
+  token lengths of (question, context) before windowing, duplicates and leakage of questions
+  with their contexts."""
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, keys_by_split = {}, {}
+  for split in order:
+    rows = dataset.rows(split)
+    keys = [f"{r['question']} || {r['context']}" for r in rows]
+    stats = split_stats(keys, None, (), token_lengths(
+        tokenizer, [r["question"] for r in rows], [r["context"] for r in rows]),
+        cfg.data.max_length)
+    per_question = collections.Counter(w["example"] for w in dataset.windows(split))
+    found = {w["example"] for w in dataset.windows(split) if w["start"] > 0}
+    stats["tokens"].update(truncated=0, truncated_share=0.0)  # windows cover the whole context
+    stats.update(windows=sum(per_question.values()),
+                 max_windows_per_question=max(per_question.values(), default=0),
+                 unanswerable=sum(1 for r in rows if not r["answers"]),
+                 answer_in_no_window=sum(1 for i, r in enumerate(rows)
+                                         if r["answers"] and i not in found))
+    splits[split] = stats
+    keys_by_split[split] = keys
+  return {"splits": splits, "leakage": leakage(keys_by_split, order)}
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
             "grpo": prompt_section, "embedding": pair_section,
-            "token_classification": token_section, "multiple_choice": choice_section}
+            "token_classification": token_section, "multiple_choice": choice_section,
+            "question_answering": qa_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -376,7 +406,15 @@ def markdown(report: dict, heading: str = "##") -> str:
       c = s["choices_per_question"]
       lines.append(f"| {k} | {c['min']}-{c['max']} | " + ", ".join(
           f"{pos}: {n}" for pos, n in s["right_answer_position"].items()) + " |")
-  if any("windows" in s for s in splits.values()):
+  if any("answer_in_no_window" in s for s in splits.values()):
+    lines += ["", "Question answering (contexts cut into windows of data.max_length with "
+              "data.doc_stride shared tokens):", "",
+              "| split | windows | most per question | unanswerable | answer in no window |",
+              "|---|---:|---:|---:|---:|"]
+    for k, s in splits.items():
+      lines.append(f"| {k} | {s['windows']} | {s['max_windows_per_question']} | "
+                   f"{s['unanswerable']} | {s['answer_in_no_window']} |")
+  if any("windows" in s and "total_tokens" in s for s in splits.values()):
     lines += ["", "Plain text: documents longer than data.max_length are cut into overlapping "
               "windows (every token learnt once), not truncated:", "",
               "| split | tokens | windows | documents cut |", "|---|---:|---:|---:|"]

@@ -2,11 +2,13 @@
 
 `model.task` names the model's *head* (`classification`: a sequence classifier; `causal_lm`: a
 language model; `token_classification`: a label per token; `multiple_choice`: a score per
-(question, choice); `base`: the bare encoder); the
+(question, choice); `question_answering`: an answer span's start and end; `base`: the bare
+encoder); the
 objective names the *loss and data* on that head. `objective.name = ""` (the default) is the
 head's own objective: `classification` (cross-entropy on labels), `sft` (next-token loss on
 assistant tokens), `token_classification` (cross-entropy on each word's first token, entity F1),
-`multiple_choice` (cross-entropy over the choices) or `embedding`. Others train the same heads on other data (`preference`:
+`multiple_choice` (cross-entropy over the choices), `question_answering` (span start and end
+cross-entropies, SQuAD exact match and F1) or `embedding`. Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
 classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
 samples, scored by reward functions; `embedding`: a bare encoder, `model.task = "base"`, pooled
@@ -52,7 +54,8 @@ import importlib
 from ftjax.errors import UserError
 
 # the heads `model.task` may name
-MODEL_TASKS = ("classification", "causal_lm", "base", "token_classification", "multiple_choice")
+MODEL_TASKS = ("classification", "causal_lm", "base", "token_classification", "multiple_choice",
+               "question_answering")
 
 _OBJECTIVES = {
     "classification": "ftjax.tasks.classification",
@@ -64,10 +67,12 @@ _OBJECTIVES = {
     "embedding": "ftjax.tasks.embedding",
     "token_classification": "ftjax.tasks.token_classification",
     "multiple_choice": "ftjax.tasks.multiple_choice",
+    "question_answering": "ftjax.tasks.question_answering",
 }
 # model.task -> objective
 _DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding",
-            "token_classification": "token_classification", "multiple_choice": "multiple_choice"}
+            "token_classification": "token_classification", "multiple_choice": "multiple_choice",
+            "question_answering": "question_answering"}
 
 
 def names() -> list[str]:

@@ -95,20 +95,25 @@ ROBERTA_SEQUENCE_CLASSIFICATION = WeightTable(
 )
 
 
-def _token_classification(prefix: str, ignore: tuple[str, ...]) -> WeightTable:
-  """`{Bert,Roberta}ForTokenClassification`: the encoder under `prefix` without its pooler, and
-  `classifier`, new on a base checkpoint (whose pooler is not read)."""
+def _per_token_head(prefix: str, ignore: tuple[str, ...], head: str) -> WeightTable:
+  """A head on every token (`{Bert,Roberta}ForTokenClassification`'s `classifier`,
+  `...ForQuestionAnswering`'s `qa_outputs`): the encoder under `prefix` without its pooler, and
+  the head, new on a base checkpoint (whose pooler is not read)."""
   return WeightTable(
       rules=tuple(r for r in _base_rules(prefix, prefix) if 'pooler' not in r.hf)
-      + tuple(_linear('classifier', 'classifier')),
+      + tuple(_linear(head, head)),
       ignore=ignore + (rf'({prefix[:-1]}\.)?pooler\..*',),
-      optional=(r'classifier\..*',),
+      optional=(rf'{head}\..*',),
       prefix_aliases=(('', prefix),))
 
 
-TOKEN_CLASSIFICATION = _token_classification('bert.', _BUFFERS + (r'cls\..*',))
-ROBERTA_TOKEN_CLASSIFICATION = _token_classification('roberta.',
-                                                     _ROBERTA_BUFFERS + (r'lm_head\..*',))
+TOKEN_CLASSIFICATION = _per_token_head('bert.', _BUFFERS + (r'cls\..*',), 'classifier')
+ROBERTA_TOKEN_CLASSIFICATION = _per_token_head(
+    'roberta.', _ROBERTA_BUFFERS + (r'lm_head\..*',), 'classifier')
+QUESTION_ANSWERING = _per_token_head('bert.', _BUFFERS + (r'cls\..*', r'classifier\..*'),
+                                     'qa_outputs')
+ROBERTA_QUESTION_ANSWERING = _per_token_head(
+    'roberta.', _ROBERTA_BUFFERS + (r'lm_head\..*', r'classifier\..*'), 'qa_outputs')
 
 # `BertForMultipleChoice`: the sequence classifier's names (one output).
 MULTIPLE_CHOICE = SEQUENCE_CLASSIFICATION

@@ -49,3 +49,9 @@ TOKEN_CLASSIFICATION = WeightTable(
 
 # `DistilBertForMultipleChoice`: the sequence classifier's names (one output).
 MULTIPLE_CHOICE = SEQUENCE_CLASSIFICATION
+
+# `DistilBertForQuestionAnswering`: `qa_outputs` (start, end) on every token.
+QUESTION_ANSWERING = WeightTable(
+    rules=tuple(_base_rules('distilbert.') + _linear('qa_outputs')),
+    ignore=_IGNORED + (r'(pre_)?classifier\..*',), optional=(r'qa_outputs\..*',),
+    prefix_aliases=(('', 'distilbert.'),))
