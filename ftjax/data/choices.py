@@ -11,16 +11,14 @@ choices any question of the dataset has, `choice_mask` [B, C] float32 (0 for the
 question lacks: they get no probability), `labels` [B] int32 and `weights` [B] float32.
 """
 
-from collections.abc import Iterator
 import json
-import math
 
 import grain
 import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import collate as collate_lib
-from ftjax.data import epoch_shuffle
+from ftjax.data import row_batches
 from ftjax.data import tokenization
 from ftjax.errors import UserError
 
@@ -31,21 +29,7 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class _Encoded:
-  def __init__(self, items: list[dict]):
-    self.items = items
-
-  def __len__(self) -> int:
-    return len(self.items)
-
-  def __getitem__(self, i: int) -> dict:
-    return self.items[i]
-
-  def lengths(self) -> np.ndarray:
-    return np.array([max(len(c["input_ids"]) for c in x["choices"]) for x in self.items], np.int64)
-
-
-class ChoiceData:
+class ChoiceData(row_batches.RowBatches):
   """One prepared multiple-choice dataset, tokenised lazily per (split, shard)."""
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str, bucket_boundaries=(),
@@ -79,9 +63,9 @@ class ChoiceData:
                            for r in (records[i] for i in range(len(records)))]
     return self._rows[split]
 
-  def _encoded(self, split: str, shard_index: int, shard_count: int) -> _Encoded:
-    if not 0 <= shard_index < shard_count:
-      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+  def _batch_rows(self, split: str, shard_index: int, shard_count: int) -> row_batches.Rows:
+    """This shard's questions, each choice tokenised as a pair with its question."""
+    row_batches.check_shard(shard_index, shard_count)
     key = (split, shard_index, shard_count)
     if key not in self._cache:
       rows = self.rows(split)[shard_index::shard_count]
@@ -93,7 +77,8 @@ class ChoiceData:
         items.append({"choices": [enc[k + j] for j in range(len(r["choices"]))],
                       "label": r["label"]})
         k += len(r["choices"])
-      self._cache[key] = _Encoded(items)
+      self._cache[key] = row_batches.Rows(
+          items, [max(len(c["input_ids"]) for c in x["choices"]) for x in items])
     return self._cache[key]
 
   def _collate(self, items, *, batch_size: int | None = None, longest: int | None = None):
@@ -119,37 +104,6 @@ class ChoiceData:
     empty = batch["attention_mask"].sum(-1) == 0  # missing choices and padding rows: one token
     batch["attention_mask"][..., 0] = np.where(empty, 1, batch["attention_mask"][..., 0])
     return batch
-
-  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
-                     shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's rows of each global batch (process-count
-    independent, exact resume, as the other datasets)."""
-    encoded = self._encoded(self._train_split, 0, 1)
-    if len(encoded) == 0:
-      raise UserError(f"training split {self._train_split!r} is empty")
-    dataset = epoch_shuffle.GlobalBatchSlices(
-        encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=self._collate, group_by_length=self._group_by_length)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-
-  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
-    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
-
-  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
-                         shard_count: int = 1) -> np.ndarray:
-    lengths = self._encoded(split, shard_index, shard_count).lengths()
-    return np.array([int(lengths[b * batch_size:(b + 1) * batch_size].max(initial=0))
-                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
-                    np.int64)
-
-  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1, longest=None) -> Iterator[dict]:
-    encoded = self._encoded(split, shard_index, shard_count)
-    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
-      items = [encoded[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(encoded)))]
-      yield self._collate(items, batch_size=batch_size,
-                          longest=None if longest is None else max(int(longest[b]), 1))
-
 
 def load_choice_data(data_cfg, tokenizer, *, seed: int) -> ChoiceData:
   builder = builders.prepare(data_cfg)

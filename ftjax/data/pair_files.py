@@ -16,17 +16,13 @@ normalisation) teaches nothing: it is skipped, counted in the dataset metadata (
 shown in the data report.
 """
 
-from collections.abc import Mapping
-import dataclasses
-import hashlib
-import json
 import math
 
 from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from ftjax import sources
+from ftjax.data import files_builder
 from ftjax.data import files_reader
 from ftjax.data import text_norm
 from ftjax.errors import UserError
@@ -90,58 +86,34 @@ def read_pairs(path) -> tuple[list[dict], dict[str, int]]:
   return kept, skipped
 
 
-@dataclasses.dataclass(eq=False)
-class PairFilesConfig(tfds.core.BuilderConfig):
-  """Per-split files of pairs; build with `make_config`."""
-
-  files: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def make_config(files: Mapping[str, str]) -> PairFilesConfig:
-  """Checks the files (split name -> path); the config name changes with their content."""
-  if not files:
-    raise UserError("data.files is empty: give at least one split, e.g. {'train': 'pairs.jsonl'}")
-  paths = {split: files_reader.check_file(p, f"data file for split {split!r}").resolve()
-           for split, p in files.items()}
-  key = {"files": {split: [str(p), sources.file_sha256(p)] for split, p in sorted(paths.items())}}
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  return PairFilesConfig(name=f"h{digest}", description=json.dumps(key, sort_keys=True),
-                         files={split: str(p) for split, p in paths.items()})
-
-
 def from_data_config(data_cfg, data_dir) -> "PairFiles":
   """The builder for `data.name == "pair_files"` (used by `builders.get_builder`)."""
-  return PairFiles(data_dir=data_dir, config=make_config(dict(data_cfg.files or {})))
+  return PairFiles(data_dir=data_dir, config=files_builder.make_config(
+      dict(data_cfg.files or {}), example="pairs.jsonl"))
 
 
-class PairFiles(tfds.core.GeneratorBasedBuilder):
+class PairFiles(files_builder.FilesBuilder):
   """(anchor, positive) pairs from local files, one split per file."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = "Text pairs"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        description="Text pairs read from: " + ", ".join(
-            f"{split}={path}" for split, path in sorted(cfg.files.items())),
-        features=features(), metadata=tfds.core.MetadataDict())
+  def features(self) -> tfds.features.FeaturesDict:
+    return features()
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
-    by_split, skipped = {}, dict.fromkeys(SKIP_REASONS, 0)
-    # Read eagerly: the skip counts must be in the metadata before TFDS writes it.
-    for split, path in self.builder_config.files.items():
-      by_split[split], counts = read_pairs(path)
-      for reason, n in counts.items():
-        skipped[reason] += n
-      if not by_split[split]:
-        raise UserError(f"{path}: no usable pair (empty split {split!r}; skipped {counts})")
-      if any(counts.values()):
-        logging.warning("pair_files: %s: skipped %s", path, counts)
-    self.info.metadata["skipped"] = skipped
-    return {split: self._generate_examples(items) for split, items in by_split.items()}
+  def read_split(self, split: str, path: str) -> list[dict]:
+    del split
+    rows, counts = read_pairs(path)
+    self._skipped = {**dict.fromkeys(SKIP_REASONS, 0), **getattr(self, "_skipped", {})}
+    for reason, n in counts.items():
+      self._skipped[reason] += n
+    if any(counts.values()):
+      logging.warning("pair_files: %s: skipped %s", path, counts)
+    if not rows:
+      raise UserError(f"{path}: no usable pair (skipped {counts})")
+    return rows
 
-  def _generate_examples(self, items):
-    for example in items:
-      yield example["id"], example
+  def after_read(self, by_split) -> None:
+    del by_split
+    self.info.metadata["skipped"] = dict(getattr(self, "_skipped", {}))

@@ -13,16 +13,14 @@ per split), `index` [B] int32 (the pair's row in its split; -1 on a padding row)
 [B] float32 (1 for a pair, 0 for a padding row). Batch sharding cuts the leading axis only.
 """
 
-from collections.abc import Iterator
 import functools
-import math
 
 import grain
 import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import collate as collate_lib
-from ftjax.data import epoch_shuffle
+from ftjax.data import row_batches
 from ftjax.data import tokenization
 from ftjax.errors import UserError
 
@@ -35,23 +33,7 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-class _EncodedPairs:
-  """A split's two tokenised sides; item i is (anchor i, positive i, group i, index i)."""
-
-  def __init__(self, anchors, positives, groups: np.ndarray, index: np.ndarray):
-    self.sides, self.groups, self.index = (anchors, positives), groups, index
-
-  def __len__(self) -> int:
-    return len(self.groups)
-
-  def __getitem__(self, i: int):
-    return self.sides[0][i], self.sides[1][i], int(self.groups[i]), int(self.index[i])
-
-  def lengths(self) -> np.ndarray:
-    return np.maximum(self.sides[0].lengths(), self.sides[1].lengths())
-
-
-class PairData:
+class PairData(row_batches.RowBatches):
   """One prepared pair dataset, tokenised lazily per (split, shard)."""
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str,
@@ -104,17 +86,19 @@ class PairData:
     """Each row's graded similarity (NaN where the row has none)."""
     return np.array([r["score"] for r in self.rows(split)], np.float32)
 
-  def _encoded(self, split: str, shard_index: int, shard_count: int) -> _EncodedPairs:
-    if not 0 <= shard_index < shard_count:
-      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+  def _batch_rows(self, split: str, shard_index: int, shard_count: int) -> row_batches.Rows:
+    """This shard's pairs, each (anchor, positive, group, row index), both sides tokenised."""
+    row_batches.check_shard(shard_index, shard_count)
     key = (split, shard_index, shard_count)
     if key not in self._cache:
       rows = self.rows(split)[shard_index::shard_count]
       index = np.arange(len(self.rows(split)), dtype=np.int32)[shard_index::shard_count]
-      sides = [tokenization.encode(self._tokenizer, [r[side] for r in rows], None,
-                                   [0] * len(rows), self._max_length) for side in _SIDES]
-      self._cache[key] = _EncodedPairs(*sides, self.groups(split)[shard_index::shard_count],
-                                       index)
+      groups = self.groups(split)[shard_index::shard_count]
+      a, p = (tokenization.encode(self._tokenizer, [r[side] for r in rows], None,
+                                  [0] * len(rows), self._max_length) for side in _SIDES)
+      self._cache[key] = row_batches.Rows(
+          [(a[i], p[i], int(groups[i]), int(index[i])) for i in range(len(rows))],
+          np.maximum(a.lengths(), p.lengths()))
     return self._cache[key]
 
   def _collate(self, items, *, batch_size: int | None = None, longest: int | None = None):
@@ -133,43 +117,6 @@ class PairData:
     batch["index"][:len(items)] = [i for _, _, _, i in items]
     batch["weights"] = sides[0]["weights"]
     return batch
-
-  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
-                     shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled pair batches, this process's rows of each global batch (the global
-    batch does not depend on the number of processes; `get_state`/`set_state` resume exactly).
-    In-batch negatives are the other rows of the *global* batch (`ftjax.tasks.embedding`)."""
-    encoded = self._encoded(self._train_split, 0, 1)
-    if len(encoded) == 0:
-      raise UserError(f"training split {self._train_split!r} is empty")
-    dataset = epoch_shuffle.GlobalBatchSlices(
-        encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=self._collate, group_by_length=self._group_by_length)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-
-  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
-    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
-
-  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
-                         shard_count: int = 1) -> np.ndarray:
-    lengths = self._encoded(split, shard_index, shard_count).lengths()
-    return np.array([int(lengths[b * batch_size:(b + 1) * batch_size].max(initial=0))
-                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
-                    np.int64)
-
-  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1, longest=None) -> Iterator[dict]:
-    """One pass over this shard of a split in row order (every shard yields the same number of
-    batches; `longest` pads batch b to one length on every process)."""
-    encoded = self._encoded(split, shard_index, shard_count)
-    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
-      items = [encoded[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(encoded)))]
-      yield self._collate(items, batch_size=batch_size,
-                          longest=None if longest is None else max(int(longest[b]), 1))
-
-  def token_lengths(self, split: str, side: str) -> np.ndarray:
-    """Token counts (after truncation at max_length) of one side of each row."""
-    return self._encoded(split, 0, 1).sides[_SIDES.index(side)].lengths()
 
 
 def load_pair_data(data_cfg, tokenizer, *, seed: int) -> PairData:

@@ -19,16 +19,14 @@ Batches: `input_ids`, `attention_mask`, `token_type_ids` [B, T] int32, `start_po
 rows) and `weights` [B] float32.
 """
 
-from collections.abc import Iterator
 import json
-import math
 
 import grain
 import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import collate as collate_lib
-from ftjax.data import epoch_shuffle
+from ftjax.data import row_batches
 from ftjax.data import tokenization
 from ftjax.errors import UserError
 
@@ -77,21 +75,7 @@ def windows(tokenizer, question: str, context: str, answers, *, max_length: int,
   return out
 
 
-class _Windows:
-  def __init__(self, items: list[dict]):
-    self.items = items
-
-  def __len__(self) -> int:
-    return len(self.items)
-
-  def __getitem__(self, i: int) -> dict:
-    return self.items[i]
-
-  def lengths(self) -> np.ndarray:
-    return np.array([len(x["input_ids"]) for x in self.items], np.int64)
-
-
-class QAData:
+class QAData(row_batches.RowBatches):
   """One prepared extractive-QA dataset: each split's windows, made once per split."""
 
   def __init__(self, builder, tokenizer, *, max_length: int, doc_stride: int, padding: str,
@@ -161,38 +145,14 @@ class QAData:
     batch["attention_mask"][len(items):, 0] = 1
     return batch
 
-  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
-                     shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches of windows (process-count independent, exact resume)."""
-    encoded = _Windows(self.windows(self._train_split))
-    if len(encoded) == 0:
-      raise UserError(f"training split {self._train_split!r} is empty")
-    dataset = epoch_shuffle.GlobalBatchSlices(
-        encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=self._collate, group_by_length=self._group_by_length)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
+  def _num_rows(self, split: str) -> int:
+    return len(self.windows(split))
 
-  def _shard(self, split: str, shard_index: int, shard_count: int) -> list[dict]:
-    if not 0 <= shard_index < shard_count:
-      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
-    return self.windows(split)[shard_index::shard_count]
-
-  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
-    return math.ceil(math.ceil(len(self.windows(split)) / shard_count) / batch_size)
-
-  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
-                         shard_count: int = 1) -> np.ndarray:
-    lengths = _Windows(self._shard(split, shard_index, shard_count)).lengths()
-    return np.array([int(lengths[b * batch_size:(b + 1) * batch_size].max(initial=0))
-                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
-                    np.int64)
-
-  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1, longest=None) -> Iterator[dict]:
-    mine = self._shard(split, shard_index, shard_count)
-    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
-      yield self._collate(mine[b * batch_size:(b + 1) * batch_size], batch_size=batch_size,
-                          longest=None if longest is None else max(int(longest[b]), 1))
+  def _batch_rows(self, split: str, shard_index: int, shard_count: int) -> row_batches.Rows:
+    """This shard's context windows (every process makes all of the split's, to map them back)."""
+    row_batches.check_shard(shard_index, shard_count)
+    mine = self.windows(split)[shard_index::shard_count]
+    return row_batches.Rows(mine, [len(x["input_ids"]) for x in mine])
 
 
 def load_qa_data(data_cfg, tokenizer, *, seed: int) -> QAData:

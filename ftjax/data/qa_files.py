@@ -12,14 +12,11 @@ naming the example and `file:line`. Stored features: `id`, `question`, `context`
 (a JSON list of `[text, answer_start]`).
 """
 
-from collections.abc import Mapping
-import dataclasses
-import hashlib
 import json
 
 import tensorflow_datasets as tfds
 
-from ftjax import sources
+from ftjax.data import files_builder
 from ftjax.data import files_reader
 from ftjax.errors import UserError
 
@@ -64,49 +61,25 @@ def read_questions(path) -> list[dict]:
     out.append({"id": name, "question": question, "context": context,
                 "answers_json": json.dumps(_answers(row, context, name, where),
                                            ensure_ascii=False)})
-  if not out:
-    raise UserError(f"{path}: no questions (empty split)")
   return out
 
 
-@dataclasses.dataclass(eq=False)
-class QAFilesConfig(tfds.core.BuilderConfig):
-  files: Mapping[str, str] = dataclasses.field(default_factory=dict)
-
-
-def make_config(files: Mapping[str, str]) -> QAFilesConfig:
-  if not files:
-    raise UserError("data.files is empty: give at least one split, e.g. {'train': 'qa.jsonl'}")
-  paths = {s: files_reader.check_file(p, f"data file for split {s!r}").resolve()
-           for s, p in files.items()}
-  key = {"files": {s: [str(p), sources.file_sha256(p)] for s, p in sorted(paths.items())}}
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  return QAFilesConfig(name=f"h{digest}", description=json.dumps(key, sort_keys=True),
-                       files={s: str(p) for s, p in paths.items()})
-
-
 def from_data_config(data_cfg, data_dir) -> "QAFiles":
-  return QAFiles(data_dir=data_dir, config=make_config(dict(data_cfg.files or {})))
+  """The builder for `data.name == "qa_files"` (used by `builders.get_builder`)."""
+  return QAFiles(data_dir=data_dir, config=files_builder.make_config(
+      dict(data_cfg.files or {}), example="qa.jsonl"))
 
 
-class QAFiles(tfds.core.GeneratorBasedBuilder):
+class QAFiles(files_builder.FilesBuilder):
   """Extractive QA examples from local JSONL files, one split per file."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = "QA examples"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        description="QA examples read from: " + ", ".join(
-            f"{s}={p}" for s, p in sorted(cfg.files.items())),
-        features=features(), metadata=tfds.core.MetadataDict())
+  def features(self) -> tfds.features.FeaturesDict:
+    return features()
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
-    return {s: self._generate_examples(read_questions(p))
-            for s, p in self.builder_config.files.items()}
-
-  def _generate_examples(self, rows):
-    for example in rows:
-      yield example["id"], example
+  def read_split(self, split: str, path: str) -> list[dict]:
+    del split
+    return read_questions(path)

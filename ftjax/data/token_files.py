@@ -14,15 +14,12 @@ is a `UserError` naming `file:line`. Stored features: `id` (file:line), `tokens_
 `tags_json` (JSON lists of strings).
 """
 
-from collections.abc import Mapping
-import dataclasses
-import hashlib
 import json
 import pathlib
 
 import tensorflow_datasets as tfds
 
-from ftjax import sources
+from ftjax.data import files_builder
 from ftjax.data import files_reader
 from ftjax.data import iob2
 from ftjax.errors import UserError
@@ -92,62 +89,34 @@ def read_sentences(path, tokens_field: str = "tokens", tags_field: str = "tags")
   return out
 
 
-@dataclasses.dataclass(eq=False)
-class TokenFilesConfig(tfds.core.BuilderConfig):
-  files: Mapping[str, str] = dataclasses.field(default_factory=dict)
-  tokens_field: str = "tokens"
-  tags_field: str = "tags"
-
-
-def make_config(files: Mapping[str, str], tokens_field: str, tags_field: str) -> TokenFilesConfig:
-  """Checks the files (split -> path); the config name changes with their content."""
-  if not files:
-    raise UserError("data.files is empty: give at least one split, e.g. {'train': 'ner.jsonl'}")
-  paths = {}
-  for split, p in files.items():
-    path = pathlib.Path(p).expanduser()
-    if path.suffix.lower() != ".conll":
-      path = files_reader.check_file(path, f"data file for split {split!r}")
-    elif not path.is_file():
-      raise UserError(f"data file for split {split!r} not found: {path}")
-    paths[split] = path.resolve()
-  key = {"files": {s: [str(p), sources.file_sha256(p)] for s, p in sorted(paths.items())},
-         "fields": [tokens_field, tags_field]}
-  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
-  return TokenFilesConfig(name=f"h{digest}", description=json.dumps(key, sort_keys=True),
-                          files={s: str(p) for s, p in paths.items()},
-                          tokens_field=tokens_field, tags_field=tags_field)
+def _check(split: str, p: str) -> pathlib.Path:
+  path = pathlib.Path(p).expanduser()
+  if path.suffix.lower() != ".conll":
+    return files_reader.check_file(path, f"data file for split {split!r}")
+  if not path.is_file():
+    raise UserError(f"data file for split {split!r} not found: {path}")
+  return path
 
 
 def from_data_config(data_cfg, data_dir) -> "TokenFiles":
-  return TokenFiles(data_dir=data_dir, config=make_config(
-      dict(data_cfg.files or {}), data_cfg.get("tokens_field", "tokens"),
-      data_cfg.get("tags_field", "tags")))
+  """The builder for `data.name == "token_files"` (used by `builders.get_builder`)."""
+  return TokenFiles(data_dir=data_dir, config=files_builder.make_config(
+      dict(data_cfg.files or {}), example="ner.jsonl", check=_check,
+      tokens_field=data_cfg.get("tokens_field", "tokens"),
+      tags_field=data_cfg.get("tags_field", "tags")))
 
 
-class TokenFiles(tfds.core.GeneratorBasedBuilder):
+class TokenFiles(files_builder.FilesBuilder):
   """Tagged sentences from local JSONL or CoNLL files, one split per file."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = "Tagged sentences"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    cfg = self.builder_config
-    return self.dataset_info_from_configs(
-        description="Tagged sentences read from: " + ", ".join(
-            f"{s}={p}" for s, p in sorted(cfg.files.items())),
-        features=features(), metadata=tfds.core.MetadataDict())
+  def features(self) -> tfds.features.FeaturesDict:
+    return features()
 
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local files only.
-    cfg = self.builder_config
-    by_split = {s: read_sentences(p, cfg.tokens_field, cfg.tags_field)
-                for s, p in cfg.files.items()}
-    for split, rows in by_split.items():
-      if not rows:
-        raise UserError(f"{cfg.files[split]}: no sentence (empty split {split!r})")
-    return {s: self._generate_examples(rows) for s, rows in by_split.items()}
-
-  def _generate_examples(self, rows):
-    for example in rows:
-      yield example["id"], example
+  def read_split(self, split: str, path: str) -> list[dict]:
+    del split
+    options = self.builder_config.options
+    return read_sentences(path, options["tokens_field"], options["tags_field"])

@@ -18,18 +18,15 @@ each word's first token, else 0), `label_mask` [B, T] float32 (1 at those tokens
 int32 (the sentence's row in its split; -1 on a padding row) and `weights` [B] float32.
 """
 
-from collections.abc import Iterator
-import functools
 import json
-import math
 
 import grain
 import numpy as np
 
 from ftjax.data import builders
 from ftjax.data import collate as collate_lib
-from ftjax.data import epoch_shuffle
 from ftjax.data import iob2
+from ftjax.data import row_batches
 from ftjax.data import tokenization
 from ftjax.errors import UserError
 
@@ -65,23 +62,7 @@ def align(tokenizer, words: list[str], max_length: int):
   return np.asarray(enc["input_ids"], np.int32), np.asarray(types, np.int32), first
 
 
-class _Encoded:
-  """A split's tokenised sentences; item i is a dict for `_collate`."""
-
-  def __init__(self, items: list[dict], index: np.ndarray):
-    self.items, self.index = items, index
-
-  def __len__(self) -> int:
-    return len(self.items)
-
-  def __getitem__(self, i: int) -> dict:
-    return self.items[i]
-
-  def lengths(self) -> np.ndarray:
-    return np.array([len(x["input_ids"]) for x in self.items], np.int64)
-
-
-class TokenData:
+class TokenData(row_batches.RowBatches):
   """One prepared token-classification dataset, tokenised lazily per (split, shard)."""
 
   def __init__(self, builder, tokenizer, *, max_length: int, padding: str, label_names=(),
@@ -131,9 +112,9 @@ class TokenData:
                            for r in (records[i] for i in range(len(records)))]
     return self._rows[split]
 
-  def _encoded(self, split: str, shard_index: int, shard_count: int) -> _Encoded:
-    if not 0 <= shard_index < shard_count:
-      raise ValueError(f"shard_index={shard_index} not in [0, {shard_count})")
+  def _batch_rows(self, split: str, shard_index: int, shard_count: int) -> row_batches.Rows:
+    """This shard's sentences, tokenised, with each word's first token labelled."""
+    row_batches.check_shard(shard_index, shard_count)
     key = (split, shard_index, shard_count)
     if key not in self._cache:
       rows = self.rows(split)
@@ -149,7 +130,7 @@ class TokenData:
                       "label_mask": kept.astype(np.float32), "index": int(i)})
       if shard_count == 1:
         self.truncated_words[split] = cut
-      self._cache[key] = _Encoded(items, index)
+      self._cache[key] = row_batches.Rows(items, [len(x["input_ids"]) for x in items])
     return self._cache[key]
 
   def _collate(self, items, *, batch_size: int | None = None, longest: int | None = None):
@@ -173,38 +154,9 @@ class TokenData:
     batch["attention_mask"][len(items):, 0] = 1  # padding rows attend to one token
     return batch
 
-  def train_iterator(self, batch_size: int, *, seed: int, shard_index: int = 0,
-                     shard_count: int = 1) -> grain.DatasetIterator:
-    """Endless shuffled batches of this process's rows of each global batch (as
-    `ClassificationData.train_iterator`: process-count independent, exact resume)."""
-    encoded = self._encoded(self._train_split, 0, 1)
-    if len(encoded) == 0:
-      raise UserError(f"training split {self._train_split!r} is empty")
-    dataset = epoch_shuffle.GlobalBatchSlices(
-        encoded, encoded.lengths(), seed=seed, batch_size=batch_size, shard_index=shard_index,
-        shard_count=shard_count, collate=self._collate, group_by_length=self._group_by_length)
-    return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)))
-
-  def _num_eval_batches(self, split: str, batch_size: int, shard_count: int) -> int:
-    return math.ceil(math.ceil(self.split_sizes[split] / shard_count) / batch_size)
-
-  def eval_batch_lengths(self, split: str, batch_size: int, *, shard_index: int = 0,
-                         shard_count: int = 1) -> np.ndarray:
-    lengths = self._encoded(split, shard_index, shard_count).lengths()
-    return np.array([int(lengths[b * batch_size:(b + 1) * batch_size].max(initial=0))
-                     for b in range(self._num_eval_batches(split, batch_size, shard_count))],
-                    np.int64)
-
-  def eval_batches(self, split: str, batch_size: int, *, shard_index: int = 0,
-                   shard_count: int = 1, longest=None) -> Iterator[dict]:
-    encoded = self._encoded(split, shard_index, shard_count)
-    for b in range(self._num_eval_batches(split, batch_size, shard_count)):
-      items = [encoded[i] for i in range(b * batch_size, min((b + 1) * batch_size, len(encoded)))]
-      yield self._collate(items, batch_size=batch_size,
-                          longest=None if longest is None else max(int(longest[b]), 1))
-
   def token_lengths(self, split: str) -> np.ndarray:
-    return self._encoded(split, 0, 1).lengths()
+    """Token counts (after truncation at max_length) of each sentence, in row order."""
+    return self._batch_rows(split, 0, 1).lengths()
 
 
 def load_token_data(data_cfg, tokenizer, *, seed: int) -> TokenData:
