@@ -106,7 +106,8 @@ def export(workdir: str, out: str, fmt: str, checkpoint: str = "latest",
       labels = getattr(exp.dataset, "label_names", None)
       id2label = dict(enumerate(labels)) if labels and cfg.model.task in (
           "classification", "token_classification") else None
-      registry.save_hf(model, tmp, id2label=id2label)
+      registry.save_hf(model, tmp, id2label=id2label,
+                       problem_type=getattr(exp.task, "PROBLEM_TYPE", None))
       _copy_tokenizer(pathlib.Path(exp.model_path), tmp)
       if getattr(exp.task, "MODEL_TASK", "") == "base":  # a sentence-embedding run
         opt, hf = exp.task.options, registry.read_hf_config(tmp)

@@ -21,13 +21,15 @@ from ftjax.data import prompt_files
 from ftjax.data import qa_files
 from ftjax.data import rotten_tomatoes
 from ftjax.data import rotten_tomatoes_pairs
+from ftjax.data import target_files
 from ftjax.data import text_files
 from ftjax.data import token_files
 from ftjax.errors import UserError
 
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
          "prompt_files", "arithmetic", "text_files", "hf_datasets", "pair_files",
-         "rotten_tomatoes_pairs", "token_files", "choice_files", "qa_files")
+         "rotten_tomatoes_pairs", "token_files", "choice_files", "qa_files",
+         "target_files")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -71,6 +73,8 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return choice_files.from_data_config(data_cfg, data_dir)
   if data_cfg.name == "qa_files":
     return qa_files.from_data_config(data_cfg, data_dir)
+  if data_cfg.name == "target_files":
+    return target_files.from_data_config(data_cfg, data_dir)
   raise UserError(f"data.name={data_cfg.name!r} is not one of {list(NAMES)}")
 
 

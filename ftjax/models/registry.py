@@ -382,7 +382,8 @@ def weight_table(model: nnx.Module) -> safetensors_io.WeightTable:
 
 def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
             task: str | None = None,
-            id2label: dict[int, str] | None = None) -> pathlib.Path:
+            id2label: dict[int, str] | None = None,
+            problem_type: str | None = None) -> pathlib.Path:
   """Writes `config.json` and `model.safetensors` that transformers loads.
 
   Args:
@@ -391,6 +392,8 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
     task: 'base', 'classification' or 'causal_lm'; must agree with the model
       class when given (None infers it).
     id2label: label names for a classifier; default LABEL_0, LABEL_1, ...
+    problem_type: a sequence classifier's transformers `problem_type`
+      (`multi_label_classification`, `regression`; None: transformers infers it).
 
   Returns:
     The output directory.
@@ -416,6 +419,8 @@ def save_hf(model: nnx.Module, out_dir: str | os.PathLike, *,
     hf['num_labels'] = n
     hf['id2label'] = {str(i): name for i, name in id2label.items()}
     hf['label2id'] = {name: int(i) for i, name in id2label.items()}
+  if problem_type is not None:
+    hf['problem_type'] = problem_type
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   safetensors_io.write_safetensors(tensors, out / safetensors_io.SINGLE_FILE)

@@ -311,12 +311,37 @@ def qa_section(dataset, tokenizer, cfg) -> dict:
   return {"splits": splits, "leakage": leakage(keys_by_split, order)}
 
 
+def target_section(dataset, tokenizer, cfg) -> dict:
+  """The report of a `TargetData`: per split the texts' stats, and for multi-label data how often
+  each label applies (and rows with none), for regression the targets' range and spread."""
+  order = split_order(dataset.split_sizes, cfg.data)
+  splits, keys_by_split = {}, {}
+  for split in order:
+    rows = dataset.rows(split)
+    pairs = [r["text_pair"] for r in rows] if any(r["text_pair"] for r in rows) else None
+    keys = [r["text"] if pairs is None else f"{r['text']} || {r['text_pair']}" for r in rows]
+    stats = split_stats(keys, None, (), token_lengths(tokenizer, [r["text"] for r in rows],
+                                                      pairs), cfg.data.max_length)
+    targets = dataset.targets(split)
+    if dataset.kind == "multi_label":
+      stats["label_counts"] = dict(zip(dataset.label_names, targets.sum(0).astype(int).tolist()))
+      stats["rows_without_labels"] = int((targets.sum(1) == 0).sum())
+    else:
+      stats["target"] = {"min": float(targets.min()), "mean": float(targets.mean()),
+                         "std": float(targets.std()), "max": float(targets.max())}
+    splits[split] = stats
+    keys_by_split[split] = keys
+  return {"splits": splits, "leakage": leakage(keys_by_split, order),
+          "label_names": list(dataset.label_names)}
+
+
 # objective (`tasks.objective_name`) -> its section
 SECTIONS = {"classification": classification_section, "sft": causal_lm_section,
             "preference": preference_section, "reward": preference_section,
             "grpo": prompt_section, "embedding": pair_section,
             "token_classification": token_section, "multiple_choice": choice_section,
-            "question_answering": qa_section}
+            "question_answering": qa_section, "multi_label": target_section,
+            "regression": target_section}
 
 
 def build(dataset, tokenizer, cfg) -> dict:
@@ -406,6 +431,19 @@ def markdown(report: dict, heading: str = "##") -> str:
       c = s["choices_per_question"]
       lines.append(f"| {k} | {c['min']}-{c['max']} | " + ", ".join(
           f"{pos}: {n}" for pos, n in s["right_answer_position"].items()) + " |")
+  if any("label_counts" in s for s in splits.values()):
+    names = report.get("label_names") or []
+    lines += ["", "Multi-label (rows each label applies to):", "",
+              "| split | " + " | ".join(names) + " | no label |", "|---|" + "---:|" * (len(names) + 1)]
+    for k, s in splits.items():
+      lines.append(f"| {k} | " + " | ".join(str(s["label_counts"].get(n, 0)) for n in names)
+                   + f" | {s['rows_without_labels']} |")
+  if any("target" in s for s in splits.values()):
+    lines += ["", "Regression targets:", "", "| split | min | mean | std | max |",
+              "|---|---:|---:|---:|---:|"]
+    for k, s in splits.items():
+      t = s["target"]
+      lines.append(f"| {k} | {t['min']:.4g} | {t['mean']:.4g} | {t['std']:.4g} | {t['max']:.4g} |")
   if any("answer_in_no_window" in s for s in splits.values()):
     lines += ["", "Question answering (contexts cut into windows of data.max_length with "
               "data.doc_stride shared tokens):", "",

@@ -10,7 +10,7 @@ assistant tokens), `token_classification` (cross-entropy on each word's first to
 `multiple_choice` (cross-entropy over the choices), `question_answering` (span start and end
 cross-entropies, SQuAD exact match and F1) or `embedding`. Others train the same heads on other data (`preference`:
 DPO and its family on a causal LM; `reward`: a Bradley-Terry reward model on a one-label
-classifier; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
+classifier; `multi_label` and `regression`: the sequence classifier with sigmoid/BCE or MSE; `distill`: either head taught by a frozen teacher; `grpo`: RL on a causal LM's own
 samples, scored by reward functions; `embedding`: a bare encoder, `model.task = "base"`, pooled
 into sentence embeddings and trained contrastively on text pairs); an objective names its head
 in `MODEL_TASK` and a run whose `model.task` differs is refused. Options live under `objective.<name>.*`.
@@ -68,6 +68,8 @@ _OBJECTIVES = {
     "token_classification": "ftjax.tasks.token_classification",
     "multiple_choice": "ftjax.tasks.multiple_choice",
     "question_answering": "ftjax.tasks.question_answering",
+    "multi_label": "ftjax.tasks.multi_label",
+    "regression": "ftjax.tasks.regression",
 }
 # model.task -> objective
 _DEFAULT = {"classification": "classification", "causal_lm": "sft", "base": "embedding",
