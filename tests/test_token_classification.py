@@ -1,5 +1,5 @@
 """Token classification (NER): `*ForTokenClassification` heads equal to transformers' (BERT,
-RoBERTa, DistilBERT, Llama) with exports it loads; IOB2 checks and strict entity scores equal to
+RoBERTa, DistilBERT, Llama, Gemma 2, GPT-2) with exports it loads; IOB2 checks and strict entity scores equal to
 seqeval's; word-to-token alignment for WordPiece and byte-level BPE; a tiny BERT that learns to
 tag, whose export tags the validation sentences as ftjax's eval did."""
 
@@ -23,7 +23,23 @@ from ftjax.models import registry
 from ftjax.tasks import token_classification
 import tiny_assets
 
+def _tiny_decoder(config_cls, lm_cls, **kw):
+  def make(path):
+    torch.manual_seed(0)
+    lm_cls(config_cls(**kw)).save_pretrained(str(path))
+    return path
+  return make
+
+
+_GEMMA2 = dict(vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8, query_pre_attn_scalar=8,
+               sliding_window=4, pad_token_id=0)
 FAMILIES = {"bert": (tiny_assets.make_tiny_bert, transformers.BertForTokenClassification),
+            "gemma2": (_tiny_decoder(transformers.Gemma2Config, transformers.Gemma2ForCausalLM,
+                                     **_GEMMA2), transformers.Gemma2ForTokenClassification),
+            "gpt2": (_tiny_decoder(transformers.GPT2Config, transformers.GPT2LMHeadModel,
+                                   vocab_size=40, n_embd=32, n_layer=2, n_head=4, n_positions=32),
+                     transformers.GPT2ForTokenClassification),
             "roberta": (tiny_assets.make_tiny_roberta, transformers.RobertaForTokenClassification),
             "distilbert": (tiny_assets.make_tiny_distilbert,
                            transformers.DistilBertForTokenClassification),
@@ -55,14 +71,18 @@ def test_heads_equal_transformers_and_export_back(family, tmp_path):
   np.testing.assert_allclose(got.numpy()[real], want[real], atol=1e-6)
   _, fresh = registry.build_model(base, task="token_classification", num_labels=3,
                                   rngs=nnx.Rngs(0))
-  assert {p.rsplit(".", 1)[0] for p in fresh} == {"score" if family == "llama" else "classifier"}
+  assert {p.rsplit(".", 1)[0] for p in fresh} == {
+      "score" if family in ("llama", "gemma2") else "classifier"}
 
 
 def test_a_family_without_the_head_names_the_heads_it_has(tmp_path):
-  transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50).save_pretrained(
-      str(tmp_path))
+  # transformers has no Gemma 3 token classifier, so neither has ftjax (nothing would load it)
+  transformers.Gemma3TextConfig(num_hidden_layers=1, hidden_size=16, intermediate_size=32,
+                                num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+                                vocab_size=50).save_pretrained(str(tmp_path))
   with pytest.raises(UserError, match=r"task 'token_classification' is not supported for "
-                                      r"model_type 'gpt2'; supported: causal_lm, classification"):
+                                      r"model_type 'gemma3_text'; supported: causal_lm, "
+                                      r"classification"):
     registry.model_spec(tmp_path, task="token_classification")
 
 

@@ -74,6 +74,7 @@ class GemmaConfig:
   attention_bias: bool = False
   tie_word_embeddings: bool = True
   attention_dropout: float = 0.0
+  classifier_dropout: float = 0.1  # Gemma2ForTokenClassification's (`GenericForTokenClassification`)
   initializer_range: float = 0.02
   bos_token_id: Any = 2
   eos_token_id: Any = 1
@@ -157,6 +158,7 @@ class GemmaConfig:
           attention_bias=bool(get('attention_bias', False)),
           tie_word_embeddings=bool(get('tie_word_embeddings', True)),
           attention_dropout=float(get('attention_dropout', 0.0)),
+          classifier_dropout=float(get('classifier_dropout', get('hidden_dropout', 0.1))),
           initializer_range=get('initializer_range', 0.02),
           bos_token_id=hf.get('bos_token_id'),
           eos_token_id=llama.hashable(hf.get('eos_token_id')),
@@ -186,6 +188,8 @@ class GemmaConfig:
       hf['use_bidirectional_attention'] = False
     else:
       hf['rope_parameters'] = self.rope.to_hf()
+    if self.classifier_dropout != 0.1:
+      hf['classifier_dropout'] = self.classifier_dropout
     return hf
 
 
@@ -428,3 +432,29 @@ class GemmaForSequenceClassification(nnx.Module):
         input_ids, attention_mask, positions, segment_ids, None)
     x, _ = self.model(input_ids, layout, positions, None, rngs)
     return self.score(layers.last_token(x, input_ids, attention_mask, self.config.pad_token_id))
+
+
+class GemmaForTokenClassification(nnx.Module):
+  """Decoder + dropout + linear `score` (with a bias) on every position; HF
+  `Gemma2ForTokenClassification` (transformers has none for Gemma 3)."""
+
+  def __init__(self, config: GemmaConfig, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.dtype = dtype
+    self.num_labels = num_labels
+    self.model = GemmaModel(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                            remat=remat, attention_impl=attention)
+    self.score = llama.linear(config, config.hidden_size, num_labels, ('embed', None), True,
+                              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *, positions=None,
+               segment_ids=None, rngs: nnx.Rngs | None = None):
+    """Per-position logits [B, T, num_labels] (compute dtype); `token_type_ids` is ignored."""
+    del token_type_ids
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, _ = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, None)
+    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    return self.score(attention.dropout(self.config.classifier_dropout, x, rngs))

@@ -41,6 +41,7 @@ class GPT2Config:
   resid_pdrop: float = 0.1
   embd_pdrop: float = 0.1
   attn_pdrop: float = 0.1
+  classifier_dropout: float = 0.1  # GPT2ForTokenClassification's (transformers' default 0.1)
   layer_norm_epsilon: float = 1e-5
   initializer_range: float = 0.02
   scale_attn_weights: bool = True
@@ -277,3 +278,29 @@ class GPT2ForSequenceClassification(nnx.Module):
     x, _ = self.transformer(input_ids, layout, positions, None, rngs)
     return self.score(layers.last_token(x, input_ids, attention_mask,
                                          self.config.pad_token_id))
+
+
+class GPT2ForTokenClassification(nnx.Module):
+  """GPT-2 + dropout + linear `classifier` (with a bias) on every position; HF
+  `GPT2ForTokenClassification`. `remat` and `attention` as `GPT2LMHeadModel`'s."""
+
+  def __init__(self, config: GPT2Config, num_labels: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
+               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+    self.config = config
+    self.dtype = dtype
+    self.num_labels = num_labels
+    self.transformer = GPT2Model(config, dtype=dtype, param_dtype=param_dtype,
+                                 rngs=rngs, remat=remat, attention_impl=attention)
+    self.classifier = _linear(config, config.n_embd, num_labels, ('embed', None),
+                              dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, input_ids, attention_mask=None, token_type_ids=None, *,
+               positions=None, segment_ids=None, rngs: nnx.Rngs | None = None):
+    """Per-position logits [B, T, num_labels] (compute dtype)."""
+    del token_type_ids
+    input_ids = jnp.asarray(input_ids)
+    layout, positions, _ = attention.make_layout(
+        input_ids, attention_mask, positions, segment_ids, None)
+    x, _ = self.transformer(input_ids, layout, positions, None, rngs)
+    return self.classifier(attention.dropout(self.config.classifier_dropout, x, rngs))

@@ -102,11 +102,15 @@ def _llama_family(prefix: str) -> Family:
                                f'{prefix}ForTokenClassification')})
 
 
-def _gemma_family(prefix: str, classifier: str) -> Family:
-  return _family_of_classes(gemma.GemmaConfig, {
+def _gemma_family(prefix: str, classifier: str, token_classifier: str | None) -> Family:
+  classes = {
       'causal_lm': (gemma.GemmaForCausalLM, gemma_table.causal_lm_table, f'{prefix}ForCausalLM'),
       'classification': (gemma.GemmaForSequenceClassification,
-                         gemma_table.SEQUENCE_CLASSIFICATION, classifier)})
+                         gemma_table.SEQUENCE_CLASSIFICATION, classifier)}
+  if token_classifier:  # transformers has one for Gemma 2, none for Gemma 3
+    classes['token_classification'] = (gemma.GemmaForTokenClassification,
+                                       gemma_table.TOKEN_CLASSIFICATION, token_classifier)
+  return _family_of_classes(gemma.GemmaConfig, classes)
 
 
 _FAMILIES: dict[str, Family] = {
@@ -138,9 +142,12 @@ _FAMILIES: dict[str, Family] = {
     'gpt2': _family_of_classes(gpt2.GPT2Config, {
         'causal_lm': (gpt2.GPT2LMHeadModel, gpt2_table.lm_head_table, 'GPT2LMHeadModel'),
         'classification': (gpt2.GPT2ForSequenceClassification,
-                           gpt2_table.SEQUENCE_CLASSIFICATION, 'GPT2ForSequenceClassification')}),
-    'gemma2': _gemma_family('Gemma2', 'Gemma2ForSequenceClassification'),
-    'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification'),
+                           gpt2_table.SEQUENCE_CLASSIFICATION, 'GPT2ForSequenceClassification'),
+        'token_classification': (gpt2.GPT2ForTokenClassification, gpt2_table.TOKEN_CLASSIFICATION,
+                                 'GPT2ForTokenClassification')}),
+    'gemma2': _gemma_family('Gemma2', 'Gemma2ForSequenceClassification',
+                            'Gemma2ForTokenClassification'),
+    'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification', None),
     'llama': _llama_family('Llama'),
     'mistral': _llama_family('Mistral'),
     'phi3': _llama_family('Phi3'),

@@ -43,3 +43,10 @@ def causal_lm_table(config) -> WeightTable:
 SEQUENCE_CLASSIFICATION = WeightTable(
     rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),),
     ignore=(r'lm_head\.weight',), optional=(r'score\..*',))
+
+
+# `Gemma2ForTokenClassification`: the decoder and `score` with a bias on every position.
+TOKEN_CLASSIFICATION = WeightTable(
+    rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),
+                                      Rule('score.bias', 'score.bias')),
+    ignore=(r'lm_head\.weight',), optional=(r'score\..*',))

@@ -50,3 +50,11 @@ SEQUENCE_CLASSIFICATION = WeightTable(
     rules=tuple(_rules(tied=True)) + (Rule('score.weight', 'score.kernel', 'T'),),
     ignore=_BUFFERS + (r'lm_head\.weight',), prefix_aliases=_ALIASES,
     optional=(r'score\..*',))
+
+
+# `GPT2ForTokenClassification`: the transformer and `classifier` (with a bias) on every position.
+TOKEN_CLASSIFICATION = WeightTable(
+    rules=tuple(_rules(tied=True)) + (Rule('classifier.weight', 'classifier.kernel', 'T'),
+                                      Rule('classifier.bias', 'classifier.bias')),
+    ignore=_BUFFERS + (r'lm_head\.weight',), prefix_aliases=_ALIASES,
+    optional=(r'classifier\..*',))
