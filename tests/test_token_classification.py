@@ -213,6 +213,19 @@ def test_tiny_bert_learns_to_tag_and_its_export_tags_alike(tiny, tmp_path):
   again = token_classification.entity_scores(gold, predicted)
   assert again["entity_f1"] == pytest.approx(best["entity_f1"])
 
+  # The LoRA run as a PEFT adapter (task type TOKEN_CLS, the head saved whole) on the base
+  # checkpoint gives the merged export's logits.
+  import peft  # pylint: disable=g-import-not-at-top
+  adapter = export(workdir, str(tmp_path / "peft"), "peft", checkpoint="best")
+  assert json.loads((adapter / "adapter_config.json").read_text())["task_type"] == "TOKEN_CLS"
+  base = transformers.AutoModelForTokenClassification.from_pretrained(
+      str(tiny["model"]), num_labels=model.config.num_labels)
+  adapted = peft.PeftModel.from_pretrained(base, str(adapter)).eval()
+  ids = torch.tensor([token_labels.align(tokenizer, tiny["dev"][1]["tokens"], 16)[0]])
+  with torch.no_grad():
+    np.testing.assert_allclose(adapted(input_ids=ids).logits.numpy(),
+                               model(input_ids=ids).logits.numpy(), atol=1e-5)
+
 
 def test_bad_tags_and_files_are_one_line_errors(tiny, tmp_path):
   bad = tmp_path / "bad.jsonl"

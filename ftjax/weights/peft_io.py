@@ -33,7 +33,11 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
 PROMPT_PREFIX = "base_model."  # prompt learning: no `.model`
-TASK_TYPES = {"classification": "SEQ_CLS", "base": "FEATURE_EXTRACTION", "causal_lm": "CAUSAL_LM"}
+# model task -> PEFT's task type (None: PEFT has none for multiple choice; the adapter then
+# loads as a plain `PeftModel` on `AutoModelForMultipleChoice`).
+TASK_TYPES = {"classification": "SEQ_CLS", "base": "FEATURE_EXTRACTION", "causal_lm": "CAUSAL_LM",
+              "token_classification": "TOKEN_CLS", "question_answering": "QUESTION_ANS",
+              "multiple_choice": None}
 
 
 class ModelNames:
