@@ -97,7 +97,6 @@ class TokenData(row_batches.RowBatches):
           raise UserError(f"{r['id']} (split {split!r}): tag {unknown[0]!r} is not among the "
                           f"labels {self.label_names} (from the training split or "
                           "data.label_names)")
-    self.truncated_words: dict[str, int] = {}
 
   def _records(self, split: str) -> grain.MapDataset:
     return builders.split_records(self._builder, split, train_split=self._train_split,
@@ -119,17 +118,14 @@ class TokenData(row_batches.RowBatches):
     if key not in self._cache:
       rows = self.rows(split)
       index = np.arange(len(rows), dtype=np.int32)[shard_index::shard_count]
-      items, cut = [], 0
+      items = []
       for i in index:
         ids, types, first = align(self._tokenizer, rows[i]["tokens"], self._max_length)
         labels = np.zeros(len(ids), np.int32)
         kept = first >= 0
         labels[kept] = [self._label_index[rows[i]["tags"][w]] for w in first[kept]]
-        cut += len(rows[i]["tokens"]) - int(kept.sum())
         items.append({"input_ids": ids, "token_type_ids": types, "labels": labels,
                       "label_mask": kept.astype(np.float32), "index": int(i)})
-      if shard_count == 1:
-        self.truncated_words[split] = cut
       self._cache[key] = row_batches.Rows(items, [len(x["input_ids"]) for x in items])
     return self._cache[key]
 
@@ -153,6 +149,11 @@ class TokenData(row_batches.RowBatches):
       batch["index"][row], batch["weights"][row] = x["index"], 1.0
     batch["attention_mask"][len(items):, 0] = 1  # padding rows attend to one token
     return batch
+
+  def truncated_words(self, split: str) -> int:
+    """Words of the split that `max_length` cuts off (they have no labelled token)."""
+    labelled = sum(int(x["label_mask"].sum()) for x in self._batch_rows(split, 0, 1).items)
+    return sum(len(r["tokens"]) for r in self.rows(split)) - labelled
 
   def token_lengths(self, split: str) -> np.ndarray:
     """Token counts (after truncation at max_length) of each sentence, in row order."""

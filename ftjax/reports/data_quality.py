@@ -249,10 +249,9 @@ def token_section(dataset, tokenizer, cfg) -> dict:
     rows = dataset.rows(split)
     keys = [" ".join(r["tokens"]) for r in rows]
     stats = split_stats(keys, None, (), token_lengths(tokenizer, keys), cfg.data.max_length)
-    dataset.token_lengths(split)  # tokenises the split, counting the words cut off
     entities = collections.Counter(e[0] for r in rows for e in iob2.entities(r["tags"]))
     stats.update(words=sum(len(r["tokens"]) for r in rows),
-                 truncated_words=int(dataset.truncated_words.get(split, 0)),
+                 truncated_words=dataset.truncated_words(split),
                  entities=dict(sorted(entities.items())),
                  tags=dict(sorted(collections.Counter(t for r in rows for t in r["tags"]).items())))
     splits[split] = stats
