@@ -62,6 +62,20 @@ def read_reviews(path) -> list[dict]:
   return rows
 
 
+def deduplicated_reviews(builder_config) -> tuple[list[dict], dict]:
+  """The review rows of `builder_config.source` with normalised duplicates removed (texts with
+  conflicting labels dropped), and the counts removed; shared by the pairs builder."""
+  from ftjax import sources  # Imported late: only building needs it.
+
+  path = sources.resolve(builder_config.source)
+  rows, removed = text_norm.deduplicate(read_reviews(path), lambda r: r["text"],
+                                        lambda r: r["label"])
+  logging.info("rotten_tomatoes: removed %d duplicate rows (%d repeats, %d with conflicting "
+               "labels) from %s", removed["total"], removed["exact"], removed["conflicting"],
+               path)
+  return rows, removed
+
+
 class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
   """Rotten Tomatoes critic snippets labelled rotten (0) / fresh (1)."""
 
@@ -84,14 +98,7 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The resolver owns downloading and caching.
-    from ftjax import sources  # Imported late: only building needs it.
-
-    path = sources.resolve(self.builder_config.source)
-    rows, removed = text_norm.deduplicate(
-        read_reviews(path), lambda r: r["text"], lambda r: r["label"])
-    logging.info("rotten_tomatoes: removed %d duplicate rows (%d repeats, %d with "
-                 "conflicting labels) from %s", removed["total"], removed["exact"],
-                 removed["conflicting"], path)
+    rows, removed = deduplicated_reviews(self.builder_config)
     self.info.metadata["duplicates_removed"] = removed
     self.info.metadata["source"] = self.builder_config.source
     by_split = {split: [] for split in SPLITS}

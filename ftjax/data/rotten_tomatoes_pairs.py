@@ -18,7 +18,6 @@ import tensorflow_datasets as tfds
 
 from ftjax.data import pair_files
 from ftjax.data import rotten_tomatoes
-from ftjax.data import text_norm
 
 
 def movie_pairs(rows: list[dict]) -> dict[str, list[dict]]:
@@ -47,11 +46,7 @@ class RottenTomatoesPairs(tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # The resolver owns downloading and caching.
-    from ftjax import sources  # Imported late: only building needs it.
-
-    path = sources.resolve(self.builder_config.source)
-    rows, removed = text_norm.deduplicate(
-        rotten_tomatoes.read_reviews(path), lambda r: r["text"], lambda r: r["label"])
+    rows, removed = rotten_tomatoes.deduplicated_reviews(self.builder_config)
     self.info.metadata["duplicates_removed"] = removed
     self.info.metadata["source"] = self.builder_config.source
     return {split: self._generate_examples(items) for split, items in movie_pairs(rows).items()}
