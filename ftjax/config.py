@@ -64,6 +64,13 @@ def base_config() -> ConfigDict:
   # Keep only the checkpoint's first N layers (0: all): a smaller student for distillation, or
   # a cheaper model; the dropped layers' tensors are never read and exports say N layers.
   c.model.num_layers = 0
+  # Mixtures of experts (Mixtral, Qwen3-MoE; ftjax/models/moe.py): 0 = dropless routing, equal to
+  # transformers; c > 0 = each expert takes at most ceil(c * tokens * k / experts) tokens per
+  # layer, the rest dropped (logged as moe_dropped_fraction). The load-balancing loss joins the
+  # training loss with this weight; < 0 = the checkpoint's `router_aux_loss_coef`.
+  c.model.moe = ConfigDict()
+  c.model.moe.capacity_factor = 0.0
+  c.model.moe.router_aux_loss_coef = -1.0
 
   # The loss and data on the model's head (ftjax/tasks/__init__.py): "" = the head's own
   # (classification, or sft for causal_lm); "preference" = DPO and its family on
@@ -260,7 +267,8 @@ def base_config() -> ConfigDict:
   c.mesh.shape = (-1, 1, 1)  # over MESH_AXES; -1 means all remaining devices
   # logical parameter axis -> mesh axes (see ftjax/sharding.py); () for a name = replicated
   c.mesh.rules = (("batch", ("data", "fsdp")), ("vocab", "tensor"), ("embed", "fsdp"),
-                  ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"))
+                  ("heads", "tensor"), ("kv_heads", "tensor"), ("mlp", "tensor"),
+                  ("expert", "fsdp"))
   return c
 
 
@@ -465,6 +473,8 @@ def validate(cfg: ConfigDict) -> None:
            f"must be one of {attention.IMPLEMENTATIONS}, got '{impl}'")
   _require(impl != "cudnn" or cfg.model.dtype == "bfloat16", "model.attention",
            f"'cudnn' runs in bfloat16 only; set model.dtype=bfloat16 (got '{cfg.model.dtype}')")
+  _require(cfg.model.moe.capacity_factor >= 0, "model.moe.capacity_factor",
+           f"must be >= 0 (0 = dropless), got {cfg.model.moe.capacity_factor}")
   from ftjax import tasks  # pylint: disable=g-import-not-at-top
   _require(cfg.model.task in tasks.MODEL_TASKS, "model.task",
            f"names an unknown task '{cfg.model.task}'; known: {', '.join(tasks.MODEL_TASKS)}")

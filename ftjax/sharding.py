@@ -121,6 +121,7 @@ DEFAULT_RULES = (
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("mlp", "tensor"),
+    ("expert", "fsdp"),  # a mixture of experts' experts: expert parallelism over the fsdp axis
 )
 
 

@@ -9,7 +9,9 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
   tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 and
-  full and LoRA on a tiny Phi-3, a tiny RoBERTa and a tiny DistilBERT there; and full, LoRA and QLoRA under DPO, under
+  full and LoRA on a tiny Phi-3, a tiny RoBERTa and a tiny DistilBERT there; full and LoRA on a
+  tiny Mixtral (dropless, its experts sharded along the expert axis) and full fine-tuning of a
+  tiny Qwen3-MoE with a capacity factor (tokens dropped) there; and full, LoRA and QLoRA under DPO, under
   distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
   the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -56,6 +58,9 @@ MODELS = ("bert", "llama")
 # own RoPE) under full fine-tuning, LoRA and prompt tuning.
 GEMMA_METHODS = ("full", "lora", "prompt_tuning")
 PHI3_METHODS = ("full", "lora")  # fused qkv_proj / gate_up_proj, LongRoPE
+# Mixtures of experts: Mixtral dropless (ragged_dot over experts sharded along fsdp) under full
+# and LoRA; Qwen3-MoE under full fine-tuning with capacity_factor 0.5, so tokens are dropped.
+MOE_CASES = (("mixtral", "full"), ("mixtral", "lora"), ("qwen3_moe", "full"))
 # RoBERTa (fairseq positions, the two-layer head) and DistilBERT (its names, two-layer head).
 ENCODER_METHODS = ("full", "lora")
 ENCODERS = ("roberta", "distilbert")
@@ -96,6 +101,7 @@ def cases() -> list[tuple[str, str, str]]:
   out += [("llama_grpo", method, name) for method in GRPO_METHODS for name in ("one", "mixed")]
   out += [("gemma", method, name) for method in GEMMA_METHODS for name in ("one", "mixed")]
   out += [("phi3", method, name) for method in PHI3_METHODS for name in ("one", "mixed")]
+  out += [(model, method, name) for model, method in MOE_CASES for name in ("one", "mixed")]
   out += [(model, method, name) for model in ENCODERS for method in ENCODER_METHODS
           for name in ("one", "mixed")]
   out += [("bert_embedding", method, name) for method in EMBEDDING_METHODS
@@ -163,6 +169,22 @@ def make_mesh_phi3(path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+def make_mesh_moe(path: pathlib.Path, model_type: str) -> pathlib.Path:
+  """`tiny_assets.make_tiny_moe` with dims that shard by 8 (the Llama's, 4 experts: 2 per fsdp
+  shard of the mixed mesh)."""
+  from tiny_assets import make_tiny_moe  # pylint: disable=g-import-not-at-top
+
+  make_tiny_moe(path, model_type=model_type)  # for the tokenizer's size
+  vocab = 8 * math.ceil(json.loads((path / "config.json").read_text())["vocab_size"] / 8)
+  dims = dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=4, vocab_size=vocab,
+              num_experts_per_tok=2)
+  if model_type == "mixtral":
+    dims.update(intermediate_size=32)
+  else:
+    dims.update(head_dim=8, num_experts=4, moe_intermediate_size=32, intermediate_size=64)
+  return make_tiny_moe(path, model_type=model_type, **dims)
+
+
 @pytest.fixture(scope="module")
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
@@ -178,6 +200,8 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "teacher": str(make_mesh_llama(root / "teacher", seed=1)),  # the same tokenizer
       "gemma": str(make_mesh_gemma(root / "gemma")),
       "phi3": str(make_mesh_phi3(root / "phi3")),
+      "mixtral": str(make_mesh_moe(root / "mixtral", "mixtral")),
+      "qwen3_moe": str(make_mesh_moe(root / "qwen3_moe", "qwen3_moe")),
       "roberta": str(make_tiny_roberta(root / "roberta")),
       "distilbert": str(make_tiny_distilbert(root / "distilbert")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
@@ -240,7 +264,10 @@ def config_for(model, method, mesh_name, assets):
       c.data.files.validation = assets["text_pairs"]["validation"]
       c.eval.metric, c.eval.mode = "loss", "min"
   else:
-    c.model.checkpoint = assets[model if model in ("gemma", "phi3") else "llama"]
+    c.model.checkpoint = assets[model if model in ("gemma", "phi3", "mixtral", "qwen3_moe")
+                                else "llama"]
+    if model == "qwen3_moe":
+      c.model.moe.capacity_factor = 0.5
     c.model.task = "causal_lm"
     c.data.name = "chat_files"
     c.data.files.train = assets["chat"]["train"]
@@ -471,6 +498,17 @@ def test_phi3_on_a_2x2x2_mesh_matches_1_device(results, method):
     assert key in sharded_along(specs, "fsdp") and key in sharded_along(specs, "tensor"), specs
   else:  # the default LoRA target is the fused qkv_proj
     assert specs["params/model.layers.0.self_attn.qkv_proj.lora_b"] == [None, "tensor"], specs
+
+
+@pytest.mark.parametrize("model,method", MOE_CASES)
+def test_mixtures_of_experts_on_a_2x2x2_mesh_match_1_device(results, model, method):
+  specs = compare(results, model, method, "mixed")["specs"]
+  if method == "full":  # the experts along the expert axis (fsdp), their width along tensor
+    block = "block_sparse_moe" if model == "mixtral" else "mlp"
+    down = "w2" if model == "mixtral" else "down_proj"
+    assert specs[f"params/model.layers.0.{block}.experts.{down}"] == ["fsdp", "tensor", None], specs
+  else:
+    assert specs["params/model.layers.0.self_attn.q_proj.lora_b"] == [None, "tensor"], specs
 
 
 @pytest.mark.parametrize("model,method", [

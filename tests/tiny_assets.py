@@ -193,6 +193,37 @@ def make_tiny_phi3(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
   return path
 
 
+def make_tiny_moe(path: pathlib.Path, *, model_type: str = "mixtral", seed: int = 0,
+                  **overrides) -> pathlib.Path:
+  """A tiny random mixture of experts with the tiny decoders' ChatML tokenizer: a Mixtral
+  (4 experts, top 2, every layer sparse) or a Qwen3-MoE (6 experts, top 3, q/k norms, layer 1
+  a dense MLP); routers scaled up so routing is far from uniform, norm weights moved off 1."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = _save_chat_tokenizer(path)
+  common = dict(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                eos_token_id=vocab["<|im_end|>"], pad_token_id=0)
+  if model_type == "mixtral":
+    cls, own = transformers.MixtralForCausalLM, dict(
+        intermediate_size=24, num_local_experts=4, num_experts_per_tok=2)
+  else:
+    cls, own = transformers.Qwen3MoeForCausalLM, dict(
+        intermediate_size=40, moe_intermediate_size=16, num_experts=6, num_experts_per_tok=3,
+        head_dim=8, mlp_only_layers=[1])
+  config = cls.config_class(**{**common, **own, **overrides})
+  torch.manual_seed(seed)
+  model = cls(config)
+  with torch.no_grad():
+    for name, param in model.named_parameters():
+      if name.endswith("gate.weight"):
+        param.normal_(0.0, 0.5)
+  move_norms(model, 0.2)
+  model.save_pretrained(str(path))
+  return path
+
+
 def make_conversations(n: int, seed: int) -> list[dict]:
   import random  # pylint: disable=g-import-not-at-top
   rng = random.Random(seed)

@@ -53,6 +53,12 @@ def find_linears(model: nnx.Module, pattern: str, *, option: str,
   found = []
   for path, module in nnx.iter_modules(model):
     name = path_string(path)
+    for stacked in getattr(module, "stacked_linears", ()):  # a mixture of experts' experts
+      if regex.search(f"{name}.{stacked}"):
+        raise UserError(
+            f"config key '{option}' = '{pattern}' matches '{name}.{stacked}', the stacked "
+            "[experts, in, out] weights of a mixture of experts, which this method cannot wrap; "
+            "target the attention projections or the router ('gate') instead")
     if type(module) is not nnx.Linear or not regex.search(name):  # pylint: disable=unidiomatic-typecheck
       continue
     if exclude_head and head.search(name):

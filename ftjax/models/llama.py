@@ -1,4 +1,5 @@
-"""Llama-family decoders (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3, Phi-3) in NNX.
+"""Llama-family decoders (Llama 2/3, SmolLM2, Mistral, Qwen2, Qwen3, Phi-3, and the
+mixtures of experts Mixtral and Qwen3-MoE) in NNX.
 
 One implementation, switched by HF config keys:
   llama/mistral: optional `attention_bias` (q/k/v/o) and `mlp_bias`;
@@ -7,7 +8,12 @@ One implementation, switched by HF config keys:
   applied (per layer, from `sliding_window` / `layer_types`), not ignored;
   phi3: fused `self_attn.qkv_proj` ([q | k | v] rows) and `mlp.gate_up_proj` ([gate | up]),
   kept fused so PEFT target names and exports are HF's, and residual / embedding dropout
-  (`resid_pdrop`, `embd_pdrop`; LongRoPE and partial rotary come with `rope.py`).
+  (`resid_pdrop`, `embd_pdrop`; LongRoPE and partial rotary come with `rope.py`);
+  mixtral / qwen3_moe: Mistral's / Qwen3's attention with a sparse mixture-of-experts block
+  (`moe.SparseMoeBlock`) in place of the MLP: Mixtral's `block_sparse_moe` in every layer
+  (experts w1/w3/w2, top-k weights renormalised), Qwen3-MoE's `mlp` in every
+  `decoder_sparse_step`-th layer not in `mlp_only_layers` (a dense MLP of `intermediate_size`
+  elsewhere; top-k weights renormalised when `norm_topk_prob`).
 
 Module paths mirror HF so conversion is a table (`weights/llama_table.py`):
   model.embed_tokens, model.layers.{i}.self_attn.{q,k,v,o}_proj,
@@ -34,13 +40,19 @@ from ftjax.models import attention
 from ftjax.models import layer_stack
 from ftjax.models import layers
 from ftjax.models import kv_cache as kv_cache_lib
+from ftjax.models import moe as moe_lib
 from ftjax.models import rope as rope_lib
 
 ACTIVATIONS = {'silu': jax.nn.silu, 'swish': jax.nn.silu,
                'gelu': layers.gelu_exact,
                'gelu_pytorch_tanh': lambda x: jax.nn.gelu(x, approximate=True)}
 
-MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'phi3')
+MODEL_TYPES = ('llama', 'mistral', 'qwen2', 'qwen3', 'phi3', 'mixtral', 'qwen3_moe')
+MOE_TYPES = ('mixtral', 'qwen3_moe')
+# Each mixture-of-experts family's block attribute and experts' (gate, up, down) names, as its
+# checkpoints name them.
+MOE_NAMES = {'mixtral': ('block_sparse_moe', ('w1', 'w3', 'w2')),
+             'qwen3_moe': ('mlp', ('gate_proj', 'up_proj', 'down_proj'))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +89,16 @@ class LlamaConfig:
   # The token classifier's dropout: transformers' `classifier_dropout`, else `hidden_dropout`,
   # else 0.1 (`GenericForTokenClassification`).
   classifier_dropout: float = 0.1
+  # Mixtral / Qwen3-MoE: experts (0: a dense model), experts per token, each expert's width,
+  # renormalised top-k weights, Mixtral's router input noise, the checkpoint's load-balancing
+  # loss weight, and which layers are sparse (the others have a dense `intermediate_size` MLP).
+  num_experts: int = 0
+  num_experts_per_tok: int = 2
+  moe_intermediate_size: int = 0
+  norm_topk_prob: bool = True
+  router_jitter_noise: float = 0.0
+  router_aux_loss_coef: float = 0.0
+  sparse_layers: tuple[bool, ...] = ()
   initializer_range: float = 0.02
   bos_token_id: Any = None
   eos_token_id: Any = None
@@ -97,7 +119,13 @@ class LlamaConfig:
     if len(self.layer_windows) not in (0, self.num_hidden_layers):
       raise UserError(f'{len(self.layer_windows)} layer types for '
                       f'{self.num_hidden_layers} layers in {where}')
+    if self.num_experts and not 0 < self.num_experts_per_tok <= self.num_experts:
+      raise UserError(f'num_experts_per_tok {self.num_experts_per_tok} must be in '
+                      f'[1, {self.num_experts}] (the number of experts) in {where}')
 
+  def sparse(self, layer: int) -> bool:
+    """Whether layer `layer` has a mixture-of-experts block."""
+    return bool(self.sparse_layers) and self.sparse_layers[layer]
   def window(self, layer: int) -> int | None:
     return self.layer_windows[layer] if self.layer_windows else None
 
@@ -131,6 +159,8 @@ class LlamaConfig:
           pad_token_id=hf.get('pad_token_id'))
     except KeyError as e:
       raise UserError(f'missing key {e} in {where}') from e
+    if model_type in MOE_TYPES:
+      kw.update(_moe_fields(hf, model_type, layers, where))
     if model_type == 'qwen2':
       kw.update(qkv_bias=True)
     elif model_type == 'phi3':  # no bias keys: Phi-3's projections have none
@@ -141,7 +171,7 @@ class LlamaConfig:
       kw.update(qkv_bias=bias, o_bias=bias)
     kw['mlp_bias'] = bool(get('mlp_bias', False))
     kw['classifier_dropout'] = float(get('classifier_dropout', get('hidden_dropout', 0.1)))
-    kw['qk_norm'] = model_type == 'qwen3'
+    kw['qk_norm'] = model_type in ('qwen3', 'qwen3_moe')
     kw['layer_windows'] = _layer_windows(hf, model_type, layers)
     return cls(**kw)
 
@@ -156,7 +186,7 @@ class LlamaConfig:
     eos = self.eos_token_id
     hf['eos_token_id'] = list(eos) if isinstance(eos, tuple) else eos
     hf['rope_parameters'] = self.rope.to_hf()
-    if self.model_type in ('llama', 'qwen3', 'mistral'):
+    if self.model_type in ('llama', 'qwen3', 'mistral', 'qwen3_moe'):
       hf['attention_bias'] = self.qkv_bias
     hf['mlp_bias'] = self.mlp_bias
     if self.classifier_dropout != 0.1:
@@ -167,7 +197,12 @@ class LlamaConfig:
                 sliding_window=windows[0] if windows else None)
       if self.rope.original_max_position_embeddings is not None:
         hf['original_max_position_embeddings'] = self.rope.original_max_position_embeddings
-    if self.model_type == 'mistral':
+    if self.num_experts:
+      hf.update(_moe_hf(self))
+    if self.model_type in ('mistral', 'mixtral'):
+      hf['sliding_window'] = windows[0] if windows else None
+    elif self.model_type == 'qwen3_moe':
+      hf['use_sliding_window'] = bool(windows)
       hf['sliding_window'] = windows[0] if windows else None
     elif self.model_type in ('qwen2', 'qwen3'):
       hf['use_sliding_window'] = bool(windows)
@@ -179,6 +214,40 @@ class LlamaConfig:
         hf['max_window_layers'] = next(
             i for i, w in enumerate(self.layer_windows) if w is not None)
     return hf
+
+
+def _moe_fields(hf, model_type, layers, where) -> dict[str, Any]:
+  """The mixture-of-experts fields of a Mixtral / Qwen3-MoE config.json."""
+  get = functools.partial(hf_get, hf)
+  experts = get('num_local_experts', get('num_experts', 8))  # Qwen3-MoE writes either
+  if model_type == 'mixtral':
+    return dict(num_experts=experts, num_experts_per_tok=get('num_experts_per_tok', 2),
+                moe_intermediate_size=hf['intermediate_size'], norm_topk_prob=True,
+                router_jitter_noise=float(get('router_jitter_noise', 0.0)),
+                router_aux_loss_coef=float(get('router_aux_loss_coef', 0.001)),
+                sparse_layers=(True,) * layers)
+  step = get('decoder_sparse_step', 1)
+  dense = set(get('mlp_only_layers', []))
+  if step < 1:
+    raise UserError(f'decoder_sparse_step must be >= 1, got {step} in {where}')
+  return dict(num_experts=experts, num_experts_per_tok=get('num_experts_per_tok', 8),
+              moe_intermediate_size=get('moe_intermediate_size', hf['intermediate_size']),
+              norm_topk_prob=bool(get('norm_topk_prob', False)),
+              router_aux_loss_coef=float(get('router_aux_loss_coef', 0.001)),
+              sparse_layers=tuple(i not in dense and experts > 0 and (i + 1) % step == 0
+                                  for i in range(layers)))
+
+
+def _moe_hf(cfg: 'LlamaConfig') -> dict[str, Any]:
+  """The config.json keys of a mixture of experts."""
+  hf = dict(num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+            router_aux_loss_coef=cfg.router_aux_loss_coef)
+  if cfg.model_type == 'mixtral':
+    hf['router_jitter_noise'] = cfg.router_jitter_noise
+    return hf
+  return dict(hf, moe_intermediate_size=cfg.moe_intermediate_size,
+              norm_topk_prob=cfg.norm_topk_prob, decoder_sparse_step=1,
+              mlp_only_layers=[i for i, sparse in enumerate(cfg.sparse_layers) if not sparse])
 
 
 def hf_get(hf: dict[str, Any], key: str, default):
@@ -195,8 +264,10 @@ def hashable(value):
 def _layer_windows(hf, model_type, layers) -> tuple[int | None, ...]:
   """Per-layer sliding windows the way each transformers class reads them."""
   window = hf.get('sliding_window')
-  if model_type in ('mistral', 'phi3'):
+  if model_type in ('mistral', 'phi3', 'mixtral'):
     return (window,) * layers if window else ()
+  if model_type == 'qwen3_moe':  # every layer, when `use_sliding_window`
+    return (window,) * layers if hf.get('use_sliding_window') and window else ()
   if model_type in ('qwen2', 'qwen3'):
     if not hf.get('use_sliding_window') or not window:
       return ()
@@ -314,26 +385,47 @@ class LlamaMLP(nnx.Module):
 
 
 class LlamaDecoderLayer(nnx.Module):
-  """Pre-norm block: x + attn(norm(x)); x + mlp(norm(x))."""
+  """Pre-norm block: x + attn(norm(x)); x + ffn(norm(x)), the ffn an MLP or (`sparse`) a
+  mixture of experts routed with `capacity_factor` (`moe.MoeOptions`)."""
 
   def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
-               attention_impl: str = 'xla'):
+               attention_impl: str = 'xla', sparse: bool = False, capacity_factor: float = 0.0):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(dtype=dtype, param_dtype=param_dtype, axis_name='embed')
     self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, **nkw)
     self.self_attn = LlamaAttention(cfg, **kw, impl=attention_impl)
     self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps,
                                             **nkw)
-    self.mlp = LlamaMLP(cfg, **kw)
+    if sparse:
+      block_name, names = MOE_NAMES[cfg.model_type]
+      block = moe_lib.SparseMoeBlock(
+          cfg.hidden_size, cfg.moe_intermediate_size, num_experts=cfg.num_experts,
+          top_k=cfg.num_experts_per_tok, normalize_top_k=cfg.norm_topk_prob, names=names,
+          act=ACTIVATIONS[cfg.hidden_act], jitter_noise=cfg.router_jitter_noise,
+          capacity_factor=capacity_factor, init_std=cfg.initializer_range, **kw)
+    else:
+      block_name, block = 'mlp', LlamaMLP(cfg, **kw)
+    # Mixtral's block is `block_sparse_moe`, every other family's `mlp` (the checkpoints' names).
+    if block_name == 'mlp':
+      self.mlp, self.block_sparse_moe = block, None
+    else:
+      self.block_sparse_moe, self.mlp = block, None
     self.residual_dropout = cfg.residual_dropout
 
   def __call__(self, x, shape, layout, positions, cache, rngs=None, *,
                window=None):
+    """Returns (x, (keys, values), the experts' `RouterStats` or None)."""
     attn, kv = self.self_attn(self.input_layernorm(x), shape, layout,
                               positions, cache, rngs, window=window)
     drop = lambda y: attention.dropout(self.residual_dropout, y, rngs)
     x = x + drop(attn)
-    return x + drop(self.mlp(self.post_attention_layernorm(x))), kv
+    h = self.post_attention_layernorm(x)
+    block = self.mlp if self.block_sparse_moe is None else self.block_sparse_moe
+    if isinstance(block, moe_lib.SparseMoeBlock):
+      h, stats = block(h, (layout.q_seg != 0).reshape(-1), rngs)
+    else:
+      h, stats = block(h), None
+    return x + drop(h), kv, stats
 
 
 class LlamaModel(nnx.Module):
@@ -342,15 +434,20 @@ class LlamaModel(nnx.Module):
   The layers are identical modules (per-layer data such as the sliding window
   is looked up by layer index), so `layer_stack.stack_layers` can stack them
   and `run_layers` scans them; `remat` is the per-layer rematerialisation
-  policy (`layer_stack.REMAT_POLICIES`) and `attention_impl` every layer's
-  attention implementation (`attention.IMPLEMENTATIONS`).
+  policy (`layer_stack.REMAT_POLICIES`), `attention_impl` every layer's
+  attention implementation (`attention.IMPLEMENTATIONS`) and `moe` how the sparse layers route
+  (`moe.MoeOptions`; a dense config ignores it).
   """
 
   def __init__(self, cfg: LlamaConfig, *, dtype, param_dtype, rngs: nnx.Rngs,
-               remat: str = 'none', attention_impl: str = 'xla'):
+               remat: str = 'none', attention_impl: str = 'xla',
+               moe: moe_lib.MoeOptions | None = None):
     self.cfg = cfg
     self.dtype = dtype
     self.remat = layer_stack.check_remat(remat)
+    moe = moe or moe_lib.MoeOptions()
+    self.router_aux_loss_coef = (cfg.router_aux_loss_coef if moe.router_aux_loss_coef is None
+                                 else moe.router_aux_loss_coef)
     self.embed_tokens = nnx.Embed(
         cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nnx.initializers.normal(cfg.initializer_range),
@@ -359,13 +456,16 @@ class LlamaModel(nnx.Module):
         rngs=rngs)
     self.layers = nnx.List([
         LlamaDecoderLayer(cfg, dtype=dtype, param_dtype=param_dtype,
-                          rngs=rngs, attention_impl=attention_impl)
-        for _ in range(cfg.num_hidden_layers)])
+                          rngs=rngs, attention_impl=attention_impl, sparse=cfg.sparse(i),
+                          capacity_factor=moe.capacity_factor)
+        for i in range(cfg.num_hidden_layers)])
     self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype=dtype,
                         param_dtype=param_dtype, axis_name='embed')
 
   def __call__(self, input_ids, layout, positions, cache, rngs=None):
-    """Returns (hidden [B, T, H], per-layer (k, v))."""
+    """Returns (hidden [B, T, H], per-layer (k, v)). A mixture of experts called to train
+    (`rngs` given) records its layers' summed `moe.RouterStats` and weighted load-balancing loss
+    as an `nnx.Intermediate` (`moe.record`), which the train step adds to the loss."""
     b, t = input_ids.shape
     # Layers work on [B*T, H] rows: XLA:CPU's fast 2-D matmul kernels.
     x = self.embed_tokens(input_ids).reshape(b * t, -1)
@@ -374,13 +474,16 @@ class LlamaModel(nnx.Module):
     def body(layer, x, i, kv, rngs):
       layer_cache = (None if cache is None
                      else kv_cache_lib.LayerCache(*kv, cache.index))
-      x, kv = layer(x, (b, t), layout, positions, layer_cache, rngs,
-                    window=self.window(i))
-      return x, (None if cache is None else kv)
+      x, kv, stats = layer(x, (b, t), layout, positions, layer_cache, rngs,
+                           window=self.window(i))
+      return x, (None if cache is None else kv, stats)
 
-    x, kvs = layer_stack.run_layers(
+    x, outputs = layer_stack.run_layers(
         self.layers, body, x, None if cache is None else cache.per_layer(),
         rngs=rngs, remat=self.remat)
+    kvs, stats = moe_lib.split_layer_outputs(outputs)
+    if rngs is not None and stats is not None:
+      moe_lib.record(self, stats, self.router_aux_loss_coef, self.cfg.num_experts_per_tok)
     return self.norm(x).reshape(b, t, -1), kvs
 
   def window(self, i):
@@ -407,17 +510,18 @@ class LlamaForCausalLM(nnx.Module):
   """Decoder + LM head; HF `LlamaForCausalLM` / `MistralForCausalLM` /
   `Qwen2ForCausalLM` / `Qwen3ForCausalLM` / `Phi3ForCausalLM`.
 
-  `remat` (config `model.remat`) and `attention` (config `model.attention`)
-  are passed to the decoder: see `LlamaModel`.
+  `remat` (config `model.remat`), `attention` (config `model.attention`) and a mixture of
+  experts' `moe` (config `model.moe`) are passed to the decoder: see `LlamaModel`.
   """
 
   def __init__(self, config: LlamaConfig, *, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
-               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+               attention: str = 'xla',  # pylint: disable=redefined-outer-name
+               moe: moe_lib.MoeOptions | None = None):
     self.config = config
     self.dtype = dtype
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs, remat=remat, attention_impl=attention)
+                            rngs=rngs, remat=remat, attention_impl=attention, moe=moe)
     if config.tie_word_embeddings:
       self.lm_head = None
     else:
@@ -472,12 +576,13 @@ class LlamaForSequenceClassification(nnx.Module):
 
   def __init__(self, config: LlamaConfig, num_labels: int, *, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
-               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+               attention: str = 'xla',  # pylint: disable=redefined-outer-name
+               moe: moe_lib.MoeOptions | None = None):
     self.config = config
     self.dtype = dtype
     self.num_labels = num_labels
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs, remat=remat, attention_impl=attention)
+                            rngs=rngs, remat=remat, attention_impl=attention, moe=moe)
     self.score = linear(config, config.hidden_size, num_labels, ('embed', None), False,
                          dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 
@@ -502,12 +607,13 @@ class LlamaForTokenClassification(nnx.Module):
 
   def __init__(self, config: LlamaConfig, num_labels: int, *, dtype=jnp.float32,
                param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
-               attention: str = 'xla'):  # pylint: disable=redefined-outer-name
+               attention: str = 'xla',  # pylint: disable=redefined-outer-name
+               moe: moe_lib.MoeOptions | None = None):
     self.config = config
     self.dtype = dtype
     self.num_labels = num_labels
     self.model = LlamaModel(config, dtype=dtype, param_dtype=param_dtype,
-                            rngs=rngs, remat=remat, attention_impl=attention)
+                            rngs=rngs, remat=remat, attention_impl=attention, moe=moe)
     self.score = linear(config, config.hidden_size, num_labels, ('embed', None), True,
                         dtype=dtype, param_dtype=param_dtype, rngs=rngs)
 

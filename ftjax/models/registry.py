@@ -34,6 +34,7 @@ from ftjax.models import distilbert
 from ftjax.models import gemma
 from ftjax.models import gpt2
 from ftjax.models import llama
+from ftjax.models import moe as moe_lib
 from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
 from ftjax.weights import distilbert_table
@@ -55,7 +56,8 @@ class Family:
   # task -> (model class, weight table or config -> table, HF architecture)
   classes: dict[str, tuple[type, Any, str]]
   # (config, task, num_labels, dtype, param_dtype, rngs, **options) -> model, where the
-  # options are the model classes' `remat` and `attention` constructor arguments
+  # options are the model classes' `remat` and `attention` constructor arguments, and `moe`
+  # (`moe.MoeOptions`) for a config with experts
   build: Callable[..., nnx.Module]
 
 
@@ -150,9 +152,11 @@ _FAMILIES: dict[str, Family] = {
     'gemma3_text': _gemma_family('Gemma3', 'Gemma3TextForSequenceClassification', None),
     'llama': _llama_family('Llama'),
     'mistral': _llama_family('Mistral'),
+    'mixtral': _llama_family('Mixtral'),
     'phi3': _llama_family('Phi3'),
     'qwen2': _llama_family('Qwen2'),
     'qwen3': _llama_family('Qwen3'),
+    'qwen3_moe': _llama_family('Qwen3Moe'),
 }
 
 SUPPORTED_MODEL_TYPES = tuple(sorted(_FAMILIES))
@@ -225,17 +229,20 @@ class ModelSpec:
 
 def model_spec(path: str | os.PathLike, *, task: str = 'classification',
                num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = 'none', attention: str = 'xla', num_layers: int = 0) -> ModelSpec:
+               remat: str = 'none', attention: str = 'xla', num_layers: int = 0,
+               moe: moe_lib.MoeOptions | None = None) -> ModelSpec:
   """Reads a checkpoint directory's `config.json` into a `ModelSpec`; arguments as for
-  `build_model`, and `num_layers` > 0 keeps only the checkpoint's first that many layers (a
-  smaller student: the later layers' tensors are not read). Reads no weights."""
+  `build_model`, `num_layers` > 0 keeps only the checkpoint's first that many layers (a
+  smaller student: the later layers' tensors are not read), and `moe` routes a mixture of
+  experts (None: dropless, the checkpoint's aux-loss weight; a model without experts refuses
+  other options). Reads no weights."""
   _check_task(task)
   path = pathlib.Path(path)
   hf = read_hf_config(path)
   drop = _keep_layers(hf, num_layers, str(path / CONFIG_FILE))
   spec = _spec(hf, task=task, num_labels=num_labels, dtype=dtype, param_dtype=param_dtype,
                remat=remat, attention=attention, source=str(path),
-               config_source=str(path / CONFIG_FILE))
+               config_source=str(path / CONFIG_FILE), moe=moe)
   if drop:
     spec = dataclasses.replace(spec, table=dataclasses.replace(
         spec.table, ignore=(*spec.table.ignore, drop)))
@@ -263,8 +270,20 @@ def _keep_layers(hf: dict[str, Any], num_layers: int, config_source: str) -> str
   return rf'(.*\.)?(layer|layers|h)\.({dropped})\..*' if dropped else ''
 
 
+def _moe_options(config, moe: moe_lib.MoeOptions | None, config_source: str) -> dict[str, Any]:
+  """The `moe` constructor argument for a config with experts; {} for one without, which
+  refuses options other than the defaults."""
+  if getattr(config, 'num_experts', 0):
+    return {'moe': moe or moe_lib.MoeOptions()}
+  if moe is not None and moe != moe_lib.MoeOptions():
+    raise UserError(f"config key 'model.moe' routes experts, but {config_source} describes a "
+                    f"'{config.model_type}' model without experts; leave model.moe at its "
+                    'defaults')
+  return {}
+
+
 def _spec(hf: dict[str, Any], *, task, num_labels, dtype, param_dtype, remat, attention,
-          source, config_source) -> ModelSpec:
+          source, config_source, moe=None) -> ModelSpec:
   model_type = hf.get('model_type')
   family = _family(model_type, config_source)
   _family_task(family, model_type, task)
@@ -272,10 +291,11 @@ def _spec(hf: dict[str, Any], *, task, num_labels, dtype, param_dtype, remat, at
   if task in LABELLED_TASKS and num_labels is None:
     num_labels = _config_num_labels(hf) or 2
   _, table, _ = family.classes[task]
+  options = _moe_options(config, moe, config_source)
 
   def build(rngs: nnx.Rngs) -> nnx.Module:
     return family.build(config, task, num_labels, dtype, param_dtype, rngs, remat=remat,
-                        attention=attention)
+                        attention=attention, **options)
   return ModelSpec(config, task, _table(table, config), source, build)
 
 
@@ -290,7 +310,8 @@ def init_model(spec: ModelSpec, rngs: nnx.Rngs) -> nnx.Module:
 def build_model(path: str | os.PathLike, *, task: str = 'classification',
                 num_labels: int | None = None, dtype=jnp.float32,
                 param_dtype=jnp.float32, rngs: nnx.Rngs, remat: str = 'none',
-                attention: str = 'xla') -> tuple[nnx.Module, list[str]]:
+                attention: str = 'xla',
+                moe: moe_lib.MoeOptions | None = None) -> tuple[nnx.Module, list[str]]:
   """Builds a model from an HF checkpoint directory and loads its weights, eagerly and whole.
 
   Training builds its model sharded instead (`ftjax.train.construct`); this serves tools and
@@ -307,13 +328,14 @@ def build_model(path: str | os.PathLike, *, task: str = 'classification',
       `model.remat`), kept by the module that runs the layers.
     attention: attention implementation of the decoder layers (`attention.IMPLEMENTATIONS`,
       config `model.attention`); a family without decoder attention refuses all but 'xla'.
+    moe: a mixture of experts' routing options (config `model.moe`); None = the defaults.
 
   Returns:
     (model, NNX paths of params that were newly initialised).
   """
   # The config is checked before (possibly large) weights are read.
   spec = model_spec(path, task=task, num_labels=num_labels, dtype=dtype,
-                    param_dtype=param_dtype, remat=remat, attention=attention)
+                    param_dtype=param_dtype, remat=remat, attention=attention, moe=moe)
   model = init_model(spec, rngs)
   tensors = safetensors_io.read_safetensors_dir(path)
   return model, safetensors_io.load_params(model, tensors, spec.table, source=spec.source)
@@ -323,14 +345,15 @@ def build_from_tensors(
     hf_config: dict[str, Any], tensors: dict[str, Any], *, task: str,
     num_labels: int | None = None, dtype=jnp.float32, param_dtype=jnp.float32,
     rngs: nnx.Rngs, source: str = 'tensors', config_source: str = 'config',
-    remat: str = 'none', attention: str = 'xla') -> tuple[nnx.Module, list[str]]:
+    remat: str = 'none', attention: str = 'xla',
+    moe: moe_lib.MoeOptions | None = None) -> tuple[nnx.Module, list[str]]:
   """Builds a model from an HF config dict and HF-named tensors (no disk).
 
   Args:
     hf_config: the `config.json` dict (`model_type` selects the family).
     tensors: HF tensor name -> numpy array.
     task: 'base', 'classification' or 'causal_lm' (what the family has).
-    num_labels, dtype, param_dtype, rngs, remat, attention: as for `build_model`.
+    num_labels, dtype, param_dtype, rngs, remat, attention, moe: as for `build_model`.
     source: names the tensors' origin in error messages (a file or dir).
     config_source: names the config's origin in error messages.
 
@@ -340,7 +363,7 @@ def build_from_tensors(
   _check_task(task)
   spec = _spec(hf_config, task=task, num_labels=num_labels, dtype=dtype,
                param_dtype=param_dtype, remat=remat, attention=attention, source=source,
-               config_source=config_source)
+               config_source=config_source, moe=moe)
   model = init_model(spec, rngs)
   return model, safetensors_io.load_params(model, tensors, spec.table, source=source)
 

@@ -19,6 +19,7 @@ from ftjax import methods, optim, sharding, sources, tasks
 from ftjax.config import ConfigDict
 from ftjax.data.tokenization import load_tokenizer
 from ftjax.errors import UserError
+from ftjax.models import moe
 from ftjax.models import registry as model_registry
 from ftjax.train import construct
 from ftjax.train import teacher as teacher_lib
@@ -81,6 +82,14 @@ def _check_vocab(model_path: pathlib.Path, tokenizer) -> None:
                     f"config.json has vocab_size {vocab_size}")
 
 
+def moe_options(cfg: ConfigDict) -> moe.MoeOptions:
+  """`model.moe` as the model's `moe` constructor argument (a negative aux-loss weight: the
+  checkpoint's)."""
+  coef = cfg.model.moe.router_aux_loss_coef
+  return moe.MoeOptions(capacity_factor=float(cfg.model.moe.capacity_factor),
+                        router_aux_loss_coef=None if coef < 0 else float(coef))
+
+
 def trainable_filter(method, freeze: str):
   """The method's trainable variables, minus any matching the `method.freeze` regex."""
   if not freeze:
@@ -119,7 +128,7 @@ def plan_experiment(cfg: ConfigDict, *, optimizer: bool = True) -> Experiment:
       model_path, task=task.MODEL_TASK, dtype=jnp.dtype(cfg.model.dtype),
       param_dtype=jnp.dtype(cfg.model.param_dtype), remat=cfg.model.remat,
       attention=cfg.model.get("attention", "xla"), num_layers=cfg.model.get("num_layers", 0),
-      **task.model_kwargs(dataset))
+      moe=moe_options(cfg), **task.model_kwargs(dataset))
   # Built sharded from the checkpoint, the method applied on the unscanned model, the layers
   # stacked afterwards when asked (`construct`).
   why = f"method '{cfg.method.name}'" + (f", method.freeze '{cfg.method.freeze}'"

@@ -17,6 +17,7 @@ from flax import nnx
 
 from ftjax import methods, optim, sharding
 from ftjax.errors import UserError
+from ftjax.models import moe
 from ftjax.train.batches import Policy, stop_token_ids
 from ftjax.train.state import Experiment, TrainState, local_batch_size
 
@@ -48,8 +49,15 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedule: optax.
     # One stream for the model's dropout sites and the method's own (`TrainRngs` layers).
     rngs = nnx.Rngs(dropout=key)
     model = methods.base.bind_train_rngs(nnx.merge(graphdef, params, frozen), rngs)
-    return task.train_loss(model, batch, rngs,
-                           **_companions(graphdef, task, reference, frozen, teacher))
+    companions = _companions(graphdef, task, reference, frozen, teacher)
+    (loss, aux), recorded = nnx.capture(
+        lambda model: task.train_loss(model, batch, rngs, **companions), nnx.Intermediate)(model)
+    # A mixture of experts' load-balancing loss (already weighted) joins every objective's loss.
+    routed = moe.recorded_terms(recorded)
+    if routed:
+      loss = loss + routed["aux_loss"]
+      aux = {**aux, **{f"moe_{k}": v for k, v in routed.items()}}
+    return loss, aux
 
   def weighted_loss(params, frozen, reference, batch, key, teacher=None):
     loss, aux = loss_fn(params, frozen, reference, batch, key, teacher)

@@ -1,12 +1,14 @@
 """Weight tables between HF Llama-family checkpoints and `ftjax.models.llama`.
 
 HF names follow `transformers.LlamaForCausalLM` (also Mistral, Qwen2, Qwen3,
-SmolLM2, and Phi-3 with its fused `qkv_proj` / `gate_up_proj`), and `LlamaForSequenceClassification` for the classifier (its `score` in place of
+SmolLM2, Phi-3 with its fused `qkv_proj` / `gate_up_proj`, and the mixtures of experts Mixtral
+and Qwen3-MoE with one tensor per expert and Linear), and `LlamaForSequenceClassification` for the classifier (its `score` in place of
 the LM head; a causal-LM checkpoint loads into it with `score` new). With tied embeddings `lm_head.weight` is not a parameter: a
 checkpoint that still stores it (some do) has it ignored, and export omits it,
 as transformers does.
 """
 
+from ftjax.models import llama
 from ftjax.weights.safetensors_io import Rule
 from ftjax.weights.safetensors_io import WeightTable
 
@@ -31,8 +33,21 @@ def _rules(tied: bool, fused: bool = False) -> list[Rule]:
     rules += linear_rules(f'{layer}.mlp.{proj}')
   for norm in ('input_layernorm', 'post_attention_layernorm'):
     rules.append(Rule(f'{layer}.{norm}.weight', f'{layer}.{norm}.scale'))
+  rules += _experts_rules(layer)
   if not tied:
     rules.append(Rule('lm_head.weight', 'lm_head.kernel', 'T'))
+  return rules
+
+
+def _experts_rules(layer: str) -> list[Rule]:
+  """Mixtral's `block_sparse_moe` and Qwen3-MoE's sparse `mlp`: the router `gate` and each
+  expert's Linears, stacked along the first axis of one [experts, in, out] param per name
+  (`models/moe.Experts`). A dense model has none of these params, so they match nothing there."""
+  rules = []
+  for block, names in llama.MOE_NAMES.values():
+    rules.append(Rule(f'{layer}.{block}.gate.weight', f'{layer}.{block}.gate.kernel', 'T'))
+    rules += [Rule(f'{layer}.{block}.experts.{{e}}.{name}.weight',
+                   f'{layer}.{block}.experts.{name}', 'T') for name in names]
   return rules
 
 

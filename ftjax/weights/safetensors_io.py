@@ -12,6 +12,12 @@ kernels [in, out]. The table also says which HF tensors are buffers to skip,
 which NNX params may be absent from a checkpoint (they keep their fresh
 initialisation and are reported) and which HF name prefixes to try when a name
 matches no rule (e.g. `bert.`).
+
+A placeholder that only the HF side has stacks: `Rule('mlp.experts.{e}.down_proj.weight',
+'mlp.experts.down_proj', 'T')` loads the HF tensors e = 0, 1, ... (each transposed) into slice
+[e] of one NNX param's first axis, and export writes them back one by one: a mixture of
+experts keeps HF's per-expert tensors on disk and one [experts, in, out] array in the model (for
+`jax.lax.ragged_dot` and an `expert` mesh axis).
 """
 
 import dataclasses
@@ -34,10 +40,23 @@ INDEX_FILE = 'model.safetensors.index.json'
 
 
 class Rule(NamedTuple):
-  """One HF tensor <-> one NNX param. Templates share `{name}` integer slots."""
+  """One HF tensor <-> one NNX param (or, stacking, one slice of it: see the module doc).
+  Templates share `{name}` integer slots."""
   hf: str
   nnx: str
   transform: str = ''  # '' (as is) or 'T' (transpose a 2-D matrix)
+
+  @property
+  def stack_key(self) -> str | None:
+    """The placeholder only `hf` has (the stacked axis' index), or None."""
+    only_hf = set(re.findall(r'\{(\w+)\}', self.hf)) - set(re.findall(r'\{(\w+)\}', self.nnx))
+    if len(only_hf) > 1:
+      raise ValueError(f'rule {self.hf!r} -> {self.nnx!r} stacks over more than one placeholder')
+    return next(iter(only_hf), None)
+
+  def stacked_names(self, groups: dict[str, str], count: int) -> list[str]:
+    """The HF names of slices 0..count-1 of a stacking rule's param."""
+    return [self.hf.format(**groups, **{self.stack_key: str(e)}) for e in range(count)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,18 +98,35 @@ class CompiledTable:
 
   def to_nnx(self, hf_name: str):
     """Returns (nnx_path, rule) for an HF name, or None."""
+    hit = self.to_nnx_slot(hf_name)
+    return hit and hit[:2]
+
+  def to_nnx_slot(self, hf_name: str):
+    """Returns (nnx_path, rule, slot) for an HF name, or None; `slot` is the index along the
+    param's first axis for a stacking rule, else None."""
     for rx, rule in self.by_hf:
       m = rx.fullmatch(hf_name)
       if m:
-        return rule.nnx.format(**m.groupdict()), rule
+        groups = m.groupdict()
+        key = rule.stack_key
+        slot = None if key is None else int(groups.pop(key))
+        return rule.nnx.format(**groups), rule, slot
     return None
 
   def to_hf(self, nnx_path: str):
-    """Returns (hf_name, rule) for an NNX path, or None."""
+    """Returns (hf_name, rule) for an NNX path, or None (a stacking rule: slice 0's name)."""
+    hit = self.to_hf_groups(nnx_path)
+    if hit is None:
+      return None
+    rule, groups = hit
+    return (rule.stacked_names(groups, 1)[0] if rule.stack_key else rule.hf.format(**groups)), rule
+
+  def to_hf_groups(self, nnx_path: str):
+    """Returns (rule, placeholder values) for an NNX path, or None."""
     for rx, rule in self.by_nnx:
       m = rx.fullmatch(nnx_path)
       if m:
-        return rule.hf.format(**m.groupdict()), rule
+        return rule, m.groupdict()
     return None
 
   def is_ignored(self, hf_name: str) -> bool:
@@ -141,13 +177,15 @@ def match_tensors(param_shapes: dict[str, tuple[int, ...]],
 
   Returns:
     (NNX path -> (HF name, transform) of every loaded param, NNX paths the checkpoint lacks:
-    they keep their fresh initialisation).
+    they keep their fresh initialisation). A stacked param's HF name is the tuple of its
+    slices' names, in order.
 
   Raises:
     UserError: naming the first unexpected, missing or mis-shaped tensor.
   """
   compiled = CompiledTable(table)
   assigned: dict[str, tuple[str, str]] = {}  # nnx path -> (hf name, transform)
+  stacked: dict[str, dict[int, str]] = {}  # nnx path -> slot -> hf name
   unexpected = []
   for name in sorted(tensor_shapes):
     candidates = [name] + [new + name[len(old):]
@@ -157,14 +195,18 @@ def match_tensors(param_shapes: dict[str, tuple[int, ...]],
       continue
     hit = None
     for candidate in candidates:
-      hit = compiled.to_nnx(candidate)
+      hit = compiled.to_nnx_slot(candidate)
       if hit and hit[0] in param_shapes:
         break
       hit = None
     if hit is None:
       unexpected.append(name)
       continue
-    path, rule = hit
+    path, rule, slot = hit
+    if slot is not None:
+      _match_slice(name, tensor_shapes[name], path, param_shapes[path], rule, slot,
+                   stacked.setdefault(path, {}), source)
+      continue
     if path in assigned:
       raise UserError(
           f"tensors '{assigned[path][0]}' and '{name}' in {source} both map to "
@@ -179,6 +221,13 @@ def match_tensors(param_shapes: dict[str, tuple[int, ...]],
     raise UserError(
         f'unexpected tensor {_shown(unexpected)} in {source}: '
         'the model has no parameter for it')
+  for path, slots in stacked.items():
+    rule, groups = compiled.to_hf_groups(path)
+    names = rule.stacked_names(groups, param_shapes[path][0])
+    absent = [n for e, n in enumerate(names) if e not in slots]
+    if absent:
+      raise UserError(f'missing tensor {_shown(absent)} in {source}')
+    assigned[path] = (tuple(names), rule.transform)
 
   missing, fresh = [], []
   for path in sorted(param_shapes):
@@ -192,6 +241,27 @@ def match_tensors(param_shapes: dict[str, tuple[int, ...]],
   if missing:
     raise UserError(f'missing tensor {_shown(missing)} in {source}')
   return assigned, fresh
+
+
+def _match_slice(name, shape, path, param_shape, rule, slot, slots, source) -> None:
+  """Checks HF tensor `name` as slice `slot` of stacked param `path` and records it."""
+  if slot >= param_shape[0]:
+    raise UserError(f"unexpected tensor '{name}' in {source}: parameter '{path}' stacks "
+                    f'{param_shape[0]}, so its slots are 0..{param_shape[0] - 1}')
+  if slot in slots:
+    raise UserError(f"tensors '{slots[slot]}' and '{name}' in {source} both map to slice "
+                    f"{slot} of parameter '{path}'")
+  want = _hf_shape(rule.transform, param_shape[1:])
+  if tuple(shape) != want:
+    raise UserError(f"tensor '{name}' in {source} has shape {tuple(shape)}, model expects {want}")
+  slots[slot] = name
+
+
+def _value(tensors, name, transform):
+  """The param value of HF tensor `name`, or of the stacked slices a tuple of names holds."""
+  if isinstance(name, tuple):
+    return np.stack([apply_transform(transform, tensors[n]) for n in name])
+  return apply_transform(transform, tensors[name])
 
 
 def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
@@ -221,8 +291,7 @@ def load_params(model: nnx.Module, tensors: dict[str, np.ndarray],
   for path, (name, transform) in assigned.items():
     var = params[path]
     old = var[...]
-    value = jnp.asarray(apply_transform(transform, tensors[name]),
-                        dtype=old.dtype)
+    value = jnp.asarray(_value(tensors, name, transform), dtype=old.dtype)
     sharding = getattr(old, 'sharding', None)
     var[...] = jax.device_put(value, sharding) if sharding else value
   return fresh
@@ -237,14 +306,18 @@ def export_params(model: nnx.Module, table: WeightTable) -> dict[str, np.ndarray
   compiled = CompiledTable(table)
   out = {}
   for path, var in param_vars(model).items():
-    hit = compiled.to_hf(path)
+    hit = compiled.to_hf_groups(path)
     if hit is None:
       raise UserError(
           f"parameter '{path}' has no Hugging Face name; merge or drop it "
           'before exporting')
-    name, rule = hit
+    rule, groups = hit
     array = np.asarray(jax.device_get(var[...]))
-    out[name] = np.ascontiguousarray(apply_transform(rule.transform, array))
+    if rule.stack_key:  # one HF tensor per slice of the first axis
+      for name, part in zip(rule.stacked_names(groups, array.shape[0]), array):
+        out[name] = np.ascontiguousarray(apply_transform(rule.transform, part))
+    else:
+      out[rule.hf.format(**groups)] = np.ascontiguousarray(apply_transform(rule.transform, array))
   return out
 
 
@@ -347,10 +420,14 @@ class CheckpointReader:
     self.bytes_requested += array.nbytes
     return array
 
-  def read_param(self, name: str, transform: str, dtype,
+  def read_param(self, name: str | tuple[str, ...], transform: str, dtype,
                  index: tuple[slice, ...] = ()) -> np.ndarray:
     """The slice `index` of the NNX param that tensor `name` loads into through `transform`,
-    cast on the host to the param's `dtype` (bf16 <-> fp32 casts round as XLA's do)."""
+    cast on the host to the param's `dtype` (bf16 <-> fp32 casts round as XLA's do). A tuple of
+    names is a stacked param (`match_tensors`): only the slices `index[0]` selects are read."""
+    if isinstance(name, tuple):
+      chosen = name[index[0]] if index else name
+      return np.stack([self.read_param(n, transform, dtype, index[1:]) for n in chosen])
     hf_index = tuple(reversed(index)) if transform == 'T' else index
     value = apply_transform(transform, self.read(name, hf_index))
     return np.ascontiguousarray(value.astype(dtype, copy=False))

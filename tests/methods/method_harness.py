@@ -76,6 +76,7 @@ class Run:
   batch: dict
   loss_before: float
   loss_after: float
+  metrics: dict  # the last step's
 
 
 def batch_loss(exp, state, batch) -> float:
@@ -95,9 +96,9 @@ def run_method(cfg, steps=None) -> Run:
   state = exp.state
   device_batch = sharding.put_batch(batch, sharding.batch_sharding(exp.mesh))
   for _ in range(steps or cfg.train.steps):
-    state, _ = step(state, device_batch)
+    state, metrics = step(state, device_batch)
   after = batch_loss(exp, state, batch)
-  return Run(exp, initial, state, batch, before, after)
+  return Run(exp, initial, state, batch, before, after, jax.device_get(metrics))
 
 
 def logits(model, batch):
