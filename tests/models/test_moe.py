@@ -21,6 +21,7 @@ from ftjax.models import layer_stack
 from ftjax.models import llama
 from ftjax.models import moe
 from ftjax.models import registry
+from ftjax import generate as generate_lib
 from ftjax import sharding
 import decoder_oracle
 from tiny_assets import make_tiny_moe
@@ -260,3 +261,18 @@ def test_missing_expert_tensor_is_named(checkpoints):
       'model.layers.0.block_sparse_moe.experts.0.w1.weight']
   with pytest.raises(UserError, match=r"unexpected tensor .*experts\.4\.w1\.weight.*stacks 4"):
     registry.build_from_tensors(hf, tensors, task='causal_lm', rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize('name', ['mixtral', 'qwen3_moe'])
+def test_greedy_generation_equals_transformers(checkpoints, name):
+  """The KV-cached decode routes each new token as the full forward does."""
+  path, ref = checkpoints[name]
+  model, _ = registry.build_model(path, task='causal_lm', rngs=nnx.Rngs(0))
+  prompts = [[5, 9, 14, 3, 7, 30, 2], [8, 7, 6]]
+  want = []
+  for ids in prompts:
+    with torch.no_grad():
+      out = ref.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
+                         max_new_tokens=6, do_sample=False, pad_token_id=0)
+    want.append(out[0, len(ids):].tolist())
+  assert generate_lib.generate(model, prompts, max_new_tokens=6) == want
