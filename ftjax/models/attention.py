@@ -105,6 +105,16 @@ def make_layout(input_ids, attention_mask=None, positions=None,
   return Layout(seg, positions, q_slot, k_seg, k_pos, k_slot), positions, new
 
 
+
+def decoder_states(decoder, input_ids, attention_mask=None, positions=None, segment_ids=None,
+                   rngs=None):
+  """A decoder's final hidden states [B, T, H] over one uncached pass, what every decoder head
+  but the LM's reads; `decoder(input_ids, layout, positions, cache, rngs)` is a family's bare
+  decoder (`LlamaModel`, `GemmaModel`, `GPT2Model`)."""
+  layout, positions, _ = make_layout(input_ids, attention_mask, positions, segment_ids, None)
+  hidden, _ = decoder(input_ids, layout, positions, None, rngs)
+  return hidden
+
 def dropout(rate: float, x, rngs):
   """Dropout that is active only when the caller passes `rngs`."""
   if rngs is None or rate == 0.0:

@@ -428,9 +428,8 @@ class GemmaForSequenceClassification(nnx.Module):
     """Logits [B, num_labels] (compute dtype); `token_type_ids` is ignored."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.model, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.score(layers.last_token(x, input_ids, attention_mask, self.config.pad_token_id))
 
 
@@ -454,7 +453,6 @@ class GemmaForTokenClassification(nnx.Module):
     """Per-position logits [B, T, num_labels] (compute dtype); `token_type_ids` is ignored."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.model, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.score(attention.dropout(self.config.classifier_dropout, x, rngs))

@@ -273,9 +273,8 @@ class GPT2ForSequenceClassification(nnx.Module):
     """Logits [B, num_labels] (compute dtype), as `LlamaForSequenceClassification`."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.transformer(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.transformer, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.score(layers.last_token(x, input_ids, attention_mask,
                                          self.config.pad_token_id))
 
@@ -300,7 +299,6 @@ class GPT2ForTokenClassification(nnx.Module):
     """Per-position logits [B, T, num_labels] (compute dtype)."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.transformer(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.transformer, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.classifier(attention.dropout(self.config.classifier_dropout, x, rngs))

@@ -592,9 +592,8 @@ class LlamaForSequenceClassification(nnx.Module):
     (`token_type_ids`, which decoders have none of, is ignored)."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.model, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.score(layers.last_token(x, input_ids, attention_mask,
                                          self.config.pad_token_id))
 
@@ -622,7 +621,6 @@ class LlamaForTokenClassification(nnx.Module):
     """Per-position logits [B, T, num_labels] (compute dtype); `token_type_ids` is ignored."""
     del token_type_ids
     input_ids = jnp.asarray(input_ids)
-    layout, positions, _ = attention.make_layout(
-        input_ids, attention_mask, positions, segment_ids, None)
-    x, _ = self.model(input_ids, layout, positions, None, rngs)
+    x = attention.decoder_states(self.model, input_ids, attention_mask, positions,
+                                 segment_ids, rngs)
     return self.score(attention.dropout(self.config.classifier_dropout, x, rngs))
