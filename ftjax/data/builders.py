@@ -12,6 +12,7 @@ from ftjax.data import chat_files
 from ftjax.data import chatterbot
 from ftjax.data import choice_files
 from ftjax.data import classification_files
+from ftjax.data import drug_reviews
 from ftjax.data import hf_datasets
 from ftjax.data import hhh
 from ftjax.data import pair_files
@@ -29,7 +30,7 @@ from ftjax.errors import UserError
 NAMES = ("rotten_tomatoes", "files", "chatterbot", "chat_files", "preference_files", "hhh",
          "prompt_files", "arithmetic", "text_files", "hf_datasets", "pair_files",
          "rotten_tomatoes_pairs", "token_files", "choice_files", "qa_files",
-         "target_files")
+         "target_files", "drug_reviews")
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
@@ -39,6 +40,8 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
     return get_builder(hf_datasets.as_files_config(data_cfg, data_dir))
   if data_cfg.name == "rotten_tomatoes":
     return rotten_tomatoes.RottenTomatoes(data_dir=data_dir)
+  if data_cfg.name == "drug_reviews":
+    return drug_reviews.DrugReviews(data_dir=data_dir)
   if data_cfg.name == "files":
     config = classification_files.make_config(
         dict(data_cfg.files or {}),
