@@ -164,13 +164,25 @@ class ModernBertConfig:
     return cls(**kwargs)
 
   def to_hf(self) -> dict[str, Any]:
-    """The HF config.json keys (transformers 5's `layer_types` / `rope_parameters`, and the
-    older `global_rope_theta` / `local_rope_theta`, which transformers 5 reads as well)."""
+    """The HF config.json keys: transformers 5's `layer_types` and `rope_parameters`, and for
+    older readers `global_rope_theta` / `local_rope_theta` and, when the layer types follow
+    it, `global_attn_every_n_layers` (transformers 5 reads them too, and they agree)."""
     out = {'model_type': self.model_type, **dataclasses.asdict(self)}
     out['layer_types'] = list(self.layer_types)
     out['rope_parameters'] = {t: {'rope_type': 'default', 'rope_theta': self.theta(t)}
                               for t in LAYER_TYPES}
+    every = _global_every(self.layer_types)
+    if every:
+      out['global_attn_every_n_layers'] = every
     return out
+
+
+def _global_every(layer_types: tuple[str, ...]) -> int | None:
+  """n when layer i is global exactly when i % n == 0 (the older configs' pattern), else None."""
+  for n in range(1, len(layer_types) + 1):
+    if all((t == 'full_attention') == (i % n == 0) for i, t in enumerate(layer_types)):
+      return n
+  return None
 
 
 def _trunc_normal(cfg: ModernBertConfig, std: float):
@@ -323,8 +335,14 @@ class ModernBertModel(nnx.Module):
                                                  cfg.head_dim) for t in LAYER_TYPES}
 
     def body(layer, x, i, unused_x, rngs):
-      kind = cfg.layer_types[i]  # an int: the layers are never stacked (layer 0 differs)
-      return layer(x, masks[kind], positions, inv_freqs[kind], rngs), None
+      if isinstance(i, int):
+        kind = cfg.layer_types[i]
+        return layer(x, masks[kind], positions, inv_freqs[kind], rngs), None
+      # A traced index (stacked layers: only a one-layer model, as layer 0 differs).
+      local = jnp.asarray([t == 'sliding_attention' for t in cfg.layer_types])[i]
+      mask = jnp.where(local, masks['sliding_attention'], masks['full_attention'])
+      inv_freq = jnp.where(local, inv_freqs['sliding_attention'], inv_freqs['full_attention'])
+      return layer(x, mask, positions, inv_freq, rngs), None
 
     x, _ = layer_stack.run_layers(self.layers, body, x.reshape(b * s, h), rngs=rngs,
                                   remat=self.remat)

@@ -211,6 +211,13 @@ def test_legacy_config_keys():
   assert cfg.layer_types == ('full_attention', 'sliding_attention') * 2
   assert (cfg.global_rope_theta, cfg.local_rope_theta) == (5.0, 7.0)
   assert modernbert.ModernBertConfig.from_hf(cfg.to_hf()) == cfg
+  assert cfg.to_hf()['global_attn_every_n_layers'] == 2
+  odd = dataclasses.replace(cfg, layer_types=('sliding_attention',) * 3 + ('full_attention',))
+  assert 'global_attn_every_n_layers' not in odd.to_hf()
+  assert modernbert.ModernBertConfig.from_hf(odd.to_hf()) == odd
+  # `model.num_layers` keeps the first layers: their types too.
+  kept = modernbert.ModernBertConfig.from_hf(dict(odd.to_hf(), num_hidden_layers=2))
+  assert kept.layer_types == ('sliding_attention',) * 2
   with pytest.raises(UserError, match='model.scan_layers needs identical layers'):
     from ftjax.models import layer_stack  # pylint: disable=g-import-not-at-top
     layer_stack.stack_layers(modernbert.ModernBertModel(cfg, rngs=nnx.Rngs(0)))
