@@ -29,8 +29,10 @@ CONFIGS = {
     # layers: global, local, global; window 2 each side; a global base unlike the local one
     'cls': dict(COMMON, global_attn_every_n_layers=2, local_attention=4, global_rope_theta=1000.0,
                 classifier_pooling='cls', attn_implementation='eager'),
-    # layers: global, local, local; every bias; dropouts (inactive in eval)
-    'mean': dict(COMMON, local_attention=6, classifier_pooling='mean', attention_bias=True,
+    # two layers, local then global (`layer_types` spelt out); every bias; dropouts (inactive in
+    # eval)
+    'mean': dict(COMMON, num_hidden_layers=2, layer_types=['sliding_attention', 'full_attention'],
+                 local_attention=6, classifier_pooling='mean', attention_bias=True,
                  mlp_bias=True, norm_bias=True, classifier_bias=True, classifier_activation='silu',
                  hidden_activation='gelu_pytorch_tanh', embedding_dropout=0.1, mlp_dropout=0.1,
                  attention_dropout=0.1, classifier_dropout=0.1, attn_implementation='sdpa'),
