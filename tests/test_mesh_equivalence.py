@@ -61,9 +61,10 @@ PHI3_METHODS = ("full", "lora")  # fused qkv_proj / gate_up_proj, LongRoPE
 # Mixtures of experts: Mixtral dropless (ragged_dot over experts sharded along fsdp) under full
 # and LoRA; Qwen3-MoE under full fine-tuning with capacity_factor 0.5, so tokens are dropped.
 MOE_CASES = (("mixtral", "full"), ("mixtral", "lora"), ("qwen3_moe", "full"))
-# RoBERTa (fairseq positions, the two-layer head) and DistilBERT (its names, two-layer head).
+# RoBERTa (fairseq positions, the two-layer head), DistilBERT (its names, two-layer head) and
+# ModernBERT (fused Wqkv and GeGLU Wi sharded along tensor, local attention, `head` + classifier).
 ENCODER_METHODS = ("full", "lora")
-ENCODERS = ("roberta", "distilbert")
+ENCODERS = ("roberta", "distilbert", "modernbert")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
@@ -189,8 +190,8 @@ def make_mesh_moe(path: pathlib.Path, model_type: str) -> pathlib.Path:
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
   from tiny_assets import (  # pylint: disable=g-import-not-at-top
-      make_conversations, make_sentiment_rows, make_tiny_distilbert, make_tiny_roberta,
-      write_jsonl)
+      make_conversations, make_sentiment_rows, make_tiny_distilbert, make_tiny_modernbert,
+      make_tiny_roberta, write_jsonl)
 
   root = tmp_path_factory.mktemp("mesh_equivalence")
   assets = {
@@ -204,6 +205,7 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "qwen3_moe": str(make_mesh_moe(root / "qwen3_moe", "qwen3_moe")),
       "roberta": str(make_tiny_roberta(root / "roberta")),
       "distilbert": str(make_tiny_distilbert(root / "distilbert")),
+      "modernbert": str(make_tiny_modernbert(root / "modernbert")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -479,7 +481,9 @@ def test_encoders_on_a_2x2x2_mesh_match_1_device(results, model, method):
   key = {("roberta", "full"): "params/roberta.encoder.layer.0.attention.self_attn.query.kernel",
          ("roberta", "lora"): "params/classifier.dense.kernel",
          ("distilbert", "full"): "params/distilbert.transformer.layer.0.attention.q_lin.kernel",
-         ("distilbert", "lora"): "params/pre_classifier.kernel"}[model, method]
+         ("distilbert", "lora"): "params/pre_classifier.kernel",
+         ("modernbert", "full"): "params/model.layers.0.attn.Wqkv.kernel",
+         ("modernbert", "lora"): "params/head.dense.kernel"}[model, method]
   assert key in sharded_along(specs, "fsdp") or key in sharded_along(specs, "tensor"), specs
 
 

@@ -22,7 +22,9 @@ import tiny_assets
 FAMILIES = {"bert": (tiny_assets.make_tiny_bert, transformers.BertForMultipleChoice),
             "roberta": (tiny_assets.make_tiny_roberta, transformers.RobertaForMultipleChoice),
             "distilbert": (tiny_assets.make_tiny_distilbert,
-                           transformers.DistilBertForMultipleChoice)}
+                           transformers.DistilBertForMultipleChoice),
+            "modernbert": (tiny_assets.make_tiny_modernbert,
+                           transformers.ModernBertForMultipleChoice)}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -26,7 +26,9 @@ import tiny_assets
 FAMILIES = {"bert": (tiny_assets.make_tiny_bert, transformers.BertForQuestionAnswering),
             "roberta": (tiny_assets.make_tiny_roberta, transformers.RobertaForQuestionAnswering),
             "distilbert": (tiny_assets.make_tiny_distilbert,
-                           transformers.DistilBertForQuestionAnswering)}
+                           transformers.DistilBertForQuestionAnswering),
+            "modernbert": (tiny_assets.make_tiny_modernbert,
+                           transformers.ModernBertForQuestionAnswering)}
 
 
 @pytest.mark.parametrize("family", FAMILIES)

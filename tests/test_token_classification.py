@@ -43,6 +43,8 @@ FAMILIES = {"bert": (tiny_assets.make_tiny_bert, transformers.BertForTokenClassi
             "roberta": (tiny_assets.make_tiny_roberta, transformers.RobertaForTokenClassification),
             "distilbert": (tiny_assets.make_tiny_distilbert,
                            transformers.DistilBertForTokenClassification),
+            "modernbert": (tiny_assets.make_tiny_modernbert,
+                           transformers.ModernBertForTokenClassification),
             "llama": (tiny_assets.make_tiny_llama, transformers.LlamaForTokenClassification)}
 
 
@@ -71,8 +73,9 @@ def test_heads_equal_transformers_and_export_back(family, tmp_path):
   np.testing.assert_allclose(got.numpy()[real], want[real], atol=1e-6)
   _, fresh = registry.build_model(base, task="token_classification", num_labels=3,
                                   rngs=nnx.Rngs(0))
-  assert {p.rsplit(".", 1)[0] for p in fresh} == {
-      "score" if family in ("llama", "gemma2") else "classifier"}
+  new_head = {"llama": {"score"}, "gemma2": {"score"},
+              "modernbert": {"head.dense", "head.norm", "classifier"}}  # HF's head too
+  assert {p.rsplit(".", 1)[0] for p in fresh} == new_head.get(family, {"classifier"})
 
 
 def test_a_family_without_the_head_names_the_heads_it_has(tmp_path):

@@ -86,6 +86,25 @@ def make_tiny_distilbert(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
   return path
 
 
+def make_tiny_modernbert(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random ModernBERT (layer 0 global, layer 1 local with a window of 4 each side, so
+  16-token inputs reach past it; no biases but the classifier's, as ModernBERT's defaults)
+  with the tiny BERT's WordPiece tokenizer. Its sharded dims divide by 8 (Wqkv 32 -> 96,
+  Wi 32 -> 128)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = save_wordpiece_tokenizer(path, list(WORDS) + [".", ","])
+  config = transformers.ModernBertConfig(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=64, global_attn_every_n_layers=2,
+      local_attention=8, pad_token_id=vocab["[PAD]"], bos_token_id=vocab["[CLS]"],
+      eos_token_id=vocab["[SEP]"], cls_token_id=vocab["[CLS]"], sep_token_id=vocab["[SEP]"])
+  torch.manual_seed(seed)
+  transformers.ModernBertModel(config).save_pretrained(str(path))
+  return path
+
+
 def make_sentiment_rows(n: int, seed: int) -> list[dict]:
   """Short synthetic reviews whose label is decided by one sentiment word."""
   import random  # pylint: disable=g-import-not-at-top

@@ -31,8 +31,8 @@ from ftjax.methods.registry import register
 
 VARIANT_TARGETS = {
     "houlsby": r"(^|\.)(attention\.output\.dense|layer\.\d+\.output\.dense|o_proj|down_proj|"
-               r"attn\.c_proj|mlp\.c_proj)$",
-    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj|mlp\.c_proj)$",
+               r"attn\.c_proj|mlp\.c_proj|attn\.Wo|mlp\.Wo)$",  # ModernBERT: attn.Wo, mlp.Wo
+    "pfeiffer": r"(^|\.)(layer\.\d+\.output\.dense|down_proj|mlp\.c_proj|mlp\.Wo)$",
 }
 ACTIVATIONS = {"gelu": jax.nn.gelu, "relu": jax.nn.relu, "silu": jax.nn.silu}
 # AdapterHub's defaults: non_linearity 'swish' (Houlsby), 'relu' (Pfeiffer).

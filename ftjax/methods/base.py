@@ -25,7 +25,9 @@ import jax
 from flax import nnx
 
 # Heads that a task adds on top of the base model; methods that train "the head" match these.
-HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score|qa_outputs)(\.|$)"  # DistilBERT's head has two
+# DistilBERT's head has two layers; ModernBERT's task classes put `head` (dense, act, norm) at the
+# root before `classifier` (anchored: no encoder module is a root `head`).
+HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score|qa_outputs)(\.|$)|^head(\.|$)"
 
 
 def path_string(path: tuple[Any, ...]) -> str:

@@ -51,10 +51,11 @@ class Fp32LayerNorm(nnx.LayerNorm):
   exact (float64) LayerNorm, where torch's own fp32 kernel is ~1e-4 off at that scale.
   """
 
-  def __init__(self, features: int, epsilon: float, *, dtype, param_dtype, rngs: nnx.Rngs):
+  def __init__(self, features: int, epsilon: float, *, dtype, param_dtype, rngs: nnx.Rngs,
+               use_bias: bool = True):
     super().__init__(
         features, epsilon=epsilon, dtype=jnp.float32, param_dtype=param_dtype,
-        use_fast_variance=False,
+        use_fast_variance=False, use_bias=use_bias,
         scale_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
         bias_metadata={'out_sharding': ('embed',), 'eager_sharding': False},
         rngs=rngs)
@@ -65,7 +66,9 @@ class Fp32LayerNorm(nnx.LayerNorm):
     d = x - jnp.mean(x, axis=-1, keepdims=True)
     d = d - jnp.mean(d, axis=-1, keepdims=True)  # the first mean's rounding, taken out
     y = d * jax.lax.rsqrt(jnp.mean(jnp.square(d), axis=-1, keepdims=True) + self.epsilon)
-    y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    y = y * self.scale[...].astype(jnp.float32)
+    if self.bias is not None:  # `use_bias=False` (ModernBERT's norms)
+      y = y + self.bias[...].astype(jnp.float32)
     return y.astype(self.out_dtype)
 
 

@@ -34,6 +34,7 @@ from ftjax.models import distilbert
 from ftjax.models import gemma
 from ftjax.models import gpt2
 from ftjax.models import llama
+from ftjax.models import modernbert
 from ftjax.models import moe as moe_lib
 from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
@@ -41,6 +42,7 @@ from ftjax.weights import distilbert_table
 from ftjax.weights import gemma_table
 from ftjax.weights import gpt2_table
 from ftjax.weights import llama_table
+from ftjax.weights import modernbert_table
 from ftjax.weights import safetensors_io
 
 CONFIG_FILE = 'config.json'
@@ -139,6 +141,19 @@ _FAMILIES: dict[str, Family] = {
         'question_answering': (distilbert.DistilBertForQuestionAnswering,
                                distilbert_table.QUESTION_ANSWERING,
                                'DistilBertForQuestionAnswering')}),
+    'modernbert': _family_of_classes(modernbert.ModernBertConfig, {
+        'base': (modernbert.ModernBertModel, modernbert_table.BASE, 'ModernBertModel'),
+        'classification': (modernbert.ModernBertForSequenceClassification,
+                           modernbert_table.SEQUENCE_CLASSIFICATION,
+                           'ModernBertForSequenceClassification'),
+        'token_classification': (modernbert.ModernBertForTokenClassification,
+                                 modernbert_table.TOKEN_CLASSIFICATION,
+                                 'ModernBertForTokenClassification'),
+        'multiple_choice': (modernbert.ModernBertForMultipleChoice,
+                            modernbert_table.MULTIPLE_CHOICE, 'ModernBertForMultipleChoice'),
+        'question_answering': (modernbert.ModernBertForQuestionAnswering,
+                               modernbert_table.QUESTION_ANSWERING,
+                               'ModernBertForQuestionAnswering')}),
     'roberta': _roberta_family(bert.RobertaConfig, 'Roberta'),
     'xlm-roberta': _roberta_family(bert.XLMRobertaConfig, 'XLMRoberta'),
     'gpt2': _family_of_classes(gpt2.GPT2Config, {
