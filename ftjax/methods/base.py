@@ -25,7 +25,9 @@ import jax
 from flax import nnx
 
 # Heads that a task adds on top of the base model; methods that train "the head" match these.
-HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score|qa_outputs)(\.|$)"  # DistilBERT's head has two
+# DistilBERT's head has two layers, DeBERTa's (`context_pooler`: HF's `pooler`, new on a base
+# checkpoint, unlike BERT's pretrained one) too.
+HEAD_PATTERN = r"(^|\.)(pre_classifier|context_pooler|classifier|score|qa_outputs)(\.|$)"
 
 
 def path_string(path: tuple[Any, ...]) -> str:

@@ -1,6 +1,7 @@
 """Methods on the newer encoder families: a tiny RoBERTa (`tiny_assets.make_tiny_roberta`:
-fairseq positions, the two-layer head) and a tiny DistilBERT (`make_tiny_distilbert`: its own
-module names, pre_classifier + classifier).
+fairseq positions, the two-layer head), a tiny DistilBERT (`make_tiny_distilbert`: its own
+module names, pre_classifier + classifier) and a tiny DeBERTa-v3 (`make_tiny_deberta`:
+query_proj/value_proj, the context pooler + classifier).
 
 The methods harness on the tiny sentiment files: full fine-tuning, LoRA (merged and exported)
 and BitFit; a LoRA export that `peft` loads onto transformers' classifier with our logits.
@@ -19,13 +20,14 @@ from flax import nnx
 from ftjax import train
 from ftjax.methods import base
 from method_harness import HIDDEN, LABELS, LAYERS, check_common, check_merge, run_method, tiny_config
-from tiny_assets import make_tiny_distilbert, make_tiny_roberta
+from tiny_assets import make_tiny_deberta, make_tiny_distilbert, make_tiny_roberta
 
-# Both heads: a dense H -> H (RoBERTa's classifier.dense, DistilBERT's pre_classifier) and the
-# H -> labels projection, with biases.
+# All heads: a dense H -> H (RoBERTa's classifier.dense, DistilBERT's pre_classifier, DeBERTa's
+# context_pooler.dense) and the H -> labels projection, with biases.
 HEAD = HIDDEN * HIDDEN + HIDDEN + HIDDEN * LABELS + LABELS
-MAKERS = {"roberta": make_tiny_roberta, "distilbert": make_tiny_distilbert}
-LORA_OWN = r"\.(query|value|q_lin|v_lin)\.lora_[ab]$"
+MAKERS = {"roberta": make_tiny_roberta, "distilbert": make_tiny_distilbert,
+          "deberta": make_tiny_deberta}
+LORA_OWN = r"\.(query|value|q_lin|v_lin|query_proj|value_proj)\.lora_[ab]$"
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def test_harness_checks(dirs, tiny_sentiment_files, tmp_path, family, name):
   run = run_method(tiny_config(dirs[family], tiny_sentiment_files, method=name,
                                **(dict(rank=4, alpha=8.0) if name == "lora" else {})))
   count, own = {
-      # q and v (query/value, q_lin/v_lin) per layer, rank 4: 4 * (in + out) each.
+      # q and v (query/value, q_lin/v_lin, query_proj/value_proj) per layer, rank 4: 4 * (in + out) each.
       "lora": (LAYERS * 2 * 4 * (HIDDEN + HIDDEN) + HEAD, LORA_OWN),
       "bitfit": (_biases(run) + HEAD, r"\.bias$"),
       "full": (run.exp.param_counts["total"], r"."),

@@ -22,6 +22,7 @@ from ftjax.errors import UserError
 from ftjax.models import deberta
 from ftjax.models import layer_stack
 from ftjax.models import registry
+from ftjax.weights import safetensors_io
 
 SEQ = 20
 COMMON = dict(vocab_size=70, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
@@ -119,10 +120,21 @@ def test_scanned_layers_match_the_loop(checkpoints):
   """The ConvLayer after layer 0 also under `jax.lax.scan` (a traced layer index)."""
   path, _ = checkpoints['v2', 'classification']
   model, _ = registry.build_model(path, task='classification', rngs=nnx.Rngs(0))
-  ids, mask, types = _batch()
-  want = np.asarray(model(ids, mask, types))
-  stacked = layer_stack.stack_layers(model)
-  np.testing.assert_allclose(np.asarray(stacked(ids, mask, types)), want, atol=1e-6, rtol=0)
+  batch = _batch()
+  want = _ours(model, 'classification', *batch)[0]
+  got = _ours(layer_stack.stack_layers(model), 'classification', *batch)[0]
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+
+
+def _fresh(path, task, **kwargs):
+  """The params a checkpoint leaves freshly initialised, from shapes alone (no model built)."""
+  spec = registry.model_spec(path, task=task, **kwargs)
+  model = nnx.eval_shape(lambda: spec.build(nnx.Rngs(0)))
+  shapes = {p: tuple(v.get_value().shape) for p, v in safetensors_io.param_vars(model).items()}
+  tensors = safetensors_io.read_safetensors_dir(path)
+  _, fresh = safetensors_io.match_tensors(shapes, {n: t.shape for n, t in tensors.items()},
+                                          spec.table)
+  return model, sorted(fresh)
 
 
 @pytest.mark.parametrize('buckets, max_position', [(8, 64), (256, 512), (16, 40)])
@@ -136,24 +148,22 @@ def test_log_buckets_equal_transformers(buckets, max_position):
 
 def test_a_base_checkpoint_gets_new_heads(checkpoints):
   path, _ = checkpoints['v3', 'base']
-  _, fresh = registry.build_model(path, task='classification', num_labels=2, rngs=nnx.Rngs(0))
-  assert sorted(fresh) == ['classifier.bias', 'classifier.kernel', 'context_pooler.dense.bias',
-                           'context_pooler.dense.kernel']
-  _, fresh = registry.build_model(path, task='question_answering', rngs=nnx.Rngs(0))
-  assert sorted(fresh) == ['qa_outputs.bias', 'qa_outputs.kernel']
+  assert _fresh(path, 'classification', num_labels=2)[1] == [
+      'classifier.bias', 'classifier.kernel', 'context_pooler.dense.bias',
+      'context_pooler.dense.kernel']
+  assert _fresh(path, 'question_answering')[1] == ['qa_outputs.bias', 'qa_outputs.kernel']
 
 
-def test_a_v3_checkpoint_with_an_unused_position_table_loads(checkpoints, tmp_path):
+def test_a_v3_checkpoint_with_an_unused_position_table_loads(tmp_path):
   """v3 checkpoints carry `position_embeddings` without `position_biased_input`; transformers
   skips it, and so does the table."""
-  _, ref = checkpoints['v3', 'base']
-  kwargs = dict(CONFIGS['v3'], position_biased_input=True)
   torch.manual_seed(0)
-  transformers.DebertaV2Model(transformers.DebertaV2Config(**kwargs)).save_pretrained(tmp_path)
+  transformers.DebertaV2Model(transformers.DebertaV2Config(
+      **dict(CONFIGS['v3'], position_biased_input=True))).save_pretrained(tmp_path)
   config = json.loads((tmp_path / 'config.json').read_text())
   config['position_biased_input'] = False
   (tmp_path / 'config.json').write_text(json.dumps(config))
-  model, fresh = registry.build_model(tmp_path, task='base', rngs=nnx.Rngs(0))
+  model, fresh = _fresh(tmp_path, 'base')
   assert fresh == [] and model.embeddings.position_embeddings is None
 
 
