@@ -431,7 +431,8 @@ class DebertaV2Model(nnx.Module):
     return self.encoder(x, attention_mask, rngs).reshape(x.shape), None
 
 
-def _base(config, dtype, param_dtype, rngs, remat, attention):  # pylint: disable=redefined-outer-name
+def _base(config, dtype, param_dtype, rngs, remat,
+          attention):  # pylint: disable=redefined-outer-name
   return DebertaV2Model(config, dtype=dtype, param_dtype=param_dtype, rngs=rngs, remat=remat,
                         attention=attention)
 

@@ -35,7 +35,8 @@ def _base_rules(prefix: str = '') -> list[Rule]:
   layer = f'{enc}.layer.{{i}}'
   for proj in ('query_proj', 'key_proj', 'value_proj', 'pos_key_proj', 'pos_query_proj'):
     rules += _linear(f'{layer}.attention.self.{proj}', f'{layer}.attention.self_attn.{proj}')
-  rules += _linear(f'{layer}.attention.output.dense') + _layernorm(f'{layer}.attention.output.LayerNorm')
+  rules += _linear(f'{layer}.attention.output.dense')
+  rules += _layernorm(f'{layer}.attention.output.LayerNorm')
   rules += _linear(f'{layer}.intermediate.dense')
   rules += _linear(f'{layer}.output.dense') + _layernorm(f'{layer}.output.LayerNorm')
   rules += [_embedding(f'{enc}.rel_embeddings')] + _layernorm(f'{enc}.LayerNorm')
