@@ -9,9 +9,9 @@ Issue #5: with 8 fake CPU devices, data parallelism (8,1,1), FSDP (1,8,1), tenso
   with the loss computed in chunks (`model.logits_chunk`).
 - Every method of `ftjax.methods.registry.names()` on the tiny BERT (classification) and on the
   tiny Llama, on the mixed (2,2,2) mesh; full, LoRA and prompt tuning on a tiny Gemma 3 and
-  full and LoRA on a tiny Phi-3, a tiny RoBERTa and a tiny DistilBERT there; full and LoRA on a
-  tiny Mixtral (dropless, its experts sharded along the expert axis) and full fine-tuning of a
-  tiny Qwen3-MoE with a capacity factor (tokens dropped) there; and full, LoRA and QLoRA under DPO, under
+  full and LoRA on a tiny Phi-3, a tiny RoBERTa, a tiny DistilBERT and a tiny DeBERTa-v3 there;
+  full and LoRA on a tiny Mixtral (dropless, its experts sharded along the expert axis) and full
+  fine-tuning of a tiny Qwen3-MoE with a capacity factor (tokens dropped) there; and full, LoRA and QLoRA under DPO, under
   distillation (a second tiny Llama as the frozen teacher) and under GRPO (rollouts sampled on
   the sharded policy through the trainer's batch source) there. A method not yet available for a model family (a
   `UserError` "supports BERT-family models only") is reported as an xfail, never skipped.
@@ -61,10 +61,11 @@ PHI3_METHODS = ("full", "lora")  # fused qkv_proj / gate_up_proj, LongRoPE
 # Mixtures of experts: Mixtral dropless (ragged_dot over experts sharded along fsdp) under full
 # and LoRA; Qwen3-MoE under full fine-tuning with capacity_factor 0.5, so tokens are dropped.
 MOE_CASES = (("mixtral", "full"), ("mixtral", "lora"), ("qwen3_moe", "full"))
-# RoBERTa (fairseq positions, the two-layer head), DistilBERT (its names, two-layer head) and
-# ModernBERT (fused Wqkv and GeGLU Wi sharded along tensor, local attention, `head` + classifier).
+# RoBERTa (fairseq positions, the two-layer head), DistilBERT (its names, two-layer head),
+# ModernBERT (fused Wqkv and GeGLU Wi sharded along tensor, local attention, `head` + classifier)
+# and DeBERTa-v3 (disentangled attention over log-bucketed relative positions, context pooler).
 ENCODER_METHODS = ("full", "lora")
-ENCODERS = ("roberta", "distilbert", "modernbert")
+ENCODERS = ("roberta", "distilbert", "modernbert", "deberta")
 # The preference objective (DPO, its reference the step-0 trainable parameters) and distillation
 # (a frozen teacher: another tiny Llama, sharded by the same rules) on the tiny Llama.
 DPO_METHODS = DISTILL_METHODS = GRPO_METHODS = ("full", "lora", "qlora")
@@ -190,7 +191,8 @@ def make_mesh_moe(path: pathlib.Path, model_type: str) -> pathlib.Path:
 def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Path:
   """Runs every case of `cases()` in a 1-device and an 8-device worker; their output folder."""
   from tiny_assets import (  # pylint: disable=g-import-not-at-top
-      make_conversations, make_sentiment_rows, make_tiny_distilbert, make_tiny_modernbert,
+      make_conversations, make_sentiment_rows, make_tiny_deberta, make_tiny_distilbert,
+      make_tiny_modernbert,
       make_tiny_roberta, write_jsonl)
 
   root = tmp_path_factory.mktemp("mesh_equivalence")
@@ -206,6 +208,7 @@ def results(tmp_path_factory, tiny_bert_dir, tiny_sentiment_files) -> pathlib.Pa
       "roberta": str(make_tiny_roberta(root / "roberta")),
       "distilbert": str(make_tiny_distilbert(root / "distilbert")),
       "modernbert": str(make_tiny_modernbert(root / "modernbert")),
+      "deberta": str(make_tiny_deberta(root / "deberta")),
       "chat": {"train": str(write_jsonl(root / "chat_train.jsonl", make_conversations(48, 0))),
                "validation": str(write_jsonl(root / "chat_dev.jsonl", make_conversations(8, 1)))},
   }
@@ -483,7 +486,9 @@ def test_encoders_on_a_2x2x2_mesh_match_1_device(results, model, method):
          ("distilbert", "full"): "params/distilbert.transformer.layer.0.attention.q_lin.kernel",
          ("distilbert", "lora"): "params/pre_classifier.kernel",
          ("modernbert", "full"): "params/model.layers.0.attn.Wqkv.kernel",
-         ("modernbert", "lora"): "params/head.dense.kernel"}[model, method]
+         ("modernbert", "lora"): "params/head.dense.kernel",
+         ("deberta", "full"): "params/deberta.encoder.layer.0.attention.self_attn.query_proj.kernel",
+         ("deberta", "lora"): "params/context_pooler.dense.kernel"}[model, method]
   assert key in sharded_along(specs, "fsdp") or key in sharded_along(specs, "tensor"), specs
 
 

@@ -105,6 +105,23 @@ def make_tiny_modernbert(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
   return path
 
 
+def make_tiny_deberta(path: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
+  """A tiny random DeBERTa-v3-like model (log-bucketed relative attention with shared position
+  keys, no absolute positions or token types) with the tiny BERT's WordPiece tokenizer."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  vocab = save_wordpiece_tokenizer(path, list(WORDS) + [".", ","])
+  config = transformers.DebertaV2Config(
+      vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+      intermediate_size=64, max_position_embeddings=64, type_vocab_size=0,
+      relative_attention=True, position_buckets=8, share_att_key=True, pos_att_type="p2c|c2p",
+      norm_rel_ebd="layer_norm", position_biased_input=False, pad_token_id=vocab["[PAD]"])
+  torch.manual_seed(seed)
+  transformers.DebertaV2Model(config).save_pretrained(str(path))
+  return path
+
+
 def make_sentiment_rows(n: int, seed: int) -> list[dict]:
   """Short synthetic reviews whose label is decided by one sentiment word."""
   import random  # pylint: disable=g-import-not-at-top

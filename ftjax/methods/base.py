@@ -25,9 +25,11 @@ import jax
 from flax import nnx
 
 # Heads that a task adds on top of the base model; methods that train "the head" match these.
-# DistilBERT's head has two layers; ModernBERT's task classes put `head` (dense, act, norm) at the
-# root before `classifier` (anchored: no encoder module is a root `head`).
-HEAD_PATTERN = r"(^|\.)(pre_classifier|classifier|score|qa_outputs)(\.|$)|^head(\.|$)"
+# DistilBERT's head has two layers, DeBERTa's (`context_pooler`: HF's `pooler`, new on a base
+# checkpoint, unlike BERT's pretrained one) too; ModernBERT's task classes put `head` (dense,
+# act, norm) at the root before `classifier` (anchored: no encoder module is a root `head`).
+HEAD_PATTERN = (r"(^|\.)(pre_classifier|context_pooler|classifier|score|qa_outputs)(\.|$)"
+                r"|^head(\.|$)")
 
 
 def path_string(path: tuple[Any, ...]) -> str:

@@ -8,8 +8,9 @@ W * l[:, None].
 Options (`config.method.ia3.*`):
   targets: regex over module paths; the default is PEFT's for BERT (key, value, output.dense,
     which includes attention.output.dense), Llama (k_proj, v_proj, down_proj) and GPT-2
-    (c_attn, mlp.c_proj); DistilBERT (no PEFT default) by analogy: k_lin, v_lin, ffn.lin2;
-    ModernBERT (none either) as GPT-2: the fused attn.Wqkv, and mlp.Wo.
+    (c_attn, mlp.c_proj), DeBERTa-v2 (key_proj, value_proj, output.dense); DistilBERT (no PEFT
+    default) by analogy: k_lin, v_lin, ffn.lin2; ModernBERT (none either) as GPT-2: the fused
+    attn.Wqkv, and mlp.Wo.
   feedforward: regex over module paths; targets matching it scale their input.
   train_head: also train the task head in full.
 
@@ -61,7 +62,8 @@ class IA3Linear(lora_layers.WrappedLinear):
 class IA3(Method):
   name = "ia3"
   defaults = {"targets": (r"(^|\.)(key|value|output\.dense|k_proj|v_proj|down_proj|c_attn|"
-                          r"mlp\.c_proj|k_lin|v_lin|ffn\.lin2|attn\.Wqkv|mlp\.Wo)$"),
+                          r"mlp\.c_proj|k_lin|v_lin|ffn\.lin2|key_proj|value_proj|attn\.Wqkv|"
+                          r"mlp\.Wo)$"),
               "feedforward": r"(^|\.)(output\.dense|down_proj|mlp\.c_proj|ffn\.lin2|mlp\.Wo)$",
               "train_head": True}
 

@@ -8,8 +8,8 @@ Options (`config.method.lora.*`):
     train step only (a fresh mask every step from the train state's rng; none in eval,
     generation, merge or export; see `lora_layers.LoRALinear`). In [0, 1).
   targets: regex (re.search) over module paths; the default is PEFT's per-model one: BERT's
-    query/value, Llama's and Gemma's q_proj/v_proj, DistilBERT's q_lin/v_lin, GPT-2's c_attn;
-    Phi-3's fused qkv_proj and ModernBERT's fused Wqkv
+    query/value, Llama's and Gemma's q_proj/v_proj, DistilBERT's q_lin/v_lin, DeBERTa's
+    query_proj/value_proj, GPT-2's c_attn; Phi-3's fused qkv_proj and ModernBERT's fused Wqkv
     (PEFT has none for either; the fused counterpart of q/v).
   rslora: rank-stabilised scaling alpha / sqrt(rank) (Kalajdzievski 2023).
   train_head: also train the task head (`classifier`/`score`) in full, like PEFT's
@@ -35,7 +35,8 @@ from ftjax.methods import lora_layers, lora_peft
 from ftjax.methods.base import HEAD_PATTERN, Method, path_matches
 from ftjax.methods.registry import register
 
-DEFAULT_TARGETS = r"(^|\.)(query|value|q_proj|v_proj|q_lin|v_lin|c_attn|qkv_proj|Wqkv)$"
+DEFAULT_TARGETS = (r"(^|\.)(query|value|q_proj|v_proj|q_lin|v_lin|query_proj|value_proj|c_attn|"
+                   r"qkv_proj|Wqkv)$")
 
 log = logging.getLogger("ftjax")
 

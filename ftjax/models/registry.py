@@ -30,6 +30,7 @@ import jax.numpy as jnp
 
 from ftjax.errors import UserError
 from ftjax.models import bert
+from ftjax.models import deberta
 from ftjax.models import distilbert
 from ftjax.models import gemma
 from ftjax.models import gpt2
@@ -38,6 +39,7 @@ from ftjax.models import modernbert
 from ftjax.models import moe as moe_lib
 from ftjax.models import rope as rope_lib
 from ftjax.weights import bert_table
+from ftjax.weights import deberta_table
 from ftjax.weights import distilbert_table
 from ftjax.weights import gemma_table
 from ftjax.weights import gpt2_table
@@ -128,6 +130,19 @@ _FAMILIES: dict[str, Family] = {
                             'BertForMultipleChoice'),
         'question_answering': (bert.BertForQuestionAnswering, bert_table.QUESTION_ANSWERING,
                                'BertForQuestionAnswering')}),
+    'deberta-v2': _family_of_classes(deberta.DebertaV2Config, {
+        'base': (deberta.DebertaV2Model, deberta_table.base_table, 'DebertaV2Model'),
+        'classification': (deberta.DebertaV2ForSequenceClassification,
+                           deberta_table.sequence_classification_table,
+                           'DebertaV2ForSequenceClassification'),
+        'token_classification': (deberta.DebertaV2ForTokenClassification,
+                                 deberta_table.token_classification_table,
+                                 'DebertaV2ForTokenClassification'),
+        'multiple_choice': (deberta.DebertaV2ForMultipleChoice,
+                            deberta_table.multiple_choice_table, 'DebertaV2ForMultipleChoice'),
+        'question_answering': (deberta.DebertaV2ForQuestionAnswering,
+                               deberta_table.question_answering_table,
+                               'DebertaV2ForQuestionAnswering')}),
     'distilbert': _family_of_classes(distilbert.DistilBertConfig, {
         'base': (distilbert.DistilBertModel, distilbert_table.BASE, 'DistilBertModel'),
         'classification': (distilbert.DistilBertForSequenceClassification,

@@ -1,7 +1,8 @@
 """Methods on the newer encoder families: a tiny RoBERTa (`tiny_assets.make_tiny_roberta`:
 fairseq positions, the two-layer head), a tiny DistilBERT (`make_tiny_distilbert`: its own
-module names, pre_classifier + classifier) and a tiny ModernBERT (`make_tiny_modernbert`: fused
-Wqkv, local attention, `head` + classifier, no biases).
+module names, pre_classifier + classifier), a tiny ModernBERT (`make_tiny_modernbert`: fused
+Wqkv, local attention, `head` + classifier, no biases) and a tiny DeBERTa-v3
+(`make_tiny_deberta`: query_proj/value_proj, the context pooler + classifier).
 
 The methods harness on the tiny sentiment files: full fine-tuning, LoRA (merged and exported)
 and BitFit (LayerNorm tuning for ModernBERT, which has no biases to fit); a LoRA export that
@@ -22,20 +23,22 @@ from ftjax import train
 from ftjax.methods import base
 from method_harness import HIDDEN, LABELS, LAYERS, check_common, check_merge, run_method, tiny_config
 from ftjax.methods import layernorm
-from tiny_assets import make_tiny_distilbert, make_tiny_modernbert, make_tiny_roberta
+from tiny_assets import make_tiny_deberta, make_tiny_distilbert, make_tiny_modernbert, make_tiny_roberta
 
 # Every head: a dense H -> H (RoBERTa's classifier.dense, DistilBERT's pre_classifier, ModernBERT's
-# head.dense) and the H -> labels projection with its bias, plus H: the dense's bias, or
-# ModernBERT's (bias-free) head.norm scale.
+# head.dense, DeBERTa's context_pooler.dense) and the H -> labels projection with its bias, plus
+# H: the dense's bias, or ModernBERT's (bias-free) head.norm scale.
 HEAD = HIDDEN * HIDDEN + HIDDEN + HIDDEN * LABELS + LABELS
 MAKERS = {"roberta": make_tiny_roberta, "distilbert": make_tiny_distilbert,
-          "modernbert": make_tiny_modernbert}
-# LoRA's targets (rank 4: 4 * (in + out) each): q and v, or ModernBERT's fused Wqkv (32 -> 96).
+          "modernbert": make_tiny_modernbert, "deberta": make_tiny_deberta}
+# LoRA's targets (rank 4: 4 * (in + out) each): q and v (query/value, q_lin/v_lin,
+# query_proj/value_proj), or ModernBERT's fused Wqkv (32 -> 96).
 LORA_PER_LAYER = {"roberta": 2 * 4 * (HIDDEN + HIDDEN), "distilbert": 2 * 4 * (HIDDEN + HIDDEN),
-                  "modernbert": 4 * (HIDDEN + 3 * HIDDEN)}
-LORA_OWN = r"\.(query|value|q_lin|v_lin|Wqkv)\.lora_[ab]$"
+                  "deberta": 2 * 4 * (HIDDEN + HIDDEN), "modernbert": 4 * (HIDDEN + 3 * HIDDEN)}
+LORA_OWN = r"\.(query|value|q_lin|v_lin|query_proj|value_proj|Wqkv)\.lora_[ab]$"
 # The third method: BitFit, or LayerNorm tuning where there are no biases.
-THIRD = {"roberta": "bitfit", "distilbert": "bitfit", "modernbert": "layernorm"}
+THIRD = {"roberta": "bitfit", "distilbert": "bitfit", "deberta": "bitfit",
+         "modernbert": "layernorm"}
 
 
 @pytest.fixture(scope="module")
